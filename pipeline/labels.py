@@ -1,0 +1,246 @@
+"""Aff-Wild2 / ABAW frame labels: parsing, writing, and the frame-grid rule.
+
+Formats (ABAW protocol, see research/seed-systems.md section C):
+- VA:   header `valence,arousal`, then one `v,a` line per video frame, floats in [-1, 1];
+        -5 marks an unannotated frame (a row is invalid when either value is -5).
+- EXPR: header `Neutral,Anger,...,Other`, then one class index 0-7 per frame; -1 = invalid.
+
+Real files have up to ~50k lines and there are ~3M in total, so parsing is vectorised with numpy
+after the header has been checked; the slow line-by-line scan only runs to name the offending
+line once the fast path has found that something is wrong.
+
+The frame-grid rule (`reconcile`): the label grid wins. Frame i of a label file is at t = i / fps
+and there are F = (number of label lines) frames. Label lines past the decoded frame count are
+masked invalid; decoded frames past the labels are ignored. Every mismatch produces a message the
+caller logs and records, because a silent off-by-N here shifts every target in time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "VA_INVALID",
+    "EXPR_INVALID",
+    "VA_HEADER",
+    "EXPR_CLASSES",
+    "LabelError",
+    "FrameLabels",
+    "read_va",
+    "read_expr",
+    "read_labels",
+    "write_va",
+    "write_expr",
+    "reconcile",
+    "count_label_lines",
+]
+
+VA_INVALID = -5.0
+EXPR_INVALID = -1
+VA_HEADER = ("valence", "arousal")
+EXPR_CLASSES = ("Neutral", "Anger", "Disgust", "Fear", "Happiness", "Sadness", "Surprise", "Other")
+
+
+class LabelError(ValueError):
+    """A label file is malformed. The message names the file, the line number and a fix."""
+
+    def __init__(self, path: str | Path, line: int | None, problem: str, fix: str | None = None):
+        where = f"{path}" if line is None else f"{path}, line {line}"
+        fix = fix or "fix or regenerate the annotation file (see the ABAW label format)"
+        self.path, self.line, self.problem = str(path), line, problem
+        super().__init__(f"{where}: {problem}; fix: {fix}")
+
+
+@dataclass
+class FrameLabels:
+    """Per-frame labels of one video on the label grid.
+
+    values: va -> [F,2] float32 (raw, -5 kept on invalid rows); expr -> [F] int64 (-1 kept).
+    valid:  [F] bool; consumers must use it instead of comparing to the sentinels.
+    """
+
+    task: str
+    values: np.ndarray
+    valid: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.valid)
+
+    @property
+    def num_frames(self) -> int:
+        return len(self.valid)
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _read_lines(path: str | Path, expected_header: tuple[str, ...]) -> list[str]:
+    """Return the data lines of a label file after checking it exists and has the right header."""
+    p = Path(path)
+    if not p.is_file():
+        raise LabelError(p, None, "label file not found", "check the annotation folder and the video id")
+    try:
+        text = p.read_text(encoding="utf-8-sig")  # -sig: tolerate a BOM written by spreadsheet tools
+    except UnicodeDecodeError as e:
+        raise LabelError(p, None, f"not a UTF-8 text file ({e})") from e
+    lines = text.splitlines()
+    while lines and not lines[-1].strip():  # trailing blank lines are harmless
+        lines.pop()
+    if not lines:
+        raise LabelError(p, 1, "file is empty (no header)", f"the first line must be `{','.join(expected_header)}`")
+    header = tuple(h.strip() for h in lines[0].split(","))
+    if tuple(h.lower() for h in header) != tuple(h.lower() for h in expected_header):
+        raise LabelError(
+            p, 1, f"wrong header `{lines[0].strip()}`", f"the first line must be `{','.join(expected_header)}`"
+        )
+    return lines[1:]
+
+
+def _first_bad_line(path: Path, lines: list[str], columns: int, parse) -> LabelError:
+    """Slow path: find and describe the first malformed data line (line numbers are 1-based, header = 1)."""
+    for i, line in enumerate(lines):
+        if not line.strip():
+            return LabelError(path, i + 2, "blank line inside the data (every line is one frame)")
+        parts = line.split(",")
+        if len(parts) != columns:
+            return LabelError(path, i + 2, f"expected {columns} comma-separated value(s), got {len(parts)}: `{line}`")
+        try:
+            [parse(x) for x in parts]
+        except ValueError:
+            return LabelError(path, i + 2, f"not a number: `{line}`")
+    return LabelError(path, None, "could not parse the file")
+
+
+def _parse(path: Path, lines: list[str], columns: int, dtype) -> np.ndarray:
+    """Vectorised parse of `lines` into a [F, columns] array; exact line number on failure.
+
+    np.loadtxt (C parser) is ~4x faster than splitting in Python. It silently skips blank lines,
+    which would shift every later frame, so a row-count check sends those files to the slow path.
+    """
+    if not lines:
+        return np.zeros((0, columns), dtype=dtype)
+    try:
+        out = np.loadtxt(lines, delimiter=",", comments=None, ndmin=2, dtype=dtype)
+        if out.shape != (len(lines), columns):
+            raise ValueError("blank line or wrong column count")
+    except ValueError:
+        raise _first_bad_line(path, lines, columns, float if dtype is np.float64 else int) from None
+    return out
+
+
+def read_va(path: str | Path) -> FrameLabels:
+    """Parse a VA file. Values outside [-1, 1] (other than the -5 sentinel) or NaN are errors."""
+    p = Path(path)
+    lines = _read_lines(p, VA_HEADER)
+    values = _parse(p, lines, 2, np.float64)
+    sentinel = values == VA_INVALID
+    bad = ~sentinel & ~((values >= -1.0) & (values <= 1.0))  # NaN fails the range test too
+    if bad.any():
+        row = int(np.argmax(bad.any(axis=1)))
+        raise LabelError(p, row + 2, f"value out of range [-1, 1] (and not -5): `{lines[row]}`")
+    valid = ~sentinel.any(axis=1)
+    return FrameLabels("va", values.astype(np.float32), valid)
+
+
+def read_expr(path: str | Path) -> FrameLabels:
+    """Parse an EXPR file: one class index 0-7 per line, -1 = invalid."""
+    p = Path(path)
+    lines = _read_lines(p, EXPR_CLASSES)
+    values = _parse(p, lines, 1, np.int64).reshape(-1)
+    bad = (values < EXPR_INVALID) | (values >= len(EXPR_CLASSES))
+    if bad.any():
+        row = int(np.argmax(bad))
+        raise LabelError(p, row + 2, f"class index out of range -1..{len(EXPR_CLASSES) - 1}: `{lines[row]}`")
+    return FrameLabels("expr", values, values != EXPR_INVALID)
+
+
+def read_labels(path: str | Path, task: str) -> FrameLabels:
+    """Dispatch on task name (`va` or `expr`)."""
+    readers = {"va": read_va, "expr": read_expr}
+    if task not in readers:
+        raise ValueError(f"unknown label task {task!r}; expected one of {sorted(readers)}")
+    return readers[task](path)
+
+
+def count_label_lines(path: str | Path) -> int:
+    """Number of data lines (frames) without parsing values: a cheap length check for indexing."""
+    with open(path, "rb") as f:
+        data = f.read()
+    lines = data.splitlines()
+    while lines and not lines[-1].strip():
+        lines.pop()
+    return max(len(lines) - 1, 0)
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _write(path: str | Path, header: str, body: list[str]) -> None:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(p.name + ".tmp")
+    tmp.write_text(header + "\n" + "".join(line + "\n" for line in body))
+    tmp.replace(p)  # atomic: a crash never leaves a half-written label file behind
+
+
+def write_va(path: str | Path, values: np.ndarray, valid: np.ndarray | None = None) -> None:
+    """Write a VA file; rows with valid=False are written as `-5,-5`.
+
+    `%.9g` round-trips float32 exactly, so read_va(write_va(x)) == x for valid rows.
+    """
+    values = np.asarray(values, dtype=np.float64).reshape(-1, 2)
+    valid = np.ones(len(values), bool) if valid is None else np.asarray(valid, bool).reshape(-1)
+    if len(valid) != len(values):
+        raise ValueError(f"{path}: values has {len(values)} rows but valid has {len(valid)}")
+    vals = values[valid]
+    if not np.all((vals >= -1.0) & (vals <= 1.0)):
+        raise ValueError(f"{path}: valid VA values must lie in [-1, 1]; clip them before writing")
+    body = [f"{v:.9g},{a:.9g}" if ok else "-5,-5" for (v, a), ok in zip(values.tolist(), valid.tolist(), strict=True)]
+    _write(path, ",".join(VA_HEADER), body)
+
+
+def write_expr(path: str | Path, classes: np.ndarray, valid: np.ndarray | None = None) -> None:
+    """Write an EXPR file; rows with valid=False are written as -1."""
+    classes = np.asarray(classes).reshape(-1)
+    valid = np.ones(len(classes), bool) if valid is None else np.asarray(valid, bool).reshape(-1)
+    if len(valid) != len(classes):
+        raise ValueError(f"{path}: classes has {len(classes)} rows but valid has {len(valid)}")
+    if not np.all((classes[valid] >= 0) & (classes[valid] < len(EXPR_CLASSES))):
+        raise ValueError(f"{path}: valid EXPR classes must be 0..{len(EXPR_CLASSES) - 1}")
+    body = [str(int(c)) if ok else str(EXPR_INVALID) for c, ok in zip(classes.tolist(), valid.tolist(), strict=True)]
+    _write(path, ",".join(EXPR_CLASSES), body)
+
+
+# --------------------------------------------------------------------------- frame grid
+
+
+def mismatch_message(video_id: str, label_frames: int, num_frames: int, task: str = "labels") -> str | None:
+    """Describe a label/video length mismatch and the rule applied (None when they agree)."""
+    if label_frames == num_frames:
+        return None
+    if label_frames > num_frames:
+        action = f"the last {label_frames - num_frames} label frame(s) have no video frame and are masked invalid"
+    else:
+        action = f"the last {num_frames - label_frames} decoded frame(s) have no label and are ignored"
+    return (
+        f"{video_id}: {task} has {label_frames} frame(s) but the video decodes to {num_frames}; "
+        f"label grid wins (frame i at t=i/fps): {action}"
+    )
+
+
+def reconcile(labels: FrameLabels, num_frames: int, video_id: str) -> tuple[FrameLabels, str | None]:
+    """Apply the frame-grid rule: keep F = len(labels) frames, mask those past `num_frames`.
+
+    Returns a new FrameLabels (the input is not modified) and the mismatch message (None if equal).
+    """
+    if num_frames < 0:
+        raise ValueError(f"{video_id}: num_frames must be >= 0, got {num_frames}")
+    message = mismatch_message(video_id, len(labels), num_frames, labels.task)
+    if message is None or len(labels) <= num_frames:
+        return labels, message
+    valid = labels.valid.copy()
+    valid[num_frames:] = False
+    return replace(labels, values=labels.values.copy(), valid=valid), message
