@@ -1,0 +1,251 @@
+"""The `affcache` command line.
+
+Every DVC stage's `cmd` is one of these commands, so what `dvc repro` runs is exactly what a user
+can run by hand. Commands only parse options and hand over to `pipeline.stages.*`; heavy imports
+(torch, transformers) happen inside the command that needs them so `affcache --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from pipeline.config import ParamsError
+
+log = logging.getLogger("affcache")
+
+EXTRACTORS = ("face", "audio", "behavior", "reliability")
+HEADS = ("face", "behavior", "audio")
+FUSIONS = ("moe", "reliability")
+
+
+class UserError(click.ClickException):
+    """An error whose message is meant for the user as it is (file, problem, fix)."""
+
+
+def _setup_logging(verbosity: int) -> None:
+    level = {-1: logging.WARNING, 0: logging.INFO}.get(verbosity, logging.DEBUG if verbosity > 0 else logging.ERROR)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    # Libraries we drive are chatty at INFO; keep their warnings.
+    for noisy in ("transformers", "urllib3", "filelock", "fsspec", "numcodecs", "matplotlib"):
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+
+
+def _run_stage(fn, *args, **kwargs) -> None:
+    """Run a stage; turn the errors users can fix into one clear line and a non-zero exit."""
+    from pipeline.stages import StageFailed
+
+    try:
+        fn(*args, **kwargs)
+    except (ParamsError, StageFailed, FileNotFoundError) as exc:
+        raise UserError(str(exc)) from exc
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", count=True, help="More log output (-v: debug).")
+@click.option("-q", "--quiet", count=True, help="Less log output (-q: warnings only, -qq: errors only).")
+@click.option(
+    "--params",
+    "params_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("params.yaml"),
+    show_default=True,
+    help="Params file the stage commands read their settings from.",
+)
+@click.pass_context
+def main(ctx: click.Context, verbose: int, quiet: int, params_path: Path) -> None:
+    """affcache: decode once, encode once, cache forever; train small heads many times.
+
+    The stage commands (index, extract, train, fuse, evaluate, report) are what `dvc repro` runs;
+    each reads its own section of params.yaml.
+    """
+    _setup_logging(verbose - quiet)
+    ctx.obj = {"params_path": params_path}
+
+
+# --------------------------------------------------------------------------- demo
+
+
+@main.command("demo-data")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Root of the generated Aff-Wild2-shaped tree (default: params `demo.root`).")
+@click.option("--labels-from", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Drive lengths, fps, invalid spans and splits from real VA annotation files.")
+@click.pass_context
+def demo_data(ctx: click.Context, out: Path | None, labels_from: Path | None) -> None:
+    """Generate the synthetic demo dataset (params section `demo`)."""
+    from pipeline.stages import demo
+
+    _run_stage(demo.generate_data, ctx.obj["params_path"], out=out, labels_from=labels_from)
+
+
+@main.command("demo-models")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder for the tiny checkpoints (default: params `demo_models.out`).")
+@click.pass_context
+def demo_models(ctx: click.Context, out: Path | None) -> None:
+    """Write tiny random-initialised checkpoints of the real encoder classes (fixed seeds)."""
+    from pipeline.stages import demo
+
+    _run_stage(demo.write_models, ctx.obj["params_path"], out=out)
+
+
+# --------------------------------------------------------------------------- data
+
+
+@main.command("index")
+@click.option("--adapter", type=click.Choice(["affwild2", "folder"]), default=None,
+              help="Dataset adapter (default: params `dataset.adapter`).")
+@click.option("--root", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Dataset root (default: params `dataset.root`).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Index file to write (default: params `dataset.index`).")
+@click.pass_context
+def index(ctx: click.Context, adapter: str | None, root: Path | None, out: Path | None) -> None:
+    """Scan a dataset into the video index (fps and frame counts read from the containers)."""
+    from pipeline.stages import index as index_stage
+
+    _run_stage(index_stage.run, ctx.obj["params_path"], adapter=adapter, root=root, out=out)
+
+
+# --------------------------------------------------------------------------- pipeline stages
+
+
+@main.command("extract")
+@click.argument("modality", type=click.Choice(EXTRACTORS))
+@click.pass_context
+def extract(ctx: click.Context, modality: str) -> None:
+    """Extract one modality's features for every video in the index into its Zarr store.
+
+    Resumable and incremental: videos already complete in the store are skipped; a video that
+    fails is recorded in `<modality>/<store>.failures.json` and the command exits non-zero after
+    finishing the others.
+    """
+    from pipeline.stages import extract as extract_stage
+
+    _run_stage(extract_stage.run, ctx.obj["params_path"], modality)
+
+
+@main.command("train")
+@click.argument("head", type=click.Choice(HEADS))
+@click.pass_context
+def train(ctx: click.Context, head: str) -> None:
+    """Train one unimodal head on the cached features; write predictions for every split."""
+    from pipeline.stages import train as train_stage
+
+    _run_stage(train_stage.run, ctx.obj["params_path"], head)
+
+
+@main.command("fuse")
+@click.argument("strategy", type=click.Choice(FUSIONS))
+@click.pass_context
+def fuse(ctx: click.Context, strategy: str) -> None:
+    """Train one fusion strategy on the heads' outputs."""
+    from pipeline.stages import fuse as fuse_stage
+
+    _run_stage(fuse_stage.run, ctx.obj["params_path"], strategy)
+
+
+@main.command("evaluate")
+@click.pass_context
+def evaluate(ctx: click.Context) -> None:
+    """Score every head and fusion on validation; write metrics and plot data."""
+    from pipeline.stages import evaluate as evaluate_stage
+
+    _run_stage(evaluate_stage.run, ctx.obj["params_path"])
+
+
+@main.command("report")
+@click.pass_context
+def report(ctx: click.Context) -> None:
+    """Write the static HTML report (data/reports/index.html)."""
+    from pipeline.stages import report as report_stage
+
+    _run_stage(report_stage.run, ctx.obj["params_path"])
+
+
+@main.command("export")
+@click.option("--model", default=None, help="Which predictions to export (a head or fusion name; default: best on validation).")
+@click.option("--split", default="test", show_default=True, help="Split to export.")
+@click.option("--template", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="ABAW template file whose row order and count the submission follows.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Submission file to write.")
+@click.pass_context
+def export(ctx: click.Context, model: str | None, split: str, template: Path | None, out: Path) -> None:
+    """Write an ABAW submission file (image_location,valence,arousal)."""
+    from pipeline.stages import export as export_stage
+
+    _run_stage(export_stage.run, ctx.obj["params_path"], model=model, split=split, template=template, out=out)
+
+
+@main.command("predict")
+@click.argument("videos", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("data/predictions"),
+              show_default=True, help="Folder for per-video CSV files and plots.")
+@click.pass_context
+def predict(ctx: click.Context, videos: tuple[Path, ...], out: Path) -> None:
+    """Run the extractors (cached or fresh) and the trained heads on new videos."""
+    from pipeline.stages import predict as predict_stage
+
+    _run_stage(predict_stage.run, ctx.obj["params_path"], list(videos), out)
+
+
+# --------------------------------------------------------------------------- store tools
+
+
+@main.group("store")
+def store() -> None:
+    """Inspect, check and export feature stores."""
+
+
+@store.command("info")
+@click.argument("url")
+def store_info(url: str) -> None:
+    """Summarise a store: attributes, videos, arrays, size on disk."""
+    import json
+
+    from pipeline import store as store_lib
+
+    try:
+        info = store_lib.store_info(url)
+    except store_lib.StoreError as exc:
+        raise UserError(str(exc)) from exc
+    click.echo(json.dumps(info, indent=2, default=str))
+
+
+@store.command("verify")
+@click.argument("url")
+def store_verify(url: str) -> None:
+    """Check a store's integrity; exit non-zero and list the problems if any."""
+    from pipeline import store as store_lib
+
+    try:
+        problems = store_lib.verify(url)
+    except store_lib.StoreError as exc:
+        raise UserError(str(exc)) from exc
+    if problems:
+        for problem in problems:
+            click.echo(problem, err=True)
+        raise UserError(f"{url}: {len(problems)} problem(s) found")
+    click.echo(f"{url}: ok")
+
+
+@store.command("export-h5")
+@click.argument("url")
+@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+def store_export_h5(url: str, out: Path) -> None:
+    """Export the complete videos of a store to one HDF5 file."""
+    from pipeline import store as store_lib
+
+    try:
+        store_lib.export_h5(url, out)
+    except store_lib.StoreError as exc:
+        raise UserError(str(exc)) from exc
+    click.echo(f"wrote {out}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

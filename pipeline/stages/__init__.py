@@ -1,0 +1,59 @@
+"""Thin DVC stages: read params, call library code, write outputs.
+
+The on-disk layout lives here (and mirrors dvc.yaml), so no library module hard-codes a path.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+class StageFailed(RuntimeError):
+    """A stage finished what it could but must exit non-zero (e.g. some videos failed)."""
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where each stage reads and writes, relative to the project root (see dvc.yaml)."""
+
+    root: Path = Path(".")
+
+    @property
+    def index(self) -> Path:
+        return self.root / "data" / "index.json"
+
+    @property
+    def features(self) -> Path:
+        return self.root / "data" / "features"
+
+    def feature_dir(self, modality: str) -> Path:
+        return self.features / modality
+
+    def head_dir(self, head: str) -> Path:
+        return self.root / "data" / "heads" / head
+
+    def fusion_dir(self, strategy: str) -> Path:
+        return self.root / "data" / "fusion" / strategy
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics"
+
+    @property
+    def plots(self) -> Path:
+        return self.root / "plots"
+
+    @property
+    def reports(self) -> Path:
+        return self.root / "data" / "reports"
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON atomically (DVC may hash the file while a crashed run left half of it)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=float) + "\n")
+    tmp.replace(path)
