@@ -1,0 +1,182 @@
+"""RAAV: reliability-aware audio-visual fusion (seed 1, `MultimodalFusionModelV4`; seed-systems.md B4).
+
+Visual streams (face, behavior) are fused per frame by a learned reliability gate: each stream's
+projection gets a gate-MLP logit plus a learnable log prior (face 0.85 / behavior 0.15 at init, so
+training starts from "trust the face"), and a softmax over the streams *valid at that frame* mixes
+them. Audio is not a per-frame stream -- speech is sparse and speaker-ambiguous -- so it enters as
+context: 4 learned latents cross-attend to the audio head's tokens, then every frame cross-attends to
+the latents. Audio tokens are masked where the cross-modal filter distrusts them (mouth open < 1 s
+or face coverage < 0.8 in the window); unlike the released code we apply the mask on validation and
+test too, so the model is evaluated under the same conditions it was trained in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from heads.fusion_moe import ModalityProjection
+from heads.postprocess import SmoothingConfig
+
+__all__ = ["RAAVConfig", "RAAV", "train_fusion"]
+
+
+@dataclass
+class RAAVConfig:
+    """RAAV settings; defaults are the published ones (seed-systems.md B4).
+
+    `lr` 5e-5 is published for Aff-Wild2-sized data; small demos converge too slowly with it, so the
+    demo overrides it (params.yaml) -- see the stage. Windows are `window_s` seconds of label frames
+    with `hop_s` overlap; audio tokens are masked per window by the filter thresholds below.
+    """
+
+    visual: list[str] = field(default_factory=lambda: ["face", "behavior"])
+    audio: str | None = "audio"
+    priors: list[float] = field(default_factory=lambda: [0.85, 0.15])
+    learn_priors: bool = True
+    d_model: int = 256
+    n_latents: int = 4
+    latent_heads: int = 4
+    enc_heads: int = 4
+    enc_layers: int = 1
+    ff_dim: int = 1024
+    dropout: float = 0.1
+    out_dim: int = 2
+    use_pred: bool = True
+    window_s: float = 4.0
+    hop_s: float = 2.0
+    min_open_s: float = 1.0
+    min_face_coverage: float = 0.8
+    mask_audio_splits: tuple[str, ...] = ("train", "validation", "test")
+    lr: float = 5e-5
+    weight_decay: float = 0.01
+    batch_size: int = 8
+    epochs: int = 50
+    patience: int = 6
+    loss_weights: tuple[float, float] = (0.7, 0.3)
+    mse_weight: float = 0.01
+    seed: int = 42
+    smoothing: SmoothingConfig = field(default_factory=SmoothingConfig)
+    device: str = "auto"  # passed to heads.train.TrainConfig
+    progress: bool = False
+    max_minutes: float | None = None
+
+    def __post_init__(self) -> None:
+        if len(self.priors) != len(self.visual):
+            raise ValueError(
+                f"RAAVConfig: {len(self.priors)} priors for {len(self.visual)} visual streams {self.visual}; "
+                "give one prior per visual stream in the fusion `priors` parameter"
+            )
+        if any(p <= 0 for p in self.priors):
+            raise ValueError(f"RAAVConfig.priors must be > 0 (log is taken), got {self.priors}")
+
+    @property
+    def modalities(self) -> list[str]:
+        """Every stream the model reads (visual streams, then audio if any)."""
+        return list(self.visual) + ([self.audio] if self.audio else [])
+
+
+class RAAV(nn.Module):
+    """Reliability-gated visual fusion + audio latents + one temporal Transformer layer.
+
+    Batch: `x_<m>` [B, L, D_m], `valid_<m>` [B, L] for each visual m; `mask` [B, L] (real frames);
+    `audio_tokens` [B, T, Da], `audio_valid` [B, T] (False = padding or masked by the filter).
+    Returns {"pred": [B, L, out], "emb": [B, L, d], "gates": [B, L, n_visual]}.
+    """
+
+    def __init__(self, cfg: RAAVConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.d_model
+        self.proj = nn.ModuleDict({m: ModalityProjection(d, cfg.dropout) for m in cfg.visual})
+        self.gate = nn.ModuleDict({
+            m: nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(d, 1)) for m in cfg.visual
+        })
+        log_prior = torch.log(torch.tensor(cfg.priors, dtype=torch.float32))
+        self.log_prior = nn.Parameter(log_prior, requires_grad=cfg.learn_priors)
+        self.audio_proj = nn.LazyLinear(d) if cfg.audio else None  # audio=None: a visual-only model
+        self.latents = nn.Parameter(torch.randn(1, cfg.n_latents, d) * 0.02)
+        self.latent_attn = nn.MultiheadAttention(d, cfg.latent_heads, dropout=cfg.dropout, batch_first=True)
+        self.latent_norm = nn.LayerNorm(d)
+        self.frame_norm_pre = nn.LayerNorm(d)
+        self.frame_attn = nn.MultiheadAttention(d, cfg.latent_heads, dropout=cfg.dropout, batch_first=True)
+        self.frame_norm_post = nn.LayerNorm(d)
+        layer = nn.TransformerEncoderLayer(d, cfg.enc_heads, cfg.ff_dim, cfg.dropout, activation="gelu",
+                                           batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, cfg.enc_layers, enable_nested_tensor=False)
+        self.head = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d), nn.GELU(), nn.Linear(d, cfg.out_dim))
+
+    def visual_gates(self, h: dict[str, torch.Tensor], valid: dict[str, torch.Tensor]) -> torch.Tensor:
+        """[B, L, M] softmax over the visual streams valid at each frame (0 where none is)."""
+        logits = torch.stack([self.gate[m](h[m]).squeeze(-1) + self.log_prior[i] for i, m in enumerate(self.cfg.visual)], -1)
+        ok = torch.stack([valid[m] for m in self.cfg.visual], -1)
+        logits = logits.masked_fill(~ok, float("-inf"))
+        any_ok = ok.any(-1, keepdim=True)
+        logits = torch.where(any_ok, logits, torch.zeros_like(logits))
+        return torch.softmax(logits, -1) * any_ok.to(logits.dtype)
+
+    def audio_context(self, frames: torch.Tensor, tokens: torch.Tensor | None, tok_valid: torch.Tensor | None) -> torch.Tensor:
+        """Inject audio through the latents; windows without one usable token are left unchanged.
+
+        Skipping (rather than attending to nothing) keeps masked audio from producing NaN and
+        makes 'no trustworthy audio' mean exactly 'no audio context'.
+        """
+        if self.audio_proj is None or tokens is None or tok_valid is None or tokens.shape[1] == 0:
+            return frames
+        # project first, even if every token is masked: it materialises the lazy projection
+        a = self.audio_proj(tokens.float()) * tok_valid.unsqueeze(-1).to(frames.dtype)
+        has = tok_valid.any(1)
+        if not bool(has.any()):
+            return frames
+        lat = self.latents.expand(int(has.sum()), -1, -1)
+        upd, _ = self.latent_attn(lat, a[has], a[has], key_padding_mask=~tok_valid[has], need_weights=False)
+        lat = self.latent_norm(lat + upd)
+        ctx, _ = self.frame_attn(self.frame_norm_pre(frames[has]), lat, lat, need_weights=False)
+        out = frames.clone()
+        out[has] = self.frame_norm_post(frames[has] + ctx)
+        return out
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        mask = batch["mask"].bool()
+        valid = {m: batch[f"valid_{m}"].bool() & mask for m in self.cfg.visual}
+        h = {m: self.proj[m](batch[f"x_{m}"].float(), valid[m]) for m in self.cfg.visual}
+        gates = self.visual_gates(h, valid)
+        fused = (torch.stack([h[m] for m in self.cfg.visual], -2) * gates.unsqueeze(-1)).sum(-2)
+        fused = self.audio_context(fused, batch.get("audio_tokens"), batch.get("audio_valid"))
+        kpm = ~mask & ~(~mask).all(1, keepdim=True)
+        z = self.encoder(fused, src_key_padding_mask=kpm) * mask.unsqueeze(-1).to(fused.dtype)
+        return {"pred": self.head(z), "emb": z, "gates": gates}
+
+
+def train_fusion(cfg: RAAVConfig, inputs: Sequence, out_dir) -> dict:
+    """Train RAAV on `inputs` (list of `heads.fusion_data.FusionVideo`) and write `out_dir`.
+
+    Writes out_dir/model.pt, history.json, outputs.zarr (pred smoothed, pred_raw, emb, gates [F, 2]
+    visual weights, audio_mask [F] share of covering windows whose audio was masked, t0, t1, valid)
+    and returns the metrics dict.
+    """
+    from heads import fusion_data
+
+    windowing = fusion_data.SecondsWindowing(
+        window_s=cfg.window_s, hop_s=cfg.hop_s, audio=cfg.audio,
+        audio_filter=fusion_data.AudioFilter(cfg.min_open_s, cfg.min_face_coverage, tuple(cfg.mask_audio_splits)),
+    )
+    return fusion_data.run_fusion(
+        strategy="reliability",
+        build_model=lambda: RAAV(cfg),
+        cfg=cfg,
+        videos=list(inputs),
+        out_dir=out_dir,
+        windowing=windowing,
+        streams=list(cfg.visual),
+        gate_names=list(cfg.visual),
+    )
+
+
+def prior_weights(model: RAAV) -> list[float]:
+    """Current prior share per visual stream (softmax of the log priors), for logs and reports."""
+    return [float(x) for x in torch.softmax(model.log_prior.detach(), 0)]
+

@@ -1,0 +1,215 @@
+"""Post-processing of per-frame predictions: temporal smoothing and weighted late fusion.
+
+Both are published steps of seed 1 (seed-systems.md B4): a per-dimension moving average
+(valence k=7, arousal k=13, replicate padding) applied after overlapping windows are averaged, and
+a channel-wise weighted average of several prediction sets whose weights are searched on
+validation (pair grid step 0.05 plus Dirichlet(1) samples for combinations of up to 3 sets).
+Arousal gets the wider kernel because it changes more slowly than valence in Aff-Wild2 labels.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from heads.losses import ccc_numpy
+
+DIMENSIONS = ("valence", "arousal")
+
+
+@dataclass
+class SmoothingConfig:
+    """Moving-average kernel per output dimension (frames, odd). 1 (or 0) disables a dimension."""
+
+    kernels: tuple[int, ...] = (7, 13)
+    enabled: bool = True
+
+
+def _smooth_channel(x: np.ndarray, ok: np.ndarray, k: int) -> np.ndarray:
+    """Centered mean over the valid frames of a k-window; edges replicate the nearest valid value.
+
+    Why invalid-aware: a NaN or a masked frame must neither spread into its neighbours nor be
+    overwritten (it stays as it was, so validity keeps its meaning downstream).
+    """
+    if k <= 1 or not ok.any():
+        return x.copy()
+    if k % 2 == 0:
+        raise ValueError(f"smoothing kernel {k} must be odd so the window is centered; fix `smoothing.kernels`")
+    r = k // 2
+    idx = np.flatnonzero(ok)
+    first, last = x[idx[0]], x[idx[-1]]
+    # replicate padding of the valid signal's edges (torch 'replicate' when the edges are valid)
+    vals = np.concatenate([np.full(r, first), np.where(ok, x, 0.0), np.full(r, last)])
+    w = np.concatenate([np.ones(r), ok.astype(np.float64), np.ones(r)])
+    cs_v = np.concatenate([[0.0], np.cumsum(vals)])
+    cs_w = np.concatenate([[0.0], np.cumsum(w)])
+    n = len(x)
+    sums = cs_v[k : k + n] - cs_v[:n]
+    cnts = cs_w[k : k + n] - cs_w[:n]
+    out = x.astype(np.float64).copy()
+    out[ok] = sums[ok] / cnts[ok]
+    return out
+
+
+def smooth(pred: np.ndarray, valid: np.ndarray | None = None, cfg: SmoothingConfig | None = None) -> np.ndarray:
+    """Per-dimension moving average of one video's predictions [F, C] -> [F, C] float32.
+
+    `valid` [F] marks frames that hold a prediction; non-finite values count as invalid too.
+    Columns beyond `len(cfg.kernels)` are left unchanged.
+    """
+    cfg = cfg or SmoothingConfig()
+    p = np.asarray(pred, np.float64)
+    if p.ndim != 2:
+        raise ValueError(f"smooth: predictions must be [frames, dims], got shape {p.shape}")
+    if not cfg.enabled:
+        return p.astype(np.float32)
+    base = np.ones(len(p), bool) if valid is None else np.asarray(valid, bool)
+    out = p.copy()
+    for c, k in enumerate(cfg.kernels[: p.shape[1]]):
+        ok = base & np.isfinite(p[:, c])
+        out[:, c] = _smooth_channel(p[:, c], ok, int(k))
+    return out.astype(np.float32)
+
+
+@dataclass
+class LateFusionConfig:
+    """Weight search for a channel-wise weighted average of prediction sets (published defaults)."""
+
+    grid_step: float = 0.05
+    n_dirichlet: int = 8000
+    alpha: float = 1.0
+    max_combination: int = 3
+    seed: int = 0
+    chunk: int = 512
+
+
+@dataclass
+class LateFusionResult:
+    """Weights [n_sets, C] (each column sums to 1) and the validation CCC they reach per dimension."""
+
+    names: list[str]
+    weights: np.ndarray
+    ccc: list[float]
+    config: LateFusionConfig = field(default_factory=LateFusionConfig)
+
+    def to_json(self) -> dict:
+        dims = [DIMENSIONS[c] if c < len(DIMENSIONS) else f"dim{c}" for c in range(self.weights.shape[1])]
+        return {
+            "models": self.names,
+            "weights": {d: {n: float(self.weights[i, c]) for i, n in enumerate(self.names)} for c, d in enumerate(dims)},
+            "ccc": {**{d: float(self.ccc[c]) for c, d in enumerate(dims)}, "mean": float(np.mean(self.ccc))},
+            "search": asdict(self.config),
+        }
+
+    def save(self, path: str | Path) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_json(), indent=2) + "\n")
+
+
+def candidate_weights(n_sets: int, cfg: LateFusionConfig) -> np.ndarray:
+    """[S, n_sets] candidate weight vectors on the simplex.
+
+    Every single set; for each pair a grid of step `grid_step`; for each combination of 3..max
+    sets `n_dirichlet` Dirichlet(alpha) samples (seeded, so the search is reproducible).
+    """
+    rng = np.random.default_rng(cfg.seed)
+    cands = [np.eye(n_sets)]
+    steps = np.round(np.arange(0.0, 1.0 + 1e-9, cfg.grid_step), 10)
+    for i, j in itertools.combinations(range(n_sets), 2):
+        w = np.zeros((len(steps), n_sets))
+        w[:, i], w[:, j] = steps, 1.0 - steps
+        cands.append(w)
+    for r in range(3, min(cfg.max_combination, n_sets) + 1):
+        for combo in itertools.combinations(range(n_sets), r):
+            w = np.zeros((cfg.n_dirichlet, n_sets))
+            w[:, list(combo)] = rng.dirichlet(np.full(r, cfg.alpha), size=cfg.n_dirichlet)
+            cands.append(w)
+    return np.concatenate(cands, axis=0)
+
+
+def search_weights(
+    preds: Sequence[np.ndarray], true: np.ndarray, valid: np.ndarray | None = None,
+    names: Sequence[str] | None = None, cfg: LateFusionConfig | None = None,
+) -> LateFusionResult:
+    """Search channel-wise weights maximising validation CCC, per dimension independently.
+
+    `preds`: per set, [N, C] predictions over the same N concatenated validation frames;
+    `true` [N, C]; `valid` [N]. Frames where any set is non-finite are excluded from the search.
+    """
+    cfg = cfg or LateFusionConfig()
+    P = np.stack([np.asarray(p, np.float64) for p in preds])  # [K, N, C]
+    t = np.asarray(true, np.float64)
+    K, N, C = P.shape
+    names = list(names) if names is not None else [f"set{i}" for i in range(K)]
+    ok = np.ones(N, bool) if valid is None else np.asarray(valid, bool).copy()
+    ok &= np.isfinite(P).all(axis=(0, 2)) & np.isfinite(t).all(1)
+    if not ok.any():
+        raise ValueError("late fusion: no validation frame where every prediction set and the label are valid")
+    cands = candidate_weights(K, cfg)
+    weights, scores = np.zeros((K, C)), []
+    for c in range(C):
+        pc, tc = P[:, ok, c], t[ok, c]
+        best, best_score = None, -np.inf
+        for s in range(0, len(cands), cfg.chunk):
+            w = cands[s : s + cfg.chunk]
+            fused = pc.T @ w.T  # [N, S]
+            sc = np.atleast_1d(ccc_numpy(fused, np.broadcast_to(tc[:, None], fused.shape)))
+            i = int(np.argmax(sc))
+            if sc[i] > best_score:
+                best, best_score = w[i], float(sc[i])
+        weights[:, c] = best
+        scores.append(best_score)
+    return LateFusionResult(names=names, weights=weights, ccc=scores, config=cfg)
+
+
+def apply_weights(preds: Sequence[np.ndarray], weights: np.ndarray) -> np.ndarray:
+    """Channel-wise weighted average [F, C]; where a set is NaN its weight is shared by the others."""
+    P = np.stack([np.asarray(p, np.float64) for p in preds])  # [K, F, C]
+    W = np.asarray(weights, np.float64)[:, None, :] * np.isfinite(P)
+    den = W.sum(0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = (np.nan_to_num(P) * W).sum(0) / den
+    out[den <= 0] = np.nan
+    return out.astype(np.float32)
+
+
+def late_fusion(
+    pred_sets: Mapping[str, Mapping[str, np.ndarray]],
+    labels: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    cfg: LateFusionConfig | None = None,
+) -> tuple[LateFusionResult, dict[str, np.ndarray]]:
+    """Search weights on the videos in `labels`, then fuse every video present in all sets.
+
+    `pred_sets`: {set name: {video_id: [F, C]}}; `labels`: {video_id: (values [F, C], valid [F])}
+    for the validation videos. Returns the result (save with `.save(path)`) and {video_id: fused}.
+    """
+    names = list(pred_sets)
+    if not names:
+        raise ValueError("late fusion: no prediction set given")
+    vids = [v for v in labels if all(v in pred_sets[n] for n in names)]
+    if not vids:
+        raise ValueError("late fusion: no validation video has predictions from every set; check the inputs")
+    preds = [np.concatenate([_fit(pred_sets[n][v], len(labels[v][0])) for v in vids]) for n in names]
+    true = np.concatenate([labels[v][0] for v in vids])
+    valid = np.concatenate([labels[v][1] for v in vids])
+    result = search_weights(preds, true, valid, names, cfg)
+    common = set.intersection(*(set(pred_sets[n]) for n in names))
+    fused = {}
+    for v in sorted(common):
+        n_frames = len(labels[v][0]) if v in labels else max(len(pred_sets[n][v]) for n in names)
+        fused[v] = apply_weights([_fit(pred_sets[n][v], n_frames) for n in names], result.weights)
+    return result, fused
+
+
+def _fit(pred: np.ndarray, n: int) -> np.ndarray:
+    """Cut or NaN-pad a prediction array to n frames (the label grid wins)."""
+    p = np.asarray(pred, np.float64)
+    if len(p) >= n:
+        return p[:n]
+    return np.concatenate([p, np.full((n - len(p),) + p.shape[1:], np.nan)])

@@ -1,0 +1,211 @@
+"""Validation metrics of every head and fusion, DVC plot data, and a plain-text table.
+
+Every number comes from the models' outputs.zarr and the label files, scored by
+`heads.losses.va_score` (the one CCC implementation: all validation frames concatenated, invalid
+labels excluded). Frames a model did not predict are filled by the submission rule
+(`pipeline.export.fill_nearest`) before scoring, so the score is the one the same predictions would
+get on the server -- a model cannot look better by abstaining on hard frames.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from heads.losses import va_score
+from pipeline.export import fill_nearest, predictions_from_store
+
+Labels = Mapping[str, tuple[np.ndarray, np.ndarray]]  # {video_id: (values [F, 2], valid [F])}
+CURVE_COLUMNS = ("epoch", "train_loss", "val_ccc_valence", "val_ccc_arousal", "val_ccc_mean")
+
+
+@dataclass
+class EvalConfig:
+    """Which split is scored and how many validation videos get a predicted-vs-true trace."""
+
+    split: str = "validation"
+    trace_videos: int = 3
+    fill_missing: bool = True
+
+
+def outputs_url(model: str | Path) -> str:
+    """A model directory (holding outputs.zarr) or an outputs.zarr path -> the store path."""
+    p = Path(model)
+    return str(p if p.suffix == ".zarr" else p / "outputs.zarr")
+
+
+def load_labels(videos: Sequence, split: str = "validation") -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """VA labels of the `split` videos of an index, reconciled to the label grid (pipeline.labels)."""
+    from pipeline import labels as plabels
+
+    out = {}
+    for v in videos:
+        if v.split != split or "va" not in v.labels:
+            continue
+        lab, _ = plabels.reconcile(plabels.read_va(v.labels["va"]), v.num_frames, v.video_id)
+        values = np.asarray(lab.values, np.float32).reshape(-1, 2)
+        out[v.video_id] = (values, np.asarray(lab.valid, bool) & (values > -5 + 1e-6).all(1))
+    return out
+
+
+def aligned_predictions(preds: Mapping[str, tuple[np.ndarray, np.ndarray]], labels: Labels,
+                        fill: bool = True) -> dict[str, np.ndarray]:
+    """Per labelled video, predictions on its label grid ([F, 2]; NaN where unfillable/unfilled)."""
+    out = {}
+    for vid, (values, _) in labels.items():
+        n = len(values)
+        if vid not in preds:
+            out[vid] = np.full((n, 2), np.nan, np.float32)
+            continue
+        pred, valid = preds[vid]
+        if fill:
+            try:
+                out[vid] = fill_nearest(pred, valid, n).astype(np.float32)
+                continue
+            except ValueError:
+                out[vid] = np.full((n, 2), np.nan, np.float32)
+                continue
+        p = np.full((n, 2), np.nan, np.float32)
+        k = min(n, len(pred))
+        p[:k] = np.where(np.asarray(valid, bool)[:k, None], pred[:k, :2], np.nan)
+        out[vid] = p
+    return out
+
+
+def prediction_sets(models: Mapping[str, str | Path], video_ids: Sequence[str] | None = None) -> dict[str, dict[str, np.ndarray]]:
+    """{model: {video: pred [F, 2] with NaN where the model has no prediction}}: the input that
+    `heads.postprocess.late_fusion` expects (NaN lets the other sets take over at those frames)."""
+    out = {}
+    for name, model in models.items():
+        preds = predictions_from_store(outputs_url(model), video_ids)
+        out[name] = {v: np.where(ok[:, None], p[:, :2], np.nan).astype(np.float32) for v, (p, ok) in preds.items()}
+    return out
+
+
+def score(aligned: Mapping[str, np.ndarray], labels: Labels) -> dict:
+    """ABAW VA metrics over the labelled videos; `coverage` = share of valid label frames predicted."""
+    vids = list(labels)
+    s = va_score([aligned[v] for v in vids], [labels[v][0] for v in vids], [labels[v][1] for v in vids])
+    total = sum(int(labels[v][1].sum()) for v in vids)
+    return {k: s[k] for k in ("ccc_valence", "ccc_arousal", "ccc_mean")} | {
+        "num_frames": s["num_frames"], "coverage": round(s["num_frames"] / max(total, 1), 4)}
+
+
+def read_history(model: str | Path) -> list[dict]:
+    """The shared loop's history.json next to a model's outputs (empty if absent)."""
+    p = Path(model)
+    p = p.parent if p.suffix == ".zarr" else p
+    f = p / "history.json"
+    return json.loads(f.read_text()) if f.exists() else []
+
+
+def evaluate(models: Mapping[str, str | Path], labels: Labels, summary_path: str | Path,
+             plots_dir: str | Path | None = None, cfg: EvalConfig | None = None) -> dict:
+    """Score every model, write summary.json (+ curves and traces under `plots_dir`); return the summary.
+
+    `models`: {name: model dir or outputs.zarr}. Summary: {name: {ccc_valence, ccc_arousal, ccc_mean,
+    num_frames, coverage}, ..., "best": {"model": name, "ccc_mean": x}}.
+    """
+    cfg = cfg or EvalConfig()
+    if not labels:
+        raise ValueError(f"evaluate: no labelled {cfg.split} video; check the index splits and label paths")
+    summary: dict = {}
+    aligned_all: dict[str, dict[str, np.ndarray]] = {}
+    for name, model in models.items():
+        url = outputs_url(model)
+        if not Path(url).exists() and "://" not in url:
+            raise FileNotFoundError(f"{url}: outputs of model {name!r} not found; run its training stage first")
+        preds = predictions_from_store(url, list(labels))
+        aligned_all[name] = aligned_predictions(preds, labels, cfg.fill_missing)
+        summary[name] = _rounded(score(aligned_all[name], labels))
+    best = max(models, key=lambda n: summary[n]["ccc_mean"])
+    summary["best"] = {"model": best, "ccc_mean": summary[best]["ccc_mean"]}
+    path = Path(summary_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(summary, indent=2) + "\n")
+    if plots_dir is not None:
+        write_curves(models, Path(plots_dir) / "curves")
+        write_traces(aligned_all, labels, Path(plots_dir) / "traces", trace_videos(labels, cfg.trace_videos))
+    return summary
+
+
+def _rounded(d: dict) -> dict:
+    return {k: (round(v, 6) if isinstance(v, float) and math.isfinite(v) else v) for k, v in d.items()}
+
+
+def trace_videos(labels: Labels, k: int) -> list[str]:
+    """The k validation videos with the most valid label frames (ties: by id) -- stable across runs."""
+    return sorted(labels, key=lambda v: (-int(labels[v][1].sum()), v))[:k]
+
+
+def write_curves(models: Mapping[str, str | Path], out_dir: Path) -> list[Path]:
+    """plots/curves/<model>.csv: one row per epoch of the shared loop's history (DVC plots x=epoch)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, model in models.items():
+        hist = read_history(model)
+        if not hist:
+            continue
+        f = out_dir / f"{_safe(name)}.csv"
+        with f.open("w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(CURVE_COLUMNS)
+            for row in hist:
+                w.writerow([_cell(row.get(c)) for c in CURVE_COLUMNS])
+        written.append(f)
+    return written
+
+
+def write_traces(aligned: Mapping[str, Mapping[str, np.ndarray]], labels: Labels, out_dir: Path,
+                 video_ids: Sequence[str]) -> list[Path]:
+    """plots/traces/<video>.csv: frame, true_valence, true_arousal, pred_valence_<m>, pred_arousal_<m>...
+
+    Invalid label frames are left empty so a plot shows a gap instead of a -5 spike.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    names = list(aligned)
+    for vid in video_ids:
+        values, valid = labels[vid]
+        cols = ["frame", "true_valence", "true_arousal"] + [f"pred_{d}_{_safe(n)}" for n in names for d in ("valence", "arousal")]
+        f = out_dir / f"{_safe(vid)}.csv"
+        with f.open("w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(cols)
+            for i in range(len(values)):
+                row = [i, _cell(values[i, 0] if valid[i] else None), _cell(values[i, 1] if valid[i] else None)]
+                for n in names:
+                    row += [_cell(aligned[n][vid][i, 0]), _cell(aligned[n][vid][i, 1])]
+                w.writerow(row)
+        written.append(f)
+    return written
+
+
+def _cell(x) -> str:
+    if x is None:
+        return ""
+    x = float(x)
+    return "" if not math.isfinite(x) else f"{x:.5g}"
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in str(name))
+
+
+def metrics_table(summary: Mapping) -> str:
+    """Plain-text table (best model marked with *) for the end of `dvc repro`."""
+    names = [n for n in summary if n != "best"]
+    best = summary.get("best", {}).get("model")
+    width = max([len("model")] + [len(n) for n in names]) + 2
+    lines = [f"{'model':<{width}}{'CCC-V':>8}{'CCC-A':>8}{'mean':>8}", "-" * (width + 24)]
+    for n in sorted(names, key=lambda n: -summary[n]["ccc_mean"]):
+        m = summary[n]
+        mark = " *" if n == best else ""
+        lines.append(f"{n:<{width}}{m['ccc_valence']:>8.4f}{m['ccc_arousal']:>8.4f}{m['ccc_mean']:>8.4f}{mark}")
+    return "\n".join(lines)

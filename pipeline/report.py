@@ -1,0 +1,149 @@
+"""A static, self-contained HTML report: the metrics table and per-video trace plots.
+
+Self-contained (inline PNG as data: URIs, inline CSS, no JavaScript) so the file can be mailed,
+archived by DVC, or opened on an offline machine. Plots show, per video, the true valence/arousal,
+every model's prediction (unimodal heads thin, fusion thick) and the fusion gate weights over time,
+which is the quickest way to see *when* fusion trusts which modality.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from pipeline.evaluate import Labels, aligned_predictions, outputs_url, trace_videos
+from pipeline.export import predictions_from_store
+
+
+@dataclass
+class ReportConfig:
+    """Report content: how many videos get plots, plot size and downsampling."""
+
+    title: str = "affcache — valence/arousal report"
+    videos: int = 3
+    max_points: int = 3000
+    dpi: int = 80
+    width_in: float = 11.0
+
+
+def _gates(url: str, video_ids: Sequence[str]) -> tuple[list[str], dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(gate names, {video: gates [F, E]}, {video: audio_mask [F]}) -- empty where the store lacks them."""
+    from pipeline.store import FeatureStore, StoreError
+
+    store = FeatureStore.open(url)
+    names = list(store.attrs.get("gate_names", []))
+    gates, masks = {}, {}
+    for vid in video_ids:
+        for name, into in (("gates", gates), ("audio_mask", masks)):
+            try:
+                into[vid] = np.asarray(store.read_video(vid, [name])[name], np.float32)
+            except StoreError:
+                continue
+    return names, gates, masks
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", bbox_inches="tight")
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def video_figure(vid: str, labels: tuple[np.ndarray, np.ndarray], preds: Mapping[str, np.ndarray],
+                 gates: Mapping[str, tuple[list[str], np.ndarray, np.ndarray | None]], cfg: ReportConfig) -> str:
+    """One video's figure as base64 PNG: valence, arousal, then one gate panel per gated model.
+
+    A model that masks its audio (RAAV) also gets the masked share drawn as a dashed line.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    values, valid = labels
+    n = len(values)
+    step = max(1, int(np.ceil(n / cfg.max_points)))
+    x = np.arange(0, n, step)
+    rows = 2 + len(gates)
+    fig, axes = plt.subplots(rows, 1, figsize=(cfg.width_in, 2.2 * rows), dpi=cfg.dpi, sharex=True, squeeze=False)
+    axes = axes[:, 0]
+    for d, (ax, dim) in enumerate(zip(axes[:2], ("valence", "arousal"))):
+        truth = np.where(valid, values[:, d], np.nan)[x]
+        ax.plot(x, truth, color="black", lw=2.0, label="truth")
+        for name, p in preds.items():
+            fused = name in gates or name.startswith("fusion")
+            ax.plot(x, p[x, d], lw=1.8 if fused else 0.9, alpha=1.0 if fused else 0.75, label=name)
+        ax.set_ylim(-1.05, 1.05)
+        ax.set_ylabel(dim)
+        ax.grid(alpha=0.3)
+    axes[0].set_title(vid)
+    axes[0].legend(loc="upper right", fontsize=7, ncol=min(4, len(preds) + 1))
+    for ax, (name, (gnames, g, audio_mask)) in zip(axes[2:], gates.items()):
+        g = g[x]
+        ax.stackplot(x, g.T, labels=gnames or [f"e{i}" for i in range(g.shape[1])], alpha=0.85)
+        if audio_mask is not None:
+            ax.plot(x, audio_mask[x], "k--", lw=1.0, label="audio masked")
+        ax.set_ylim(0, 1)
+        ax.set_ylabel(f"gates\n{name}", fontsize=8)
+        ax.legend(loc="upper right", fontsize=6, ncol=min(5, g.shape[1]))
+    axes[-1].set_xlabel("frame")
+    fig.tight_layout()
+    out = _png(fig)
+    plt.close(fig)
+    return out
+
+
+def metrics_html(summary: Mapping) -> str:
+    """The metrics table; the best model's row is bold."""
+    best = summary.get("best", {}).get("model")
+    names = sorted((n for n in summary if n != "best"), key=lambda n: -summary[n]["ccc_mean"])
+    rows = []
+    for n in names:
+        m = summary[n]
+        cells = [html.escape(n)] + [f"{m[k]:.4f}" for k in ("ccc_valence", "ccc_arousal", "ccc_mean")]
+        if n == best:
+            cells = [f"<b>{c}</b>" for c in cells]
+        cls = ' class="best"' if n == best else ""
+        rows.append(f"<tr{cls}>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    head = "<tr><th>model</th><th>CCC valence</th><th>CCC arousal</th><th>CCC mean</th></tr>"
+    return f'<table id="metrics">{head}{"".join(rows)}</table>'
+
+
+_CSS = """body{font-family:sans-serif;margin:2em;max-width:1100px}table{border-collapse:collapse}
+td,th{border:1px solid #bbb;padding:4px 10px;text-align:right}td:first-child,th:first-child{text-align:left}
+tr.best{background:#eef6ee}img{max-width:100%;border:1px solid #ddd;margin:0.5em 0}"""
+
+
+def build_report(summary: Mapping, models: Mapping[str, str | Path], labels: Labels, out_path: str | Path,
+                 cfg: ReportConfig | None = None, video_ids: Sequence[str] | None = None) -> Path:
+    """Write the HTML report; returns its path.
+
+    `summary` is `pipeline.evaluate.evaluate`'s result, `models` {name: model dir or outputs.zarr},
+    `labels` the validation labels. Plotted videos: `video_ids` or the `cfg.videos` longest.
+    """
+    cfg = cfg or ReportConfig()
+    vids = list(video_ids) if video_ids is not None else trace_videos(labels, cfg.videos)
+    sub = {v: labels[v] for v in vids}
+    aligned = {n: aligned_predictions(predictions_from_store(outputs_url(m), vids), sub) for n, m in models.items()}
+    gated = {n: _gates(outputs_url(m), vids) for n, m in models.items()}
+    sections = []
+    for vid in vids:
+        gates = {n: (names, g[vid], masks.get(vid)) for n, (names, g, masks) in gated.items()
+                 if vid in g and g[vid].shape[1] > 0}
+        png = video_figure(vid, labels[vid], {n: aligned[n][vid] for n in models}, gates, cfg)
+        sections.append(f'<h3>{html.escape(vid)}</h3><img alt="{html.escape(vid)}" src="data:image/png;base64,{png}">')
+    best = summary.get("best", {})
+    doc = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(cfg.title)}</title>"
+           f"<style>{_CSS}</style></head><body><h1>{html.escape(cfg.title)}</h1>"
+           f"<p>Validation, ABAW metric (CCC over all frames concatenated; invalid labels excluded). "
+           f"Best: <b>{html.escape(str(best.get('model', '-')))}</b>.</p>{metrics_html(summary)}"
+           f"<h2>Per-video traces</h2>{''.join(sections)}</body></html>\n")
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(doc)
+    return out
