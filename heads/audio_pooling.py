@@ -1,0 +1,438 @@
+"""Audio head: attention-statistics pooling of cached speech-model states (seed-systems B3).
+
+Published (SMIL-SPCRAS/CVPRW-26, WavLM s2s model): 4-s windows, each split into 4 equal 1-s
+sub-windows; per sub-window score = w2^T tanh(W1 h) (W1: D->128, dropout 0.2), alpha = masked
+softmax over time, mu = sum alpha h, sigma = sqrt(sum alpha (h-mu)^2 + 1e-6); token [mu; sigma]
+-> LN -> Dropout -> Linear(2D,256) -> GELU (the exported 256-d token) -> Dropout -> Linear(256,2).
+Target per 1-s bin = the bin's mean valid label. Loss CCC v0.7/a0.3 + 0.1 MSE; AdamW head 2e-4 /
+wd 0.01, backbone 5e-6 for the fine-tuned top-k WavLM layers; EMA 0.998.
+
+Window hop: 2 s (half a window). The published audio code cuts 4-s chunks with a 2-s shift (the
+same chunking as the behavior segments, B2), so every 1-s bin is seen by two windows and the
+per-frame prediction is the mean of the two.
+
+Cross-modal filter (training windows only; rules and thresholds are config fields): a window is
+used when mouth open >= max(0.25 x window, 1 s), face coverage >= 0.8, >= 2 of its 4 bins are
+labelled and (optional, off by default since it is not published) speech fraction >= a threshold.
+"drop" removes a failing window, "weight" keeps it with a small loss weight. A rule whose signal is
+missing (no reliability store) is not applied, and the returned stats say so.
+
+Fine-tuning from cache (`finetune_top_k` > 0): the audio store's `lower` array holds the states
+that enter the top k encoder layers; we rebuild exactly those layers (WavLM) from the checkpoint
+dir and train them with the backbone learning rate. WavLM's relative position bias is computed by
+layer 0 only and shared by all layers, so layer 0's (frozen) attention module is kept for it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from heads.data import HeadVideo, frame_targets, reliability_on_grid
+from heads.losses import ccc_loss
+from heads.outputs import HeadOutput, score_split, write_outputs
+from heads.train import Batches, TrainConfig, fit, resolve_device
+from heads.windows import frame_windows, overlap_add
+
+NUM_OUT = {"va": 2, "expr": 8}
+
+
+@dataclass
+class AudioTrainConfig(TrainConfig):
+    """Published audio-head training (B3): AdamW head lr 2e-4 / wd 0.01, clip 1.0, batch 8, 50 epochs,
+    plateau x0.5 patience 2, early stopping 6, EMA 0.998 (backbone lr: AudioPoolingConfig)."""
+
+    epochs: int = 50
+    lr: float = 2e-4
+    weight_decay: float = 0.01
+    batch_size: int = 8
+    plateau_factor: float = 0.5
+    plateau_patience: int = 2
+    early_stopping: int = 6
+    seed: int = 42
+    ema_decay: float = 0.998
+
+
+@dataclass
+class AudioPoolingConfig:
+    """Published defaults (B3); filter rules as in the published cross-modal filter."""
+
+    task: str = "va"
+    window_s: float = 4.0
+    hop_s: float = 2.0
+    bins: int = 4                  # sub-windows per window (1-s bins)
+    attn_dim: int = 128
+    dropout: float = 0.2
+    head_hidden: int = 256         # exported token size
+    feature: str = "emb"
+    loss_weights: tuple[float, float] = (0.7, 0.3)
+    mse_weight: float = 0.1
+    infer_batch: int = 32
+    # cross-modal filter
+    filter_mode: str = "drop"      # "drop" | "weight" | "off"
+    filter_weight: float = 0.1     # loss weight of a distrusted window in "weight" mode
+    min_open_fraction: float = 0.25
+    min_open_seconds: float = 1.0
+    min_face_coverage: float = 0.8
+    min_labelled_bins: int = 2
+    min_speech_fraction: float = 0.0   # VAD rule; 0 = off (not in the published rule)
+    vad_threshold: float = 0.5
+    # fine-tuning the top k speech layers from cached `lower` states
+    finetune_top_k: int = 0
+    backbone_dir: str | None = None    # HF checkpoint dir (save_pretrained) of the speech model
+    backbone_lr: float = 5e-6
+    lower_feature: str = "lower"
+    train: AudioTrainConfig = field(default_factory=AudioTrainConfig)
+
+    @property
+    def bin_s(self) -> float:
+        return self.window_s / self.bins
+
+
+# ----------------------------------------------------------------------------- model
+
+class AttentiveStatsPool(nn.Module):
+    """[N, R, D] states + mask [N, R] -> [N, 2D] attention-weighted mean and std (B3, exact)."""
+
+    def __init__(self, dim: int, attn_dim: int, dropout: float):
+        super().__init__()
+        self.w1 = nn.Linear(dim, attn_dim)
+        self.w2 = nn.Linear(attn_dim, 1, bias=False)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        score = self.w2(self.drop(torch.tanh(self.w1(h)))).squeeze(-1)
+        score = score.masked_fill(~mask, float("-inf"))
+        score = torch.where(mask.any(-1, keepdim=True), score, torch.zeros_like(score))  # empty bin: no NaN
+        a = torch.softmax(score.float(), -1).to(h.dtype) * mask
+        mu = (a.unsqueeze(-1) * h).sum(-2)
+        sigma = torch.sqrt((a.unsqueeze(-1) * (h - mu.unsqueeze(-2)) ** 2).sum(-2) + 1e-6)
+        return torch.cat([mu, sigma], -1)
+
+
+class SpeechTopLayers(nn.Module):
+    """The top k encoder layers of a WavLM checkpoint, fed with cached `lower` states."""
+
+    def __init__(self, checkpoint_dir: str, k: int):
+        super().__init__()
+        from transformers import AutoConfig, AutoModel
+
+        if not checkpoint_dir or not Path(checkpoint_dir).exists():
+            raise ValueError(f"AudioPoolingConfig.backbone_dir={checkpoint_dir!r}: checkpoint directory not found; "
+                             "point it at the speech model's save_pretrained folder (the one the audio cache used)")
+        config = AutoConfig.from_pretrained(checkpoint_dir)
+        if config.model_type != "wavlm":
+            raise ValueError(f"{checkpoint_dir}: model_type {config.model_type!r} -- top-k fine-tuning from cache "
+                             "supports WavLM checkpoints; set finetune_top_k: 0 for other speech models")
+        full = AutoModel.from_pretrained(checkpoint_dir)
+        layers = full.encoder.layers
+        n = len(layers)
+        if not 0 < k <= n:
+            raise ValueError(f"finetune_top_k={k} but {checkpoint_dir} has {n} encoder layers")
+        self.first = n - k
+        self.layers = nn.ModuleList(layers[self.first:])
+        self.bias_source = layers[0].attention if self.first > 0 else None
+        if self.bias_source is not None:
+            for p in self.bias_source.parameters():
+                p.requires_grad_(False)
+        self.final_norm = full.encoder.layer_norm if config.do_stable_layer_norm else nn.Identity()
+        self.num_heads = config.num_attention_heads
+
+    def forward(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        b, t, _ = h.shape
+        h = h * mask.unsqueeze(-1).to(h.dtype)
+        bias = None
+        if self.bias_source is not None:
+            bias = self.bias_source.compute_bias(t, t).unsqueeze(0).repeat(b, 1, 1, 1).view(b * self.num_heads, t, t)
+        am = mask.long()
+        for layer in self.layers:
+            h, bias = layer(h, attention_mask=am, position_bias=bias)
+        return self.final_norm(h)
+
+
+class AudioPoolingModel(nn.Module):
+    """(x [B, bins, R, D], mask [B, bins, R]) -> (pred [B, bins, C], emb [B, bins, head_hidden])."""
+
+    def __init__(self, in_dim: int, cfg: AudioPoolingConfig):
+        super().__init__()
+        self.top = SpeechTopLayers(cfg.backbone_dir, cfg.finetune_top_k) if cfg.finetune_top_k > 0 else None
+        self.pool = AttentiveStatsPool(in_dim, cfg.attn_dim, cfg.dropout)
+        self.pre = nn.Sequential(nn.LayerNorm(2 * in_dim), nn.Dropout(cfg.dropout),
+                                 nn.Linear(2 * in_dim, cfg.head_hidden), nn.GELU())
+        self.drop = nn.Dropout(cfg.dropout)
+        self.out = nn.Linear(cfg.head_hidden, NUM_OUT[cfg.task])
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        b, nb, r, d = x.shape
+        if self.top is not None:  # the top layers see the whole window as one sequence
+            x = self.top(x.reshape(b, nb * r, d), mask.reshape(b, nb * r)).reshape(b, nb, r, -1)
+        tok = self.pool(x.reshape(b * nb, r, -1), mask.reshape(b * nb, r))
+        emb = self.pre(tok).reshape(b, nb, -1)
+        return self.out(self.drop(emb)), emb
+
+    def param_groups(self, head_lr: float, backbone_lr: float) -> list[dict]:
+        """Head and fine-tuned backbone layers with their own learning rates (published 2e-4 / 5e-6)."""
+        top = [p for p in self.top.parameters() if p.requires_grad] if self.top is not None else []
+        ids = {id(p) for p in top}
+        head = [p for p in self.parameters() if p.requires_grad and id(p) not in ids]
+        return [{"params": head, "lr": head_lr}] + ([{"params": top, "lr": backbone_lr}] if top else [])
+
+
+# ----------------------------------------------------------------------------- data
+
+@dataclass
+class AudioVideoData:
+    """One video's audio rows and its 1-s bin layout on the label grid."""
+
+    x: np.ndarray | None        # [M, D] rows (emb or lower), None if the video has no audio
+    bin_start: np.ndarray       # [NB] first row of each bin
+    bin_count: np.ndarray       # [NB] rows in each bin
+    frame_bin: np.ndarray       # [F] bin of each label frame
+
+
+def video_bins(video: HeadVideo, cfg: AudioPoolingConfig, feature: str) -> AudioVideoData:
+    """Assign valid audio rows to 1-s bins by their centre time; frames to bins by t_i = i / fps."""
+    f = video.num_frames
+    nb = max(1, math.ceil(f / video.fps / cfg.bin_s - 1e-9)) if f > 0 else 0
+    frame_bin = np.minimum((np.arange(f) / video.fps / cfg.bin_s + 1e-9).astype(np.int64), max(nb - 1, 0))
+    feats = video.features
+    if not feats or feature not in feats or len(feats[feature]) == 0:
+        return AudioVideoData(None, np.zeros(nb, np.int64), np.zeros(nb, np.int64), frame_bin)
+    ok = np.asarray(feats.get("valid", np.ones(len(feats["t0"]), bool)), bool)
+    t0, t1 = np.asarray(feats["t0"], np.float64)[ok], np.asarray(feats["t1"], np.float64)[ok]
+    x = np.asarray(feats[feature], np.float16)[ok]  # as stored; ~10 GB at full WavLM-Large scale, not 20
+    order = np.argsort(0.5 * (t0 + t1), kind="stable")
+    centre, x = (0.5 * (t0 + t1))[order], x[order]
+    edges = np.arange(nb + 1) * cfg.bin_s
+    pos = np.searchsorted(centre, edges, side="left")
+    return AudioVideoData(x, pos[:-1].astype(np.int64), np.diff(pos).astype(np.int64), frame_bin)
+
+
+def bin_targets(y: np.ndarray, yv: np.ndarray, frame_bin: np.ndarray, nb: int, task: str):
+    """Per-bin target: mean valid label (VA) or majority class (EXPR); valid if any frame is labelled."""
+    cnt = np.bincount(frame_bin[yv], minlength=nb)[:nb]
+    valid = cnt > 0
+    if task == "va":
+        out = np.zeros((nb, 2), np.float32)
+        for d in range(2):
+            s = np.bincount(frame_bin[yv], weights=y[yv, d], minlength=nb)[:nb]
+            out[valid, d] = s[valid] / cnt[valid]
+        return out, valid
+    votes = np.bincount(frame_bin[yv] * 8 + y[yv], minlength=nb * 8)[: nb * 8].reshape(nb, 8)
+    return np.where(valid, votes.argmax(1), -1).astype(np.int64), valid
+
+
+def window_filter(video: HeadVideo, windows: list[tuple[int, int]], frame_bin: np.ndarray,
+                  labelled: np.ndarray, cfg: AudioPoolingConfig) -> tuple[np.ndarray, dict]:
+    """Training weight per window (1 keep, 0 drop, cfg.filter_weight distrust) and rule statistics.
+
+    Windows with fewer than min(min_labelled_bins, bins in window) labelled bins are always dropped
+    (nothing to learn). The mouth/face/VAD rules apply when their signal exists and mode != "off".
+    """
+    rel = reliability_on_grid(video)
+    applied = {k: rel[k] is not None for k in ("mouth_open", "face", "vad")}
+    applied["vad"] = applied["vad"] and cfg.min_speech_fraction > 0
+    stats = {"windows": len(windows), "no_labels": 0, "mouth": 0, "face": 0, "vad": 0, "rules_applied": applied}
+    nb = int(frame_bin.max()) + 1 if len(frame_bin) else 0
+    nb = max(nb, max((e for _, e in windows), default=0))
+
+    def per_bin(values: np.ndarray | None) -> np.ndarray:  # sums per bin, so a window is a slice sum
+        return np.bincount(frame_bin, weights=None if values is None else values.astype(np.float64), minlength=nb)
+
+    frames = per_bin(None)
+    mouth = per_bin(rel["mouth_open"]) if applied["mouth_open"] else None
+    face = per_bin(rel["face"]) if applied["face"] else None
+    speech = per_bin(rel["vad"] >= cfg.vad_threshold) if applied["vad"] else None
+    w = np.ones(len(windows), np.float32)
+    for i, (s, e) in enumerate(windows):
+        if labelled[s:e].sum() < min(cfg.min_labelled_bins, e - s):
+            w[i] = 0.0
+            stats["no_labels"] += 1
+            continue
+        if cfg.filter_mode == "off":
+            continue
+        n = max(frames[s:e].sum(), 1.0)
+        dur = n / video.fps
+        fails = []
+        if mouth is not None and mouth[s:e].sum() / video.fps < max(cfg.min_open_fraction * dur, cfg.min_open_seconds) - 1e-9:
+            fails.append("mouth")
+        if face is not None and face[s:e].sum() / n < cfg.min_face_coverage:
+            fails.append("face")
+        if speech is not None and speech[s:e].sum() / n < cfg.min_speech_fraction:
+            fails.append("vad")
+        for r in fails:
+            stats[r] += 1
+        if fails:
+            w[i] = 0.0 if cfg.filter_mode == "drop" else cfg.filter_weight
+    return w, stats
+
+
+class AudioBank:
+    """Train windows as bin indices into one concatenated row tensor (gathered per batch)."""
+
+    def __init__(self, rows_per_bin: int, bins: int):
+        self.r, self.nb = rows_per_bin, bins
+        self.x_parts, self.bstart, self.bcount = [], [], []
+        self.wbins, self.wpad, self.wy, self.wyv, self.ww = [], [], [], [], []
+        self.nrows = self.nbins = 0
+
+    def add_video(self, data: AudioVideoData, windows, by: np.ndarray, bv: np.ndarray, weights: np.ndarray) -> None:
+        self.x_parts.append(data.x)
+        self.bstart.append(data.bin_start + self.nrows)
+        self.bcount.append(data.bin_count)
+        for (s, e), w in zip(windows, weights):
+            if w <= 0:
+                continue
+            idx = np.minimum(np.arange(s, s + self.nb), e - 1)
+            self.wbins.append(idx + self.nbins)
+            self.wpad.append(np.arange(s, s + self.nb) >= e)
+            self.wy.append(by[idx])
+            self.wyv.append(bv[idx] & (np.arange(s, s + self.nb) < e))
+            self.ww.append(w)
+        self.nrows += len(data.x)
+        self.nbins += len(data.bin_start)
+
+    def finalize(self) -> "AudioBank":
+        self.x = torch.from_numpy(np.concatenate(self.x_parts)).to(torch.float16)
+        self.bin_start = torch.from_numpy(np.concatenate(self.bstart))
+        self.bin_count = torch.from_numpy(np.concatenate(self.bcount))
+        self.win_bins = torch.from_numpy(np.stack(self.wbins)) if self.wbins else torch.zeros(0, self.nb, dtype=torch.long)
+        self.win_pad = torch.from_numpy(np.stack(self.wpad)) if self.wpad else torch.zeros(0, self.nb, dtype=torch.bool)
+        self.y = torch.from_numpy(np.stack(self.wy)) if self.wy else torch.zeros(0)
+        self.yv = torch.from_numpy(np.stack(self.wyv)) if self.wyv else torch.zeros(0, dtype=torch.bool)
+        self.w = torch.tensor(self.ww, dtype=torch.float32)
+        self.x_parts = []
+        return self
+
+    def __len__(self) -> int:
+        return len(self.ww)
+
+    def gather(self, idx: torch.Tensor) -> dict:
+        bins = self.win_bins[idx]
+        x, mask = gather_rows(self.x, self.bin_start[bins], self.bin_count[bins] * (~self.win_pad[idx]), self.r)
+        return {"x": x, "mask": mask, "y": self.y[idx], "yv": self.yv[idx], "w": self.w[idx]}
+
+
+def gather_rows(x: torch.Tensor, start: torch.Tensor, count: torch.Tensor, r: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows [..., r, D] of each bin (clipped indices; `mask` marks the real rows)."""
+    ar = torch.arange(r)
+    rows = (start.unsqueeze(-1) + ar).clamp(0, max(len(x) - 1, 0))
+    mask = ar < count.unsqueeze(-1)
+    return x[rows].float(), mask
+
+
+def _rows_per_bin(datas) -> int:
+    counts = [int(d.bin_count.max()) for d in datas if d.x is not None and len(d.bin_count)]
+    return max(counts) if counts else 1
+
+
+@torch.no_grad()
+def predict_video(model, video: HeadVideo, data: AudioVideoData, cfg: AudioPoolingConfig, r: int, device) -> HeadOutput:
+    """Bin outputs averaged over overlapping windows; each frame takes its bin's output."""
+    f = video.num_frames
+    nb = len(data.bin_start)
+    hop = int(round(cfg.hop_s / cfg.bin_s))
+    empty = HeadOutput(np.zeros((f, NUM_OUT[cfg.task]), np.float32), np.zeros((f, cfg.head_hidden), np.float32),
+                       np.zeros(f, bool))
+    if data.x is None or nb == 0 or data.bin_count.sum() == 0:
+        return empty
+    wins = frame_windows(nb, cfg.bins, hop)
+    x = torch.from_numpy(data.x)
+    bstart, bcount = torch.from_numpy(data.bin_start), torch.from_numpy(data.bin_count)
+    preds, embs = [], []
+    for i in range(0, len(wins), cfg.infer_batch):
+        chunk = wins[i:i + cfg.infer_batch]
+        idx = torch.stack([torch.clamp(torch.arange(s, s + cfg.bins), max=e - 1) for s, e in chunk])
+        pad = torch.stack([torch.arange(s, s + cfg.bins) >= e for s, e in chunk])
+        xb, mb = gather_rows(x, bstart[idx], bcount[idx] * (~pad), r)
+        p, e = model(xb.to(device), mb.to(device))
+        preds.extend(p.float().cpu().numpy())
+        embs.extend(e.float().cpu().numpy())
+    bp, be = overlap_add(preds, wins, nb), overlap_add(embs, wins, nb)
+    has = data.bin_count > 0
+    bp[~has], be[~has] = np.nan, np.nan
+    pred, emb = bp[data.frame_bin], be[data.frame_bin]
+    return HeadOutput(pred, emb, np.isfinite(pred).all(1))
+
+
+def build_bank(videos, datas: dict, cfg: AudioPoolingConfig, r: int) -> tuple[AudioBank, dict]:
+    """Training windows of every train video with audio, after the cross-modal filter."""
+    hop = int(round(cfg.hop_s / cfg.bin_s))
+    bank = AudioBank(r, cfg.bins)
+    totals = {"windows": 0, "kept": 0, "no_labels": 0, "mouth": 0, "face": 0, "vad": 0}
+    for v in videos:
+        d = datas[v.video_id]
+        if v.split != "train" or v.labels is None or d.x is None:
+            continue
+        y, yv = frame_targets(v, cfg.task)
+        by, bv = bin_targets(y, yv, d.frame_bin, len(d.bin_start), cfg.task)
+        bv &= d.bin_count > 0
+        wins = frame_windows(len(d.bin_start), cfg.bins, hop)
+        w, st = window_filter(v, wins, d.frame_bin, bv, cfg)
+        for k in ("windows", "no_labels", "mouth", "face", "vad"):
+            totals[k] += st[k]
+        totals["kept"] += int((w > 0).sum())
+        bank.add_video(d, wins, by, bv, w)
+    return bank.finalize(), totals
+
+
+def _check(cfg: AudioPoolingConfig) -> None:
+    if cfg.task not in NUM_OUT:
+        raise ValueError(f"AudioPoolingConfig.task must be 'va' or 'expr', got {cfg.task!r}")
+    hop = cfg.hop_s / cfg.bin_s
+    if abs(hop - round(hop)) > 1e-6 or hop < 1:
+        raise ValueError(f"AudioPoolingConfig: hop_s={cfg.hop_s} must be a multiple of window_s/bins={cfg.bin_s}")
+    if cfg.filter_mode not in ("drop", "weight", "off"):
+        raise ValueError(f"AudioPoolingConfig.filter_mode must be drop|weight|off, got {cfg.filter_mode!r}")
+
+
+def make_loss(cfg: AudioPoolingConfig):
+    """Weighted loss over a batch of windows: each labelled bin counts with its window's filter weight."""
+    def loss_fn(m: nn.Module, b: dict) -> torch.Tensor:
+        pred, _ = m(b["x"], b["mask"])
+        weight = b["yv"].float() * b["w"][:, None]
+        if cfg.task == "va":
+            return ccc_loss(pred, b["y"], weight, weights=cfg.loss_weights, mse_weight=cfg.mse_weight)
+        ce = F.cross_entropy(pred.reshape(-1, pred.shape[-1]).float(), b["y"].reshape(-1).clamp_min(0),
+                             reduction="none")
+        return (ce * weight.reshape(-1)).sum() / weight.sum().clamp_min(1e-6)
+    return loss_fn
+
+
+def train_head(cfg: AudioPoolingConfig, videos: list[HeadVideo], out_dir: Path | str) -> dict:
+    """Train on filtered train windows, select on validation, write model/history/outputs."""
+    _check(cfg)
+    out_dir = Path(out_dir)
+    torch.manual_seed(cfg.train.seed)
+    feature = cfg.lower_feature if cfg.finetune_top_k > 0 else cfg.feature
+    datas = {v.video_id: video_bins(v, cfg, feature) for v in videos}
+    dims = [d.x.shape[1] for d in datas.values() if d.x is not None]
+    if not dims:
+        raise ValueError(f"audio head: no video has a '{feature}' array in the audio store -- run the audio "
+                         "extraction stage" + (" with the lower states cached (top k)" if cfg.finetune_top_k else ""))
+    r = _rows_per_bin(datas.values())
+    model = AudioPoolingModel(dims[0], cfg)
+    bank, filt = build_bank(videos, datas, cfg, r)
+    batches = Batches(len(bank), cfg.train.batch_size, bank.gather, seed=cfg.train.seed)
+    device = resolve_device(cfg.train.device)
+    val_videos = [v for v in videos if v.split == "validation"]
+
+    def predict_all(m, vids):
+        m.eval()
+        return {v.video_id: predict_video(m, v, datas[v.video_id], cfg, r, device) for v in vids}
+
+    fit(model, batches, make_loss(cfg), lambda m: score_split(val_videos, predict_all(m, val_videos), cfg.task),
+        cfg.train, out_dir, metric="ccc_mean" if cfg.task == "va" else "f1",
+        param_groups=model.param_groups(cfg.train.lr, cfg.backbone_lr),
+        checkpoint_extra={"head": "audio_pooling", "config": asdict(cfg), "in_dim": dims[0], "rows_per_bin": r})
+    outputs = predict_all(model, videos)
+    write_outputs(out_dir, "audio_pooling", videos, outputs, asdict(cfg), cfg.task)
+    metrics = score_split(videos, outputs, cfg.task) or {}
+    metrics.update({"train_windows": len(bank), "filter": filt})
+    return metrics

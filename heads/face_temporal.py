@@ -1,0 +1,212 @@
+"""Face head: a Transformer over windows of per-frame face embeddings (seed-systems B1).
+
+Published model (SMIL-SPCRAS/CVPRW-26 src_visual_dynamic_model): Linear(in->256)+LN+Dropout; 5
+post-LN layers whose sinusoidal positional encoding is added to Q, K and V in EVERY layer, FF
+256->256 GELU, an outer residual x = x + layer(x); head Linear(256,256)->LN->GELU->Dropout->
+Linear(256, 2) with no tanh. Windows of 400 frames, hop 150, tail aligned to the end; overlapping
+window predictions averaged per frame. Missing faces: nearest cached frame (we also feed a 0/1
+face-present channel so the model can tell a copied frame from a seen one).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from heads.data import HeadVideo, SequenceBank, fill_nearest, frame_features, frame_targets, predict_windows
+from heads.losses import ccc_loss, cross_entropy
+from heads.outputs import HeadOutput, score_split, write_outputs
+from heads.train import Batches, TrainConfig, fit, resolve_device
+from heads.windows import frame_windows
+
+NUM_OUT = {"va": 2, "expr": 8}
+
+
+@dataclass
+class FaceTrainConfig(TrainConfig):
+    """Published face-head training (B1): AdamW 1e-4 / wd 0.01, batch 8, <= 100 epochs, plateau x0.1
+    patience 5, early stopping 15, seed 42. A subclass (not a factory) so that a partial `train:`
+    override in params keeps these defaults for the keys it does not set."""
+
+    epochs: int = 100
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    batch_size: int = 8
+    plateau_factor: float = 0.1
+    plateau_patience: int = 5
+    early_stopping: int = 15
+    seed: int = 42
+
+
+@dataclass
+class FaceTemporalConfig:
+    """Published defaults (B1). `feature` names the store array holding the frame embeddings."""
+
+    task: str = "va"               # "va" | "expr"
+    window: int = 400
+    hop: int = 150
+    d_model: int = 256
+    layers: int = 5
+    heads: int = 8
+    ff: int = 256
+    dropout: float = 0.1
+    head_dim: int = 256            # penultimate (exported) embedding size
+    feature: str = "emb"
+    face_flag: bool = True         # append a face-present channel to the input
+    loss_weights: tuple[float, float] = (0.5, 0.5)
+    mse_weight: float = 0.0
+    infer_batch: int = 16
+    train: FaceTrainConfig = field(default_factory=FaceTrainConfig)
+
+
+def sinusoidal_encoding(length: int, dim: int) -> torch.Tensor:
+    """[length, dim] sine/cosine positional encoding (Vaswani et al.)."""
+    pos = torch.arange(length, dtype=torch.float32)[:, None]
+    div = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
+    pe = torch.zeros(length, dim)
+    pe[:, 0::2] = torch.sin(pos * div)
+    pe[:, 1::2] = torch.cos(pos * div[: dim // 2])
+    return pe
+
+
+class PosAttentionLayer(nn.Module):
+    """Post-LN encoder layer with the positional encoding added to Q, K and V (as published)."""
+
+    def __init__(self, d: int, heads: int, ff: int, dropout: float):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(d, heads, dropout=dropout, batch_first=True)
+        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.ff = nn.Sequential(nn.Linear(d, ff), nn.GELU(), nn.Dropout(dropout), nn.Linear(ff, d))
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, pe: torch.Tensor, pad: torch.Tensor | None) -> torch.Tensor:
+        qkv = x + pe
+        a, _ = self.attn(qkv, qkv, qkv, key_padding_mask=pad, need_weights=False)
+        x = self.ln1(x + self.drop(a))
+        return self.ln2(x + self.drop(self.ff(x)))
+
+
+class FaceTemporalModel(nn.Module):
+    """(x [B,T,in], pad [B,T]) -> (pred [B,T,C], emb [B,T,head_dim] post-GELU penultimate)."""
+
+    def __init__(self, in_dim: int, cfg: FaceTemporalConfig):
+        super().__init__()
+        d = cfg.d_model
+        self.proj = nn.Sequential(nn.Linear(in_dim, d), nn.LayerNorm(d), nn.Dropout(cfg.dropout))
+        self.layers = nn.ModuleList(PosAttentionLayer(d, cfg.heads, cfg.ff, cfg.dropout) for _ in range(cfg.layers))
+        self.fc = nn.Linear(d, cfg.head_dim)
+        self.ln = nn.LayerNorm(cfg.head_dim)
+        self.act = nn.GELU()
+        self.drop = nn.Dropout(cfg.dropout)
+        self.out = nn.Linear(cfg.head_dim, NUM_OUT[cfg.task])
+        self.register_buffer("pe", sinusoidal_encoding(max(cfg.window, 1), d), persistent=False)
+
+    def forward(self, x: torch.Tensor, pad: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.proj(x)
+        t = h.shape[1]
+        pe = self.pe[:t] if t <= self.pe.shape[0] else sinusoidal_encoding(t, h.shape[-1]).to(h.device)
+        if pad is not None and (not bool(pad.any()) or bool(pad.all(1).any())):
+            # no padding: the mask-free attention path is ~1.5x faster on CPU (8 vs 13 s per
+            # published-size step measured here); a fully padded row cannot occur with our windows
+            pad = None
+        for layer in self.layers:
+            h = h + layer(h, pe, pad)
+        emb = self.act(self.ln(self.fc(h)))
+        return self.out(self.drop(emb)), emb
+
+
+def prepare_inputs(video: HeadVideo, cfg: FaceTemporalConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Per-frame model input [F, D(+1)] float16 (missing faces filled with the nearest face) and face mask [F]."""
+    x, present = frame_features(video, cfg.feature)
+    x = fill_nearest(x, present)
+    if cfg.face_flag:
+        x = np.concatenate([x, present[:, None].astype(np.float32)], 1)
+    return x.astype(np.float16), present  # float16: the whole cache stays in RAM at Aff-Wild2 scale
+
+
+def _input_dim(videos: list[HeadVideo], cfg: FaceTemporalConfig) -> int:
+    for v in videos:
+        if v.features and cfg.feature in v.features and np.asarray(v.features[cfg.feature]).ndim == 2:
+            return int(np.asarray(v.features[cfg.feature]).shape[1]) + int(cfg.face_flag)
+    raise ValueError(f"face head: no video has a '{cfg.feature}' array in its store group -- "
+                     "run the face extraction stage (or check FaceTemporalConfig.feature)")
+
+
+def build_bank(videos: list[HeadVideo], cfg: FaceTemporalConfig, inputs: dict) -> SequenceBank:
+    """Training windows (with at least one valid label) of every train video, in one tensor bank."""
+    bank = SequenceBank(cfg.window)
+    for v in videos:
+        if v.split != "train" or v.labels is None:
+            continue
+        x, present = inputs[v.video_id]
+        if not present.any():
+            continue
+        y, yv = frame_targets(v, cfg.task)
+        wins = [(s, e) for s, e in frame_windows(v.num_frames, cfg.window, cfg.hop) if yv[s:e].any()]
+        if wins:
+            bank.add_video({"x": x, "y": y, "yv": yv}, wins)
+    return bank.finalize()
+
+
+def make_loss(cfg: FaceTemporalConfig):
+    """Loss over a batch of windows: masked CCC (VA) or cross-entropy (EXPR); padding excluded.
+
+    CCC is computed over all valid frames of the batch together (not per window and averaged):
+    a window may hold only a few valid frames, and their CCC alone is noise.
+    """
+    def loss_fn(model: nn.Module, b: dict) -> torch.Tensor:
+        pred, _ = model(b["x"], b["pad"])
+        mask = b["yv"] & ~b["pad"]
+        if cfg.task == "va":
+            return ccc_loss(pred, b["y"], mask, weights=cfg.loss_weights, mse_weight=cfg.mse_weight)
+        return cross_entropy(pred, b["y"], mask)
+    return loss_fn
+
+
+def predict_video(model: nn.Module, video: HeadVideo, x: np.ndarray, present: np.ndarray,
+                  cfg: FaceTemporalConfig, device: torch.device) -> HeadOutput:
+    """Per-frame prediction + embedding by overlap-add of windows; invalid when the video has no face."""
+    wins = frame_windows(video.num_frames, cfg.window, cfg.hop)
+    if not wins or not present.any():
+        return HeadOutput(np.zeros((video.num_frames, NUM_OUT[cfg.task]), np.float32),
+                          np.zeros((video.num_frames, cfg.head_dim), np.float32), np.zeros(video.num_frames, bool))
+    pred, emb = predict_windows(model, x, wins, cfg.window, cfg.infer_batch, device, video.num_frames)
+    return HeadOutput(pred, emb, np.isfinite(pred).all(1))
+
+
+def predict_all(model, videos, inputs, cfg, device, splits=None) -> dict[str, HeadOutput]:
+    model.eval()
+    return {v.video_id: predict_video(model, v, *inputs[v.video_id], cfg, device)
+            for v in videos if splits is None or v.split in splits}
+
+
+def train_head(cfg: FaceTemporalConfig, videos: list[HeadVideo], out_dir: Path | str) -> dict:
+    """Train on the train split, select on validation (ABAW CCC or F1), write model/history/outputs."""
+    if cfg.task not in NUM_OUT:
+        raise ValueError(f"FaceTemporalConfig.task must be 'va' or 'expr', got {cfg.task!r}")
+    out_dir = Path(out_dir)
+    torch.manual_seed(cfg.train.seed)
+    inputs = {v.video_id: prepare_inputs(v, cfg) for v in videos}
+    model = FaceTemporalModel(_input_dim(videos, cfg), cfg)
+    bank = build_bank(videos, cfg, inputs)
+    batches = Batches(len(bank), cfg.train.batch_size, bank.gather, seed=cfg.train.seed)
+    device = resolve_device(cfg.train.device)
+    metric = "ccc_mean" if cfg.task == "va" else "f1"
+    val_videos = [v for v in videos if v.split == "validation"]
+
+    def val_fn(m: nn.Module) -> dict:
+        return score_split(val_videos, predict_all(m, val_videos, inputs, cfg, device), cfg.task)
+
+    fit(model, batches, make_loss(cfg), val_fn, cfg.train, out_dir,
+        metric=metric, checkpoint_extra={"head": "face_temporal", "config": asdict(cfg),
+                                         "in_dim": _input_dim(videos, cfg)})
+    outputs = predict_all(model, videos, inputs, cfg, device)
+    write_outputs(out_dir, "face_temporal", videos, outputs, asdict(cfg), cfg.task)
+    metrics = score_split(videos, outputs, cfg.task) or {}
+    metrics["train_windows"] = len(bank)
+    return metrics
