@@ -34,13 +34,30 @@ def _setup_logging(verbosity: int) -> None:
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
 
 
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Error types whose messages already name the file, the problem and the fix."""
+    from pipeline.datasets import DatasetError
+    from pipeline.labels import LabelError
+    from pipeline.media import MediaError
+    from pipeline.stages import StageFailed
+    from pipeline.store import StoreError
+
+    errors: list[type[BaseException]] = [ParamsError, StageFailed, FileNotFoundError, DatasetError,
+                                         LabelError, MediaError, StoreError]
+    try:
+        from extractors.base import ExtractorError, VideoError
+
+        errors += [ExtractorError, VideoError]
+    except ImportError:  # pragma: no cover - extractors need torch, which is always installed
+        pass
+    return tuple(errors)
+
+
 def _run_stage(fn, *args, **kwargs) -> None:
     """Run a stage; turn the errors users can fix into one clear line and a non-zero exit."""
-    from pipeline.stages import StageFailed
-
     try:
         fn(*args, **kwargs)
-    except (ParamsError, StageFailed, FileNotFoundError) as exc:
+    except _user_errors() as exc:
         raise UserError(str(exc)) from exc
 
 

@@ -1,0 +1,52 @@
+"""Stage `evaluate`: score every head and fusion on validation; metrics, plot data, late fusion.
+
+params `evaluate`: the `EvalConfig` fields plus `late_fusion` (`enabled`, `models`, and the
+`LateFusionConfig` search settings). Late-fusion weights are searched on the validation split
+itself, so its figure is optimistic by construction; it is reported apart from the models.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import click
+
+from pipeline.config import build_config, load_params
+from pipeline.records import read_index
+from pipeline.stages import Layout, write_json
+
+log = logging.getLogger(__name__)
+
+
+def model_dirs(layout: Layout) -> dict[str, Path]:
+    """Every model the pipeline trains, by the name used in metrics and the report."""
+    return {
+        "face": layout.head_dir("face"),
+        "behavior": layout.head_dir("behavior"),
+        "audio": layout.head_dir("audio"),
+        "fusion_moe": layout.fusion_dir("moe"),
+        "fusion_reliability": layout.fusion_dir("reliability"),
+    }
+
+
+def run(params_path: Path) -> None:
+    from heads.postprocess import LateFusionConfig, late_fusion
+    from pipeline.evaluate import EvalConfig, evaluate, load_labels, metrics_table, prediction_sets
+
+    params = load_params(params_path)
+    section = dict(params.get("evaluate") or {})
+    late = dict(section.pop("late_fusion", None) or {})
+    cfg = build_config(EvalConfig, section, where=f"{params.path}: evaluate")
+    layout = Layout()
+    labels = load_labels(read_index(layout.index), cfg.split)
+    models = model_dirs(layout)
+    summary = evaluate(models, labels, layout.metrics / "summary.json", layout.plots, cfg)
+    click.echo(metrics_table(summary))
+    if late.pop("enabled", False):
+        names = list(late.pop("models", None) or models)
+        late_cfg = build_config(LateFusionConfig, late, where=f"{params.path}: evaluate.late_fusion")
+        result, _ = late_fusion(prediction_sets({n: models[n] for n in names}, list(labels)), labels, late_cfg)
+        write_json(layout.metrics / "late_fusion.json", {**result.to_json(), "note": f"weights searched on {cfg.split}"})
+        log.info("late fusion of %s: ccc_mean=%.4f (weights searched on %s)", ", ".join(names),
+                 result.to_json()["ccc"]["mean"], cfg.split)

@@ -1,0 +1,39 @@
+"""`affcache export`: an ABAW submission file from one model's predictions."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from pipeline.records import read_index
+from pipeline.stages import Layout, StageFailed
+from pipeline.stages.evaluate import model_dirs
+
+log = logging.getLogger(__name__)
+
+
+def run(params_path: Path, model: str | None, split: str, template: Path | None, out: Path) -> None:
+    from pipeline.evaluate import outputs_url
+    from pipeline.export import ExportError, export_submission, predictions_from_store
+
+    layout = Layout()
+    models = model_dirs(layout)
+    if model is None:
+        summary_path = layout.metrics / "summary.json"
+        if not summary_path.exists():
+            raise StageFailed(f"{summary_path}: not found; run `dvc repro evaluate` or pass --model")
+        model = json.loads(summary_path.read_text())["best"]["model"]
+    if model not in models:
+        raise StageFailed(f"unknown model {model!r}; choose one of {', '.join(models)}")
+    videos = [v for v in read_index(layout.index) if v.split == split]
+    if not videos:
+        raise StageFailed(f"{layout.index}: no video in split {split!r}")
+    url = outputs_url(models[model])
+    preds = predictions_from_store(url, [v.video_id for v in videos])
+    frames = {v.video_id: int(v.label_frames.get("va", v.num_frames)) for v in videos}
+    try:
+        rows = export_submission(preds, out, num_frames=frames, template=template, source=url)
+    except ExportError as exc:
+        raise StageFailed(str(exc)) from exc
+    log.info("export: %d rows of %s (%s split) -> %s", rows, model, split, out)

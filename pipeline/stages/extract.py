@@ -1,0 +1,76 @@
+"""Stages `extract_<modality>`: run one extractor over the index into its feature store.
+
+params `extract.<modality>`: `extractor` (registry name), `workers`/`prefetch` (decode threads and
+how many videos they run ahead of the model), `keep_old_stores`, and `config` (the extractor's config
+dataclass, checked strictly before any video is touched).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import typing
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import Params, ParamsError, build_config, load_params
+from pipeline.records import read_index
+from pipeline.stages import Layout, StageFailed
+
+log = logging.getLogger(__name__)
+
+
+def config_class(extractor_cls: type) -> type:
+    """The config dataclass an extractor takes, read from its constructor's annotation."""
+    params = list(inspect.signature(extractor_cls.__init__).parameters.values())[1:]
+    if not params:
+        raise TypeError(f"{extractor_cls.__name__} takes no config")
+    hints = typing.get_type_hints(extractor_cls.__init__)
+    return hints[params[0].name]
+
+
+def build_extractor(params: Params, modality: str) -> Any:
+    """Construct the extractor named in `extract.<modality>` with its strictly-checked config."""
+    from extractors.base import REGISTRY, _import_builtin_extractors
+
+    section = f"extract.{modality}"
+    name = params.section(f"{section}.extractor")
+    _import_builtin_extractors()
+    if name not in REGISTRY:
+        raise ParamsError(f"{params.path}: {section}.extractor: unknown extractor {name!r}; "
+                          f"known: {', '.join(sorted(REGISTRY))}")
+    cls = REGISTRY[name]
+    cfg = build_config(config_class(cls), params.get(f"{section}.config") or {}, where=f"{params.path}: {section}.config")
+    extractor = cls(cfg)
+    if extractor.modality != modality:
+        raise ParamsError(f"{params.path}: {section}.extractor: {name!r} extracts {extractor.modality!r}, not {modality!r}")
+    return extractor
+
+
+def run(params_path: Path, modality: str) -> None:
+    from extractors.base import ExtractorError, run_extraction
+    from pipeline.store import prune_stores
+
+    params = load_params(params_path)
+    layout = Layout()
+    extractor = build_extractor(params, modality)
+    videos = read_index(layout.index)
+    try:
+        report = run_extraction(
+            extractor,
+            videos,
+            str(layout.features),
+            workers=int(params.get(f"extract.{modality}.workers", 2)),
+            prefetch=int(params.get(f"extract.{modality}.prefetch", 2)),
+        )
+    except ExtractorError as exc:
+        raise StageFailed(f"extract {modality}: {exc}") from exc
+    if not params.get(f"extract.{modality}.keep_old_stores", False):
+        for removed in prune_stores(str(layout.feature_dir(modality)), keep=report.url):
+            log.info("removed store of an older configuration: %s (still in the DVC cache)", removed)
+    log.info("extract %s: %d extracted, %d cached, %d failed -> %s", modality, len(report.done),
+             len(report.skipped), len(report.failed), report.url)
+    if report.failed:
+        lines = "\n".join(f"  {f['video_id']} ({f['file']}): {f['error']}" for f in report.failed)
+        raise StageFailed(f"extract {modality}: {len(report.failed)} video(s) failed; the others are cached "
+                          f"and a re-run retries only these:\n{lines}")

@@ -1,0 +1,27 @@
+"""Stage `report`: the static HTML report (data/reports/index.html). params `report`: ReportConfig."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from pipeline.config import load_params
+from pipeline.records import read_index
+from pipeline.stages import Layout
+from pipeline.stages.evaluate import model_dirs
+
+log = logging.getLogger(__name__)
+
+
+def run(params_path: Path) -> None:
+    from pipeline.evaluate import EvalConfig, load_labels
+    from pipeline.report import ReportConfig, build_report
+
+    params = load_params(params_path)
+    cfg = params.build("report", ReportConfig)
+    layout = Layout()
+    summary = json.loads((layout.metrics / "summary.json").read_text())
+    labels = load_labels(read_index(layout.index), EvalConfig().split)
+    path = build_report(summary, model_dirs(layout), labels, layout.reports / "index.html", cfg)
+    log.info("report: %s", path)
