@@ -25,8 +25,10 @@ def config_class(extractor_cls: type) -> type:
     params = list(inspect.signature(extractor_cls.__init__).parameters.values())[1:]
     if not params:
         raise TypeError(f"{extractor_cls.__name__} takes no config")
-    hints = typing.get_type_hints(extractor_cls.__init__)
-    return hints[params[0].name]
+    hint = typing.get_type_hints(extractor_cls.__init__)[params[0].name]
+    # `cfg: FaceConfig | None = None` -> FaceConfig
+    candidates = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+    return candidates[0]
 
 
 def build_extractor(params: Params, modality: str) -> Any:

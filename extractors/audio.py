@@ -1,0 +1,437 @@
+"""Speech self-supervised features (WavLM-Large by default) for every video with audio.
+
+Why it looks like this:
+- **Any HF speech SSL checkpoint.** `AutoModel.from_pretrained(model, revision)` loads WavLM, wav2vec2,
+  HuBERT... A checkpoint saved with a task head (e.g. audeering's PDEM
+  `audeering/wav2vec2-large-robust-12-ft-emotion-msp-dim`, a Wav2Vec2 with a custom regression head)
+  loads as its base model: the head's weights are ignored, which is what a feature cache wants.
+- **Long audio in overlapping chunks, stitched seamlessly.** A 10-minute track does not fit a
+  Transformer's attention in one pass, so the waveform is cut into `chunk_seconds` chunks that
+  overlap by `overlap_seconds`; chunk starts sit on the model's frame grid, and each output row is
+  taken from the chunk in which it lies most centrally (the overlap is split in the middle). For a
+  model whose context does not reach past half the overlap the result equals whole-sequence
+  inference (tested); for a global-attention model it is the usual, good approximation.
+  All chunks of a video have the same length (the last one is aligned to the end of the track), so
+  they batch without padding and padding can never leak into the features.
+- **Rows on the model's own time grid.** Row k covers samples [k*hop, k*hop + receptive) where hop and
+  receptive field are computed from the conv front end (WavLM/wav2vec2: 320 and 400 samples = 20 ms /
+  25 ms at 16 kHz). Heads align rows to label frames via `t0`/`t1`; no modality assumes another's rate.
+- **Top-k fine-tuning from cache.** With `keep_lower_layers=k` the extractor also stores
+  `hidden_states[-(k+1)]`, the input of the top k layers, as `lower`; a head can then train those k
+  layers (the published system fine-tunes WavLM's last 4) without ever running the lower 20 again.
+- **Left/right share one extraction.** Aff-Wild2's `_left`/`_right` annotation ids share one media
+  file, hence one audio track. The computed arrays are memoised by `video.media_key` in a small LRU
+  (`cache_size` files), so the second id of a pair costs a dictionary lookup and no model pass (the
+  engine processes ids in sorted order, so a pair is adjacent). When both ids are prefetched before
+  the first is computed, the track is decoded twice but still encoded once.
+- **Voice activity** (`vad`, one probability per row) comes from `extractors.reliability.voice_activity`
+  on this model's grid. It runs in prepare() (worker threads) so it overlaps the model; calls are
+  serialised because silero-vad's TorchScript model is a stateful process-wide singleton.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from extractors.base import ExtractorError, inference, register, torch_device
+from pipeline.records import Video
+
+SCHEMA = 1
+_VAD_LOCK = threading.Lock()
+
+
+@dataclass
+class AudioConfig:
+    """Audio extraction parameters (published defaults: WavLM-Large, masked per-clip z-norm)."""
+
+    model: str = "microsoft/wavlm-large"
+    revision: str | None = None
+    sample_rate: int = 16000
+    chunk_seconds: float = 20.0
+    overlap_seconds: float = 2.0
+    batch_size: int = 4  # chunks per forward
+    normalize: bool = True  # per-clip z-normalisation of the waveform (over the real samples)
+    keep_lower_layers: int = 0  # k > 0: also store hidden_states[-(k+1)] (input of the top k layers) as `lower`
+    device: str = "auto"
+    bf16: bool = True  # autocast on CUDA only
+    cache_size: int = 2  # media files whose results are memoised (left/right pairs are adjacent)
+    vad_backend: str = "auto"  # extractors.reliability.voice_activity backend: auto | energy | silero
+
+
+# ------------------------------------------------------------------------------------ frame grid
+def conv_frame_geometry(conv_kernel: tuple[int, ...], conv_stride: tuple[int, ...]) -> tuple[int, int]:
+    """(hop, receptive field) in samples of a stack of 1-D convolutions (no padding).
+
+    WavLM/wav2vec2: kernels (10,3,3,3,3,2,2), strides (5,2,2,2,2,2,2) -> hop 320, receptive 400.
+    """
+    hop, receptive = 1, 1
+    for k, s in zip(conv_kernel, conv_stride):
+        receptive += (k - 1) * hop
+        hop *= s
+    return hop, receptive
+
+
+def num_frames(num_samples: int, conv_kernel: tuple[int, ...], conv_stride: tuple[int, ...]) -> int:
+    """Output rows of the conv front end for `num_samples` input samples (0 if too short)."""
+    n = num_samples
+    for k, s in zip(conv_kernel, conv_stride):
+        if n < k:
+            return 0
+        n = (n - k) // s + 1
+    return n
+
+
+def chunk_plan(num_samples: int, chunk: int, overlap: int, hop: int) -> list[int]:
+    """Start samples of equal-length chunks covering `num_samples`; starts are multiples of `hop`.
+
+    One chunk when the signal fits; otherwise a step of `chunk - overlap` (rounded down to the hop)
+    and a last chunk aligned to the end of the signal (also on the hop grid), so every chunk has
+    the same length and the batch needs no padding.
+    """
+    if num_samples <= chunk:
+        return [0]
+    step = max(hop, (chunk - overlap) // hop * hop)
+    starts = list(range(0, num_samples - chunk, step))
+    last = (num_samples - chunk) // hop * hop
+    if last > starts[-1]:
+        starts.append(last)
+    return starts
+
+
+def stitch_bounds(first_rows: list[int], counts: list[int], total: int) -> list[tuple[int, int]]:
+    """For each chunk, the global row range [lo, hi) it contributes: overlaps are cut in the middle.
+
+    `first_rows[j]` is chunk j's first global row, `counts[j]` its row count. Every global row in
+    [0, total) is taken from exactly one chunk, the one in which it is most central.
+    """
+    bounds = []
+    lo = 0
+    for j, (a, n) in enumerate(zip(first_rows, counts)):
+        if j + 1 < len(first_rows):
+            hi = (first_rows[j + 1] + a + n) // 2  # middle of the overlap with the next chunk
+        else:
+            hi = total
+        hi = min(hi, a + n, total)
+        bounds.append((lo, hi))
+        lo = hi
+    return bounds
+
+
+def zscore(audio: np.ndarray) -> np.ndarray:
+    """Per-clip z-normalisation (the published preprocessing). Only real samples exist here
+    (chunks are never padded), so the mask is all-true and the statistics are the clip's own."""
+    mean = float(audio.mean()) if audio.size else 0.0
+    std = float(audio.std()) if audio.size else 1.0
+    return ((audio - mean) / np.sqrt(std * std + 1e-7)).astype(np.float32)
+
+
+def resample_to_rows(values: np.ndarray, times: np.ndarray, row_times: np.ndarray) -> np.ndarray:
+    """Linear interpolation of a per-time signal onto row centres (edges held)."""
+    if values.size == 0 or row_times.size == 0:
+        return np.zeros(row_times.shape, dtype=np.float32)
+    return np.interp(row_times, times, values).astype(np.float32)
+
+
+def voice_activity_rows(audio: np.ndarray, sample_rate: int, hop: int, receptive: int, rows: int,
+                        backend: str) -> np.ndarray:
+    """Voice-activity probability per row from `extractors.reliability.voice_activity`.
+
+    The reliability module owns VAD (one implementation for the audio filter, fusion and this `vad`
+    array); it is asked for rows on this model's grid (hop/window in seconds). Its row count follows
+    1 + (L - win) // hop while a conv stack floors per layer, so the two can differ by a row at the
+    end: then the probabilities are interpolated onto our row centres.
+    """
+    from extractors.reliability import voice_activity
+
+    with _VAD_LOCK:  # silero's TorchScript model is one stateful global: concurrent calls corrupt it
+        prob = voice_activity(audio, sample_rate, hop=hop / sample_rate, win=receptive / sample_rate, backend=backend)
+    prob = np.asarray(prob, dtype=np.float32).reshape(-1)
+    if len(prob) == rows:
+        return np.clip(prob, 0.0, 1.0)
+    centres = (np.arange(rows) * hop + receptive / 2) / sample_rate
+    src = (np.arange(len(prob)) * hop + receptive / 2) / sample_rate
+    return np.clip(resample_to_rows(prob, src, centres), 0.0, 1.0)
+
+
+class MediaCache:
+    """A small thread-safe LRU of computed store arrays keyed by `Video.media_key`.
+
+    Why: `_left`/`_right` ids share one media file; for features of the whole file (audio, and the
+    behavior VLM, which sees the whole frame as in the published pipeline) the second id must not
+    pay for a second model pass. Hits return copies, so callers may modify their arrays.
+    """
+
+    def __init__(self, size: int):
+        self.size = max(0, int(size))
+        self._items: OrderedDict[str, dict[str, np.ndarray]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __contains__(self, key: str) -> bool:
+        with self._lock:
+            return key in self._items
+
+    def get(self, key: str) -> dict[str, np.ndarray] | None:
+        with self._lock:
+            hit = self._items.get(key)
+            if hit is None:
+                return None
+            self._items.move_to_end(key)
+            return {k: v.copy() for k, v in hit.items()}
+
+    def put(self, key: str, arrays: dict[str, np.ndarray]) -> None:
+        if self.size == 0:
+            return
+        with self._lock:
+            self._items[key] = {k: v.copy() for k, v in arrays.items()}
+            self._items.move_to_end(key)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+
+
+# ------------------------------------------------------------------------------------ extractor
+@dataclass
+class _Prepared:
+    """What prepare() hands to compute(): the waveform, or a marker that the result is memoised."""
+
+    audio: np.ndarray | None
+    cached: bool = False
+    vad: np.ndarray | None = None
+
+
+@register("speech_ssl")
+class SpeechSSLExtractor:
+    """HF speech SSL encoder -> per-row last-layer states (+ optional lower states) and voice activity."""
+
+    name = "speech_ssl"
+    modality = "audio"
+
+    def __init__(self, cfg: AudioConfig):
+        self.cfg = cfg
+        self._check_config()
+        self.model: torch.nn.Module | None = None
+        self.device = torch.device("cpu")
+        self.hop = 320
+        self.receptive = 400
+        self._kernel: tuple[int, ...] = ()
+        self._stride: tuple[int, ...] = ()
+        self._cache = MediaCache(self.cfg.cache_size)
+        from extractors.reliability import resolve_vad_backend
+
+        self.vad_backend = resolve_vad_backend(self.cfg.vad_backend)  # the one used goes in the fingerprint
+
+    def _check_config(self) -> None:
+        c = self.cfg
+        if c.chunk_seconds <= 0 or c.overlap_seconds < 0 or c.overlap_seconds >= c.chunk_seconds:
+            raise ExtractorError(
+                f"audio: need chunk_seconds > overlap_seconds >= 0, got chunk_seconds={c.chunk_seconds}, "
+                f"overlap_seconds={c.overlap_seconds}; fix the audio params"
+            )
+        if c.vad_backend not in ("auto", "energy", "silero"):
+            raise ExtractorError(f"audio vad_backend {c.vad_backend!r}: use 'auto', 'energy' or 'silero'")
+        if c.batch_size < 1 or c.keep_lower_layers < 0:
+            raise ExtractorError(f"audio: batch_size must be >= 1 and keep_lower_layers >= 0, got {c}")
+
+    # -------------------------------------------------------------------------------- protocol
+    def fingerprint(self) -> dict:
+        """Everything that changes the stored numbers (not batch size, device, cache)."""
+        c = self.cfg
+        fp = {
+            "extractor": self.name,
+            "schema": SCHEMA,
+            "model": c.model,
+            "revision": c.revision,
+            "weights": weights_fingerprint(c.model),
+            "sample_rate": c.sample_rate,
+            "chunk_seconds": c.chunk_seconds,
+            "overlap_seconds": c.overlap_seconds,
+            "normalize": c.normalize,
+            "keep_lower_layers": c.keep_lower_layers,
+            "bf16": c.bf16,
+            "vad_backend": self.vad_backend,
+        }
+        return fp
+
+    def load(self) -> None:
+        """Load the model offline-safely; any failure is an ExtractorError naming the id and the fix."""
+        if self.model is not None:
+            return
+        from transformers import AutoModel
+
+        self.device = torch_device(self.cfg.device)
+        try:
+            model = AutoModel.from_pretrained(self.cfg.model, revision=self.cfg.revision)
+        except Exception as e:  # OSError (offline / unknown id), ValueError (not a model folder)...
+            raise ExtractorError(_load_error(self.cfg.model, self.cfg.revision, e)) from e
+        cfg = model.config
+        if not hasattr(cfg, "conv_kernel") or not hasattr(cfg, "conv_stride"):
+            raise ExtractorError(
+                f"audio model {self.cfg.model!r} ({type(model).__name__}) has no conv front end "
+                "(conv_kernel/conv_stride); use a speech SSL checkpoint such as microsoft/wavlm-large"
+            )
+        layers = int(getattr(cfg, "num_hidden_layers", 0))
+        if self.cfg.keep_lower_layers > layers:
+            raise ExtractorError(
+                f"audio: keep_lower_layers={self.cfg.keep_lower_layers} but {self.cfg.model!r} has only "
+                f"{layers} layers; choose 0..{layers}"
+            )
+        self._check_sample_rate()
+        self._kernel, self._stride = tuple(cfg.conv_kernel), tuple(cfg.conv_stride)
+        self.hop, self.receptive = conv_frame_geometry(self._kernel, self._stride)
+        self.model = model.to(self.device).eval()
+
+    def _check_sample_rate(self) -> None:
+        """The checkpoint's feature extractor (optional) states the rate it was trained on."""
+        try:
+            from transformers import AutoFeatureExtractor
+
+            fe = AutoFeatureExtractor.from_pretrained(self.cfg.model, revision=self.cfg.revision)
+        except Exception:  # noqa: BLE001 - optional file
+            return
+        rate = getattr(fe, "sampling_rate", None)
+        if rate and int(rate) != int(self.cfg.sample_rate):
+            raise ExtractorError(
+                f"audio: {self.cfg.model!r} expects {rate} Hz audio but sample_rate={self.cfg.sample_rate}; "
+                f"set sample_rate: {rate}"
+            )
+
+    def source(self, video: Video) -> str:
+        return video.media_path
+
+    def prepare(self, video: Video) -> _Prepared:
+        """Worker thread: decode + resample the track and compute its voice activity (VAD runs here,
+        not in compute(), so it overlaps the model); skipped when the pair partner is memoised."""
+        if video.media_key in self._cache:
+            return _Prepared(None, cached=True)
+        audio = self._read(video)
+        return _Prepared(audio, vad=self.vad(audio))
+
+    def compute(self, video: Video, prepared: _Prepared) -> dict[str, np.ndarray]:
+        """Rows for the whole track (memoised per media file)."""
+        hit = self._cache.get(video.media_key)
+        if hit is not None:
+            return hit
+        if prepared.cached:  # partner's result was evicted between prepare and compute: decode now
+            prepared = _Prepared(self._read(video))
+        arrays = self.encode(prepared.audio, prepared.vad)
+        self._cache.put(video.media_key, arrays)
+        return arrays
+
+    def _read(self, video: Video) -> np.ndarray | None:
+        from pipeline.media import read_audio
+
+        return read_audio(video.media_path, self.cfg.sample_rate)
+
+    # -------------------------------------------------------------------------------- compute
+    def rows(self, audio: np.ndarray | None) -> int:
+        """Output rows for a waveform (0 without audio or when shorter than the receptive field)."""
+        return 0 if audio is None else num_frames(len(audio), self._kernel, self._stride)
+
+    def vad(self, audio: np.ndarray | None) -> np.ndarray:
+        """Voice activity on this model's rows (empty without audio)."""
+        rows = self.rows(audio)
+        if rows == 0:
+            return np.zeros(0, np.float32)
+        return voice_activity_rows(audio, self.cfg.sample_rate, self.hop, self.receptive, rows, self.vad_backend)
+
+    def encode(self, audio: np.ndarray | None, vad: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Waveform -> store arrays. No audio (None) or too short -> zero rows (a missing modality)."""
+        if self.model is None:
+            self.load()
+        rows = self.rows(audio)
+        if rows == 0:
+            return self._empty()
+        wav = zscore(audio) if self.cfg.normalize else audio.astype(np.float32)
+        last, lower = self._chunked_states(wav, rows)
+        t0 = (np.arange(rows) * self.hop / self.cfg.sample_rate).astype(np.float32)
+        t1 = (t0 + self.receptive / self.cfg.sample_rate).astype(np.float32)
+        out = {"emb": last, "t0": t0, "t1": t1, "valid": np.ones(rows, dtype=bool)}
+        out["vad"] = vad if vad is not None else self.vad(audio)
+        if lower is not None:
+            out["lower"] = lower
+        return out
+
+    def _empty(self) -> dict[str, np.ndarray]:
+        dim = int(self.model.config.hidden_size)
+        out = {
+            "emb": np.zeros((0, dim), np.float32),
+            "t0": np.zeros(0, np.float32),
+            "t1": np.zeros(0, np.float32),
+            "valid": np.zeros(0, bool),
+            "vad": np.zeros(0, np.float32),
+        }
+        if self.cfg.keep_lower_layers:
+            out["lower"] = np.zeros((0, dim), np.float32)
+        return out
+
+    def _chunked_states(self, wav: np.ndarray, rows: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """Run equal-length chunks in batches and stitch their central parts onto the global grid."""
+        sr = self.cfg.sample_rate
+        chunk = max(self.receptive, int(round(self.cfg.chunk_seconds * sr)))
+        overlap = int(round(self.cfg.overlap_seconds * sr))
+        starts = chunk_plan(len(wav), chunk, overlap, self.hop)
+        length = min(chunk, len(wav))
+        per_chunk = num_frames(length, self._kernel, self._stride)
+        first = [s // self.hop for s in starts]
+        bounds = stitch_bounds(first, [per_chunk] * len(starts), rows)
+        dim = int(self.model.config.hidden_size)
+        last = np.zeros((rows, dim), np.float32)
+        lower = np.zeros((rows, dim), np.float32) if self.cfg.keep_lower_layers else None
+        for b in range(0, len(starts), self.cfg.batch_size):
+            idx = range(b, min(b + self.cfg.batch_size, len(starts)))
+            batch = np.stack([wav[starts[j] : starts[j] + length] for j in idx])
+            top, low = self.forward(batch)
+            for i, j in enumerate(idx):
+                lo, hi = bounds[j]
+                last[lo:hi] = top[i, lo - first[j] : hi - first[j]]
+                if lower is not None:
+                    lower[lo:hi] = low[i, lo - first[j] : hi - first[j]]
+        return last, lower
+
+    def forward(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """One model call on [B, samples] -> (last layer [B,T,D], states below the top k or None)."""
+        k = self.cfg.keep_lower_layers
+        x = torch.from_numpy(batch).to(self.device)
+        with inference(self.device, self.cfg.bf16):
+            out = self.model(x, output_hidden_states=bool(k))
+        top = out.last_hidden_state.float().cpu().numpy()
+        low = out.hidden_states[-(k + 1)].float().cpu().numpy() if k else None
+        return top, low
+
+
+def weights_fingerprint(model: str) -> dict | None:
+    """Content fingerprint of a local checkpoint (file or folder), None for a hub id (its revision
+    identifies it). Hashes names, sizes and the first/last MiB of each file but not mtimes, so a demo
+    checkpoint rewritten with the same seed keeps its fingerprint and the cache stays valid."""
+    import hashlib
+    from pathlib import Path
+
+    root = Path(model)
+    if not root.exists():
+        return None
+    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    h = hashlib.sha1()
+    for f in files:
+        size = f.stat().st_size
+        h.update(f"{f.relative_to(root) if f != root else f.name}:{size}".encode())
+        with open(f, "rb") as fh:
+            h.update(fh.read(1 << 20))
+            if size > 2 << 20:
+                fh.seek(size - (1 << 20))
+                h.update(fh.read())
+    return {"sha1": h.hexdigest(), "files": len(files)}
+
+
+def _load_error(model: str, revision: str | None, err: Exception) -> str:
+    """A message that says what failed and how to run offline."""
+    return (
+        f"audio model {model!r} (revision {revision or 'default'}) could not be loaded: "
+        f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}. "
+        "Offline (HF_HUB_OFFLINE=1) a hub id must already be in the HF cache (download it once with "
+        "`huggingface-cli download <id>` on a machine with internet, or copy ~/.cache/huggingface), or "
+        "set `model` to a local folder written by save_pretrained (e.g. the demo's data/models/wavlm)."
+    )

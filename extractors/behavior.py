@@ -1,0 +1,377 @@
+"""Behavior features: a video LLM (Qwen3-VL) reads short segments with an affect-analysis prompt.
+
+Why it looks like this (published system, seed-systems.md B2):
+- **Segments:** 4 s windows every 2 s; `segments()` reproduces the published slicing rule exactly,
+  edge cases included, so segment indices and frame ranges line up with the published pipeline.
+- **Frames:** up to 16 frames at 4 fps per segment, sampled like qwen-vl-utils samples a cut clip
+  (an even count, at least 4 when the clip has them, spread evenly over the segment's frames), decoded
+  once per batch with `pipeline.media.frames_at` and resized on decode (memory stays bounded: a
+  `BackgroundStream` hands batches to the model while the next batch decodes).
+- **Timestamps:** Qwen3-VL writes `<t seconds>` tokens before each frame pair. The frames are
+  pre-sampled, so `video_metadata` (source fps + the frames' indices *relative to the segment start*)
+  is passed to the processor; without it the processor would assume 24 fps. Relative times match
+  the published setup, where each segment was a separate clip file.
+- **Features from ONE prefill pass** (no generation): the last layer's state of the last token
+  (`emb`, the published default) and the masked mean over the sequence (`emb_mean`). Segments are
+  batched with *left* padding, so the last position is every sequence's last real token; Qwen3-VL's
+  M-RoPE positions skip padding via the attention mask, so batched == one-at-a-time (tested).
+- **Left/right ids share one pass:** the VLM sees the whole frame (as in the published pipeline,
+  which maps `_left`/`_right` to the same clip), so results are memoised per media file
+  (`cache_size`), like the audio extractor's.
+- **Text is optional:** `max_new_tokens > 0` (or `generate`) runs greedy generation and stores the
+  descriptions; otherwise `text` holds empty strings (the published features never use the text).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from extractors.audio import MediaCache, weights_fingerprint
+from extractors.base import BackgroundStream, ExtractorError, inference, register, torch_device
+from pipeline.records import Video
+
+SCHEMA = 1
+
+# Our own wording of the published prompt's intent (expert affect analyst, valence + arousal, visible
+# cues and their evolution, uncertainty allowed, one paragraph <= 100 tokens ending with a period).
+DEFAULT_PROMPT = (
+    "You are an expert in multimodal affect analysis. Watch the clip and describe the person's valence "
+    "(pleasant to unpleasant) and arousal (calm to excited). Cite the visible cues that support your "
+    "estimate: face, posture, gestures, head movement and the scene, and say how they change during the "
+    "clip. You may note uncertainty or mixed affect. Do not guess beyond what is visible. Answer in one "
+    "paragraph of at most 100 tokens that ends with a period."
+)
+
+
+@dataclass
+class BehaviorConfig:
+    """Behavior extraction parameters (published defaults: Qwen3-VL-4B, 4 s / 2 s, 4 fps, 16 frames)."""
+
+    model: str = "Qwen/Qwen3-VL-4B-Instruct"
+    revision: str | None = None
+    segment_seconds: float = 4.0
+    hop_seconds: float = 2.0
+    min_last_seconds: float = 1.0
+    sample_fps: float = 4.0
+    max_frames: int = 16
+    min_frames: int = 4  # qwen-vl-utils' floor (when the segment has that many frames)
+    frame_long_side: int = 336  # frames are resized on decode; the processor then fits its pixel budget
+    prompt: str = DEFAULT_PROMPT
+    generate: bool = False
+    max_new_tokens: int = 0  # > 0 (or generate=True) -> greedy descriptions stored in `text`
+    batch_size: int = 4  # segments per forward pass
+    device: str = "auto"
+    bf16: bool = True  # bf16 weights on CUDA (published); fp32 on CPU
+    attn_implementation: str = "sdpa"
+    cap_pixels_per_frame: bool = True  # qwen-vl-utils' per-frame pixel cap (transformers' explicit choice)
+    cache_size: int = 2  # media files whose results are memoised (left/right ids share one file)
+
+
+# ------------------------------------------------------------------------------------ segments
+def segments(duration: float, cfg: BehaviorConfig | None = None) -> list[tuple[float, float]]:
+    """Segment (t0, t1) list in seconds; the published rule (`make_va_chunks.py: slice_audio`).
+
+    - duration <= 0: no segments (nothing to describe).
+    - duration <= segment_seconds: ONE segment (0, duration), however short: the published rule has no
+      minimum for a single window, and a sub-second clip still has frames a VLM can describe.
+    - otherwise windows start at k*hop; a window ending before the end is kept whole; a window ending
+      exactly at the end is kept and stops; a window crossing the end is clipped to (start, duration)
+      and kept only if it is >= min_last_seconds long, then slicing stops. With the defaults
+      (4 s / 2 s) a clipped last window is always 2-4 s long, so the minimum only bites for hops
+      longer than segment - min (e.g. 3.5 s).
+    Starts are k*hop (not a running sum) so long videos do not accumulate float error; for the
+    published hop (2.0) both are identical.
+    """
+    cfg = cfg or BehaviorConfig()
+    win, hop, min_last = cfg.segment_seconds, cfg.hop_seconds, cfg.min_last_seconds
+    if duration <= 0:
+        return []
+    if duration <= win:
+        return [(0.0, float(duration))]
+    out: list[tuple[float, float]] = []
+    k = 0
+    while k * hop < duration:
+        start = k * hop
+        end = start + win
+        if end < duration:
+            out.append((start, end))
+        elif end == duration:
+            out.append((start, end))
+            break
+        else:
+            if duration - start >= min_last:
+                out.append((start, float(duration)))
+            break
+        k += 1
+    return out
+
+
+def segment_frames(t0: float, t1: float, fps: float) -> tuple[int, int]:
+    """(frame_start, frame_end) = round(t * fps), as in the published segment names."""
+    return int(np.round(t0 * fps)), int(np.round(t1 * fps))
+
+
+def sample_indices(frame_start: int, frame_end: int, fps: float, cfg: BehaviorConfig) -> np.ndarray:
+    """Segment-relative indices of the frames given to the VLM (qwen-vl-utils' rule for a clip).
+
+    n = duration * sample_fps, clamped to [min_frames, max_frames] and to the clip's frame count,
+    rounded down to an even number (Qwen3-VL merges frame pairs); frames spread evenly over the
+    clip. A 1-frame clip yields [0, 0] (the vision tower needs 2 frames per temporal patch).
+    """
+    total = max(1, frame_end - frame_start)
+    n = int(round(total / fps * cfg.sample_fps))
+    n = min(max(n, cfg.min_frames), cfg.max_frames, total)
+    n = max(2, n - n % 2) if total >= 2 else 1
+    idx = np.linspace(0, total - 1, n).round().astype(np.int64)
+    return idx if n >= 2 else np.repeat(idx, 2)
+
+
+def resized_size(width: int, height: int, long_side: int) -> tuple[int, int]:
+    """(width, height) with the long side scaled to `long_side` (never upscaled), even numbers."""
+    scale = min(1.0, long_side / max(width, height))
+    return max(2, int(round(width * scale / 2)) * 2), max(2, int(round(height * scale / 2)) * 2)
+
+
+@dataclass
+class SegmentBatch:
+    """A batch of segments ready for the processor (what prepare()'s stream yields)."""
+
+    index: list[int]  # segment numbers
+    frames: list[np.ndarray]  # [n, H, W, 3] uint8 per segment
+    rel_indices: list[np.ndarray]  # segment-relative frame indices (timestamps = idx / fps)
+
+
+@dataclass
+class _Prepared:
+    """prepare() output: the segment table plus a stream of decoded batches."""
+
+    t0: np.ndarray
+    t1: np.ndarray
+    frame_start: np.ndarray
+    frame_end: np.ndarray
+    fps: float
+    batches: Any  # BackgroundStream | list[SegmentBatch]
+
+    def close(self) -> None:
+        if isinstance(self.batches, BackgroundStream):
+            self.batches.close()
+
+
+# ------------------------------------------------------------------------------------ extractor
+@register("qwen3vl")
+class QwenVLBehaviorExtractor:
+    """Qwen3-VL prefill features (+ optional descriptions) per behavior segment."""
+
+    name = "qwen3vl"
+    modality = "behavior"
+
+    def __init__(self, cfg: BehaviorConfig):
+        self.cfg = cfg
+        self._check_config()
+        self.model: Any = None
+        self.processor: Any = None
+        self.device = torch.device("cpu")
+        self._text: str | None = None
+        self._cache = MediaCache(self.cfg.cache_size)
+
+    def _check_config(self) -> None:
+        c = self.cfg
+        if c.segment_seconds <= 0 or c.hop_seconds <= 0 or c.sample_fps <= 0:
+            raise ExtractorError(f"behavior: segment_seconds, hop_seconds and sample_fps must be > 0 ({c})")
+        if c.max_frames < 2 or c.batch_size < 1 or c.frame_long_side < 32 or c.max_new_tokens < 0:
+            raise ExtractorError(
+                "behavior: need max_frames >= 2, batch_size >= 1, frame_long_side >= 32, max_new_tokens >= 0; "
+                f"got {c.max_frames}, {c.batch_size}, {c.frame_long_side}, {c.max_new_tokens}"
+            )
+        if not c.prompt.strip():
+            raise ExtractorError("behavior: prompt is empty; set behavior.prompt or leave the default")
+
+    @property
+    def new_tokens(self) -> int:
+        """Generation length: 0 = prefill only. `generate=True` without a length means 128."""
+        if self.cfg.max_new_tokens > 0:
+            return self.cfg.max_new_tokens
+        return 128 if self.cfg.generate else 0
+
+    # -------------------------------------------------------------------------------- protocol
+    def fingerprint(self) -> dict:
+        c = self.cfg
+        return {
+            "extractor": self.name,
+            "schema": SCHEMA,
+            "model": c.model,
+            "revision": c.revision,
+            "weights": weights_fingerprint(c.model),
+            "segment_seconds": c.segment_seconds,
+            "hop_seconds": c.hop_seconds,
+            "min_last_seconds": c.min_last_seconds,
+            "sample_fps": c.sample_fps,
+            "max_frames": c.max_frames,
+            "min_frames": c.min_frames,
+            "frame_long_side": c.frame_long_side,
+            "cap_pixels_per_frame": c.cap_pixels_per_frame,
+            "prompt": c.prompt,
+            "new_tokens": self.new_tokens,
+            "bf16": c.bf16,
+        }
+
+    def load(self) -> None:
+        """Load processor + model; offline failures become an ExtractorError naming the id and fix."""
+        if self.model is not None:
+            return
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        self.device = torch_device(self.cfg.device)
+        dtype = torch.bfloat16 if (self.cfg.bf16 and self.device.type == "cuda") else torch.float32
+        try:
+            processor = AutoProcessor.from_pretrained(self.cfg.model, revision=self.cfg.revision)
+            model = AutoModelForImageTextToText.from_pretrained(
+                self.cfg.model,
+                revision=self.cfg.revision,
+                dtype=dtype,
+                attn_implementation=self.cfg.attn_implementation,
+            )
+        except Exception as e:  # noqa: BLE001 - OSError offline, ValueError bad folder / attention impl
+            raise ExtractorError(_load_error(self.cfg.model, self.cfg.revision, e)) from e
+        if getattr(processor, "video_processor", None) is None:
+            raise ExtractorError(f"behavior: {self.cfg.model!r} has no video processor; use a Qwen3-VL checkpoint")
+        processor.tokenizer.padding_side = "left"  # last position = last real token for every row
+        self.processor = processor
+        self.model = model.to(self.device).eval()
+        self._text = self.chat_text()
+
+    def chat_text(self) -> str:
+        """The prompt through the checkpoint's chat template (video item + text, assistant turn open)."""
+        messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": self.cfg.prompt}]}]
+        return self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def source(self, video: Video) -> str:
+        return video.media_path
+
+    def prepare(self, video: Video) -> _Prepared:
+        """Segment table now; frames decoded batch by batch in the background (bounded memory)."""
+        fps = float(video.fps)
+        segs = segments(_duration(video), self.cfg)
+        t0 = np.array([s[0] for s in segs], np.float32)
+        t1 = np.array([s[1] for s in segs], np.float32)
+        fr = [segment_frames(a, b, fps) for a, b in segs]
+        fs = np.array([f[0] for f in fr], np.int64)
+        fe = np.array([f[1] for f in fr], np.int64)
+        prepared = _Prepared(t0, t1, fs, fe, fps, [])
+        if segs and video.media_key not in self._cache:  # a memoised pair partner needs no frames
+            prepared.batches = BackgroundStream(lambda: self.iter_batches(video.media_path, fs, fe, fps), maxsize=2)
+        return prepared
+
+    def iter_batches(self, path: str, fs: np.ndarray, fe: np.ndarray, fps: float) -> Iterator[SegmentBatch]:
+        """Decode the sampled frames of `batch_size` segments at a time (one frames_at pass each)."""
+        from pipeline.media import frames_at
+
+        first = frames_at(path, [0.0])  # native size, to keep the aspect ratio when resizing
+        height, width = first.images.shape[1:3]
+        size = resized_size(width, height, self.cfg.frame_long_side)
+        for b in range(0, len(fs), self.cfg.batch_size):
+            idx = list(range(b, min(b + self.cfg.batch_size, len(fs))))
+            rel = [sample_indices(int(fs[s]), int(fe[s]), fps, self.cfg) for s in idx]
+            # mid-frame times: robust to pts rounding ("last frame with pts <= t")
+            times = np.concatenate([(fs[s] + r + 0.5) / fps for s, r in zip(idx, rel)])
+            batch = frames_at(path, times, size=size)
+            splits = np.cumsum([len(r) for r in rel])[:-1]
+            yield SegmentBatch(idx, np.split(batch.images, splits), rel)
+
+    def compute(self, video: Video, prepared: _Prepared) -> dict[str, np.ndarray]:
+        """One prefill per batch of segments (+ optional generation) -> store arrays."""
+        if self.model is None:
+            self.load()
+        hit = self._cache.get(video.media_key)
+        if hit is not None and len(hit["t0"]) == len(prepared.t0):
+            return hit
+        if len(prepared.t0) and not isinstance(prepared.batches, BackgroundStream):  # evicted meanwhile
+            prepared.batches = list(self.iter_batches(video.media_path, prepared.frame_start,
+                                                      prepared.frame_end, prepared.fps))
+        n = len(prepared.t0)
+        hidden = int(self.model.config.text_config.hidden_size)
+        emb = np.zeros((n, hidden), np.float32)
+        emb_mean = np.zeros((n, hidden), np.float32)
+        text = [""] * n
+        for batch in prepared.batches:
+            out = self.encode(batch.frames, batch.rel_indices, prepared.fps)
+            emb[batch.index] = out["emb"]
+            emb_mean[batch.index] = out["emb_mean"]
+            for i, s in enumerate(batch.index):
+                text[s] = out["text"][i]
+        arrays = {
+            "emb": emb,
+            "emb_mean": emb_mean,
+            "t0": prepared.t0,
+            "t1": prepared.t1,
+            "valid": np.ones(n, bool),
+            "frame_start": prepared.frame_start,
+            "frame_end": prepared.frame_end,
+            "text": np.array(text, dtype=str),
+        }
+        self._cache.put(video.media_key, arrays)
+        return arrays
+
+    # -------------------------------------------------------------------------------- model
+    def inputs(self, frames: list[np.ndarray], rel_indices: list[np.ndarray], fps: float) -> Any:
+        """Processor call for a batch: one chat text per segment, pre-sampled frames + their metadata."""
+        metadata = [
+            {"fps": fps, "frames_indices": [int(i) for i in r], "total_num_frames": int(r[-1]) + 1}
+            for r in rel_indices
+        ]
+        inputs = self.processor(
+            text=[self._text] * len(frames),
+            videos=list(frames),
+            video_metadata=metadata,
+            do_sample_frames=False,
+            cap_pixels_per_frame=self.cfg.cap_pixels_per_frame,
+            padding=True,
+            return_tensors="pt",
+        )
+        return inputs.to(self.device)
+
+    def encode(self, frames: list[np.ndarray], rel_indices: list[np.ndarray], fps: float) -> dict[str, Any]:
+        """ONE prefill forward: last-layer state of the last token + masked mean (+ text if asked)."""
+        inputs = self.inputs(frames, rel_indices, fps)
+        with inference(self.device, False):  # weights are already bf16 on CUDA
+            out = self.model(**inputs, output_hidden_states=True, use_cache=False, logits_to_keep=1)
+            last = out.hidden_states[-1].float()
+            mask = inputs["attention_mask"].to(last.dtype).unsqueeze(-1)
+            emb = last[:, -1]
+            emb_mean = (last * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+            texts = self._generate(inputs) if self.new_tokens else [""] * len(frames)
+        return {"emb": emb.cpu().numpy(), "emb_mean": emb_mean.cpu().numpy(), "text": texts}
+
+    def _generate(self, inputs: Any) -> list[str]:
+        """Greedy descriptions, normalised like the published script (one line, ends with a period)."""
+        seq = self.model.generate(**inputs, max_new_tokens=self.new_tokens, do_sample=False)
+        new = seq[:, inputs["input_ids"].shape[1] :]
+        raw = self.processor.batch_decode(new, skip_special_tokens=True)
+        return [_one_paragraph(t) for t in raw]
+
+
+def _one_paragraph(text: str) -> str:
+    t = " ".join(text.replace("\n", " ").split()).strip()
+    return t + "." if t and not t.endswith(".") else t
+
+
+def _duration(video: Video) -> float:
+    """Frame count / fps when known (the published duration, and the label grid's), else the container's."""
+    if video.num_frames > 0 and video.fps > 0:
+        return video.num_frames / video.fps
+    return float(video.duration)
+
+
+def _load_error(model: str, revision: str | None, err: Exception) -> str:
+    return (
+        f"behavior model {model!r} (revision {revision or 'default'}) could not be loaded: "
+        f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}. "
+        "Offline (HF_HUB_OFFLINE=1) a hub id must already be in the HF cache (download it once with "
+        "`huggingface-cli download <id>` where there is internet, or copy ~/.cache/huggingface), or set "
+        "`model` to a local folder holding both the model and its processor (save_pretrained), e.g. the "
+        "demo's data/models/qwen3vl."
+    )

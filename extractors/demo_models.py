@@ -1,0 +1,237 @@
+"""Tiny, random-initialised checkpoints of the *real* encoder classes for the demo and the tests.
+
+Why: the demo and the test-suite must exercise exactly the code path a real model takes
+(`from_pretrained` of a folder, a GRADA `.pth` state dict), but offline, in seconds, on a CPU.
+So we build the real classes (WavLM, Qwen3-VL, GRADA's EfficientNet-B1 embedder) from tiny configs
+with a fixed seed and save them the way the hub ships real ones. Same seed -> byte-identical weights.
+
+The checkpoints carry no knowledge; features from them are only structurally meaningful.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+# Words the tiny tokenizer is trained on (prompt vocabulary, chat roles, timestamps), so that the
+# prompt does not degenerate into single bytes and sequences stay short.
+_TOKENIZER_CORPUS = (
+    "You are an expert in multimodal affect analysis.",
+    "Describe the valence, pleasant or unpleasant, and the arousal, calm or excited, of the person.",
+    "Cite visible cues: face, facial expression, posture, gestures, head movement and the scene.",
+    "Say how they change over time and note uncertainty when the cues are ambiguous.",
+    "Answer in one paragraph of at most 100 tokens that ends with a period.",
+    "system user assistant video image seconds 0.0 0.1 0.2 0.3 0.4 0.5 0.6 0.7 0.8 0.9 1 2 3 4 5 6 7 8 9",
+    "The person smiles, nods and leans forward; arousal is high and valence is positive.",
+)
+
+QWEN_SPECIAL_TOKENS = (
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+)
+
+# A minimal Qwen-style chat template: a video item becomes <|vision_start|><|video_pad|><|vision_end|>,
+# which Qwen3VLProcessor expands into per-frame timestamps + visual tokens (as with the real template).
+QWEN_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for item in message['content'] %}"
+    "{% if item['type'] == 'video' %}<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif item['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def _seed(seed: int) -> None:
+    """Seed every RNG the model constructors draw from (weights init is torch's RNG)."""
+    import random
+
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def write_grada(path: str | Path, seed: int = 0) -> Path:
+    """Write a random GRADA embedder state dict (`.pth`) loadable by `extractors.face`.
+
+    Imported lazily: the face module pulls torchvision models, and the audio/behavior demo
+    should not depend on it.
+    """
+    import torch
+
+    from extractors.face import GradaEmbedder  # lazy: owned by the face module
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _seed(seed)
+    model = GradaEmbedder()
+    torch.save(model.state_dict(), path)
+    return path
+
+
+def tiny_wavlm_config(**overrides: Any):
+    """WavLM config of the real architecture shape (conv front end, stable layer norm) at toy size.
+
+    `feat_extract_norm="layer"` and `do_stable_layer_norm=True` as in WavLM-Large: a per-frame
+    layer norm has no whole-clip statistics (group norm would), so chunked inference can match
+    whole-sequence inference.
+    """
+    from transformers import WavLMConfig
+
+    kwargs: dict[str, Any] = dict(
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        conv_dim=(32,) * 7,
+        num_buckets=32,
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=4,
+        feat_extract_norm="layer",
+        do_stable_layer_norm=True,
+        conv_bias=True,
+    )
+    kwargs.update(overrides)
+    return WavLMConfig(**kwargs)
+
+
+def write_wavlm(out_dir: str | Path, seed: int = 0, **overrides: Any) -> Path:
+    """Save a tiny random WavLM (+ a 16 kHz feature extractor) with `save_pretrained`.
+
+    `overrides` change config fields (tests use `num_hidden_layers=0` for a model whose context
+    is local, to check chunk stitching exactly).
+    """
+    from transformers import Wav2Vec2FeatureExtractor, WavLMModel
+
+    out_dir = Path(out_dir)
+    _seed(seed)
+    model = WavLMModel(tiny_wavlm_config(**overrides)).eval()
+    model.save_pretrained(out_dir)
+    Wav2Vec2FeatureExtractor(
+        feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True, return_attention_mask=True
+    ).save_pretrained(out_dir)
+    return out_dir
+
+
+def _train_tokenizer(extra_text: str = ""):
+    """Byte-level BPE trained on a few sentences, wrapped as a fast HF tokenizer (Qwen special tokens)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=list(QWEN_SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    corpus = list(_TOKENIZER_CORPUS) + ([extra_text] if extra_text else [])
+    tok.train_from_iterator(corpus, trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        additional_special_tokens=list(QWEN_SPECIAL_TOKENS[1:]),
+    )
+    fast.chat_template = QWEN_CHAT_TEMPLATE
+    return fast
+
+
+def tiny_qwen3vl_config(tokenizer):
+    """Qwen3-VL config (text + vision tower, interleaved M-RoPE, deepstack) at toy size."""
+    from transformers import Qwen3VLConfig
+
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
+    return Qwen3VLConfig(
+        text_config=dict(
+            vocab_size=len(tokenizer),
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=16,
+            rope_scaling={"rope_type": "default", "mrope_section": [2, 3, 3], "mrope_interleaved": True},
+            bos_token_id=ids["<|endoftext|>"],
+            eos_token_id=ids["<|im_end|>"],
+            pad_token_id=ids["<|endoftext|>"],
+        ),
+        vision_config=dict(
+            depth=2,
+            hidden_size=32,
+            intermediate_size=64,
+            num_heads=2,
+            out_hidden_size=64,
+            patch_size=16,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+            num_position_embeddings=64,
+            deepstack_visual_indexes=[1],
+        ),
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=False,
+    )
+
+
+def write_qwen3vl(out_dir: str | Path, seed: int = 0, prompt: str | None = None) -> Path:
+    """Save a tiny random Qwen3-VL model + its processor (tokenizer, image/video processors) in one folder.
+
+    Loadable with `AutoProcessor` / `AutoModelForImageTextToText.from_pretrained(out_dir)`, exactly
+    like `Qwen/Qwen3-VL-4B-Instruct`. `prompt` (default: the behavior extractor's prompt) is added to
+    the tokenizer corpus so it tokenizes into words, not bytes.
+    """
+    from transformers import (
+        Qwen2VLImageProcessor,
+        Qwen3VLForConditionalGeneration,
+        Qwen3VLProcessor,
+        Qwen3VLVideoProcessor,
+    )
+
+    if prompt is None:
+        from extractors.behavior import DEFAULT_PROMPT
+
+        prompt = DEFAULT_PROMPT
+    out_dir = Path(out_dir)
+    _seed(seed)
+    tokenizer = _train_tokenizer(prompt)
+    model = Qwen3VLForConditionalGeneration(tiny_qwen3vl_config(tokenizer)).eval()
+    vision = dict(patch_size=16, merge_size=2, temporal_patch_size=2)
+    # Small pixel budgets so toy frames stay a few visual tokens (real checkpoints ship their own).
+    image_processor = Qwen2VLImageProcessor(size={"shortest_edge": 32 * 32, "longest_edge": 64 * 64}, **vision)
+    video_processor = Qwen3VLVideoProcessor(
+        size={"shortest_edge": 2 * 32 * 32, "longest_edge": 16 * 64 * 64}, **vision
+    )
+    processor = Qwen3VLProcessor(
+        image_processor=image_processor,
+        video_processor=video_processor,
+        tokenizer=tokenizer,
+        chat_template=QWEN_CHAT_TEMPLATE,
+    )
+    model.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+    return out_dir
+
+
+def write_all(out_dir: str | Path, seed: int = 0) -> dict[str, Path]:
+    """Write every demo checkpoint under `out_dir`; returns {"grada": .pth, "wavlm": dir, "qwen3vl": dir}."""
+    out_dir = Path(out_dir)
+    return {
+        "grada": write_grada(out_dir / "grada" / "grada_b1_demo.pth", seed),
+        "wavlm": write_wavlm(out_dir / "wavlm", seed),
+        "qwen3vl": write_qwen3vl(out_dir / "qwen3vl", seed),
+    }
