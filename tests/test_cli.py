@@ -1,0 +1,113 @@
+"""The `affcache` command line: help texts, store tools, and clear errors for bad params."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from pipeline.cli import main
+from pipeline.config import ParamsError, build_config, load_params
+
+COMMANDS = ["demo-data", "demo-models", "index", "extract", "train", "fuse", "evaluate", "report", "export",
+            "predict", "store"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_explains_itself(command: str) -> None:
+    result = CliRunner().invoke(main, [command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage:" in result.output and len(result.output.splitlines()) > 3
+
+
+def test_store_tools_on_a_store_written_here(tmp_path: Path) -> None:
+    from pipeline.store import FeatureStore
+
+    url = str(tmp_path / "face" / "grada-test.zarr")
+    store = FeatureStore.create(url, extractor="grada", fingerprint={"model": "test"})
+    n = 12
+    store.write_video("v1", {"emb": np.ones((n, 4), np.float32), "t0": np.arange(n, dtype=np.float32),
+                             "t1": np.arange(1, n + 1, dtype=np.float32), "valid": np.ones(n, bool)})
+    runner = CliRunner()
+    verified = runner.invoke(main, ["store", "verify", url])
+    assert verified.exit_code == 0 and "ok" in verified.output
+    info = runner.invoke(main, ["store", "info", url])
+    assert info.exit_code == 0 and "grada" in info.output
+    exported = runner.invoke(main, ["store", "export-h5", url, str(tmp_path / "out.h5")])
+    assert exported.exit_code == 0 and (tmp_path / "out.h5").stat().st_size > 0
+
+
+def test_store_verify_reports_a_missing_store(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["store", "verify", str(tmp_path / "nope.zarr")])
+    assert result.exit_code != 0
+    assert "nope.zarr" in result.output
+
+
+def test_unknown_param_is_named_before_any_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    params = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    params["train"]["face"]["windw"] = 10  # typo
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["train", "face"])
+    assert result.exit_code != 0
+    assert "params.yaml" in result.output and "windw" in result.output and "window" in result.output
+
+
+def test_missing_params_file_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["evaluate"])
+    assert result.exit_code != 0 and "params.yaml" in result.output and "not found" in result.output
+
+
+def test_missing_index_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "params.yaml").write_text((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["train", "audio"])
+    assert result.exit_code != 0 and "index" in result.output
+
+
+@dataclasses.dataclass
+class Inner:
+    k: int = 3
+    names: tuple[str, ...] = ("a",)
+
+
+@dataclasses.dataclass
+class Outer:
+    lr: float = 0.1
+    device: str = "auto"
+    limit: float | None = None
+    inner: Inner = dataclasses.field(default_factory=Inner)
+
+
+def test_build_config_is_strict_and_typed() -> None:
+    cfg = build_config(Outer, {"lr": 1, "inner": {"names": ["x", "y"]}})
+    assert cfg.lr == 1.0 and isinstance(cfg.lr, float) and cfg.inner == Inner(3, ("x", "y"))
+    assert build_config(Outer, {"limit": None}).limit is None
+    with pytest.raises(ParamsError, match="inner.k: expected an integer"):
+        build_config(Outer, {"inner": {"k": "three"}})
+    with pytest.raises(ParamsError, match="unknown option"):
+        build_config(Outer, {"lrr": 1})
+    with pytest.raises(ParamsError, match="expected a number"):
+        build_config(Outer, {"lr": True})
+
+
+def test_params_sections_build_their_configs() -> None:
+    """Every section of the shipped params.yaml builds the config its stage uses (no typo ships)."""
+    from heads import audio_pooling, behavior_temporal, face_temporal, fusion_moe, fusion_reliability
+    from pipeline.stages.extract import build_extractor
+    from pipeline.stages.train import entry_config_class
+
+    params = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
+    for modality in ("face", "audio", "behavior", "reliability"):
+        assert build_extractor(params, modality).modality == modality
+    for head, module in (("face", face_temporal), ("behavior", behavior_temporal), ("audio", audio_pooling)):
+        params.build(f"train.{head}", entry_config_class(module.train_head))
+    for strategy, module in (("moe", fusion_moe), ("reliability", fusion_reliability)):
+        params.build(f"fuse.{strategy}", entry_config_class(module.train_fusion))
+    assert json.dumps(params.data)  # plain YAML types only
