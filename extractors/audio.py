@@ -42,7 +42,6 @@ from extractors.base import ExtractorError, inference, register, torch_device
 from pipeline.records import Video
 
 SCHEMA = 1
-_VAD_LOCK = threading.Lock()
 
 
 @dataclass
@@ -148,8 +147,7 @@ def voice_activity_rows(audio: np.ndarray, sample_rate: int, hop: int, receptive
     """
     from extractors.reliability import voice_activity
 
-    with _VAD_LOCK:  # silero's TorchScript model is one stateful global: concurrent calls corrupt it
-        prob = voice_activity(audio, sample_rate, hop=hop / sample_rate, win=receptive / sample_rate, backend=backend)
+    prob = voice_activity(audio, sample_rate, hop=hop / sample_rate, win=receptive / sample_rate, backend=backend)
     prob = np.asarray(prob, dtype=np.float32).reshape(-1)
     if len(prob) == rows:
         return np.clip(prob, 0.0, 1.0)

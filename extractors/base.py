@@ -1,0 +1,339 @@
+"""The extraction engine shared by every extractor (face, audio, behavior, reliability).
+
+Why it looks like this:
+- **The unit of work is one video.** An extractor is built from a small picklable config, so any
+  engine (this local one, or a future Ray actor pool) constructs it inside its own process and runs
+  `prepare -> compute -> write_video` per video. `extract_one` is that unit; `run_extraction` is the
+  local engine that overlaps the units.
+- **Decode overlaps inference.** `prepare()` (I/O, decoding, resizing: mostly C code that releases the
+  GIL) runs `prefetch` videos ahead in a thread pool, while the main thread runs `compute()` (the model)
+  and writes the result. Extractors whose inputs are too big to hold for a whole video return a
+  `BackgroundStream` from `prepare()`, so memory stays bounded by a few batches.
+- **One bad video never poisons a run.** Any exception raised for one video is recorded (video id, file,
+  message) in `<store_root>/<modality>/<name>.failures.json`, logged, and the other videos continue; the
+  caller (a stage) exits non-zero when `RunReport.failed` is not empty. Config/model problems are
+  `ExtractorError`s raised by `load()` before any video is touched.
+- **Incremental.** The store is keyed by the extractor fingerprint (`store_url`), and `todo()` skips
+  videos whose group is complete and whose source fingerprint is unchanged, so a re-run is a no-op and a
+  crashed run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import threading
+import traceback
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence, runtime_checkable
+
+import numpy as np
+import torch
+
+from pipeline.records import Video
+
+log = logging.getLogger(__name__)
+
+
+class ExtractorError(Exception):
+    """A configuration or model problem (bad model id, weights file, parameter).
+
+    Raised by `load()` or the constructor, before any video is touched, so a typo costs seconds.
+    """
+
+
+class VideoError(Exception):
+    """One video's problem (missing crops folder, undecodable file, ...): recorded, others continue."""
+
+
+@runtime_checkable
+class Extractor(Protocol):
+    """What every extractor provides; see the module docstring for the life cycle."""
+
+    name: str
+    modality: str
+
+    def fingerprint(self) -> dict: ...
+
+    def load(self) -> None: ...
+
+    def prepare(self, video: Video) -> Any: ...
+
+    def compute(self, video: Video, prepared: Any) -> dict[str, np.ndarray]: ...
+
+    def source(self, video: Video) -> str: ...
+
+
+# ----------------------------------------------------------------------------------------- registry
+REGISTRY: dict[str, Callable[[Any], Extractor]] = {}
+
+
+def register(name: str) -> Callable[[type], type]:
+    """Class decorator: make an extractor constructible by name (`get_extractor(name, cfg)`)."""
+
+    def deco(cls: type) -> type:
+        if name in REGISTRY and REGISTRY[name] is not cls:
+            raise ExtractorError(f"extractor name {name!r} registered twice ({REGISTRY[name]!r} and {cls!r})")
+        REGISTRY[name] = cls
+        return cls
+
+    return deco
+
+
+_BUILTIN_MODULES = ("extractors.face", "extractors.reliability", "extractors.audio", "extractors.behavior")
+
+
+def _import_builtin_extractors() -> dict[str, str]:
+    """Import the modules that register the built-in extractors (lazily: torch models are heavy).
+
+    A sibling module that fails to import must not hide the others: failures are returned (and shown
+    if the requested name is still unknown).
+    """
+    import importlib
+
+    problems = {}
+    for mod in _BUILTIN_MODULES:
+        try:
+            importlib.import_module(mod)
+        except Exception as e:  # noqa: BLE001 - reported by get_extractor when it matters
+            problems[mod] = f"{type(e).__name__}: {e}"
+    return problems
+
+
+def get_extractor(name: str, cfg: Any) -> Extractor:
+    """Build the extractor registered as `name` from its config dataclass."""
+    problems: dict[str, str] = {}
+    if name not in REGISTRY:
+        problems = _import_builtin_extractors()
+    if name not in REGISTRY:
+        known = ", ".join(sorted(REGISTRY)) or "(none)"
+        extra = "".join(f"; {m} failed to import ({p})" for m, p in problems.items() if "No module named" not in p)
+        raise ExtractorError(f"unknown extractor {name!r}; registered: {known}{extra}. Check the `extractor` param.")
+    return REGISTRY[name](cfg)
+
+
+# ------------------------------------------------------------------------------------ torch helpers
+def torch_device(pref: str = "auto") -> torch.device:
+    """'auto' -> cuda when available, else cpu; anything else is passed to torch.device.
+
+    Asking for cuda on a machine without it is a config error, reported before any work starts.
+    """
+    if pref == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(pref)
+    except RuntimeError as e:
+        raise ExtractorError(f"bad device {pref!r}: {e}. Use 'auto', 'cpu' or 'cuda[:N]'.") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ExtractorError(f"device {pref!r} requested but CUDA is not available; use device 'auto' or 'cpu'")
+    return dev
+
+
+def autocast_context(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA only: on CPU bf16 matmuls are slow on most chips and change the numbers."""
+    if bf16 and device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def inference(device: torch.device, bf16: bool) -> Iterator[None]:
+    """`torch.inference_mode()` + `autocast_context`: the context every compute() runs its model in."""
+    with torch.inference_mode(), autocast_context(device, bf16):
+        yield
+
+
+# ------------------------------------------------------------------------------ streaming helpers
+_END = object()
+
+
+class BackgroundStream:
+    """Run a generator in a daemon thread and hand its items over through a bounded queue.
+
+    Why: a long video's preprocessed frames do not fit in RAM (18k frames x 240x240x3 = 3 GB), so
+    `prepare()` returns one of these instead of a list; the producer keeps `maxsize` batches ahead of
+    the model, so decoding overlaps inference with bounded memory. Exceptions raised by the producer
+    are re-raised in the consumer; `close()` (also on garbage collection of an abandoned stream) stops
+    the producer.
+    """
+
+    def __init__(self, make_iter: Callable[[], Iterable[Any]], maxsize: int = 4, name: str = "prepare"):
+        self._q: queue.Queue = queue.Queue(maxsize=max(1, maxsize))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(make_iter,), name=name, daemon=True)
+        self._thread.start()
+
+    def _put(self, item: Any) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self, make_iter: Callable[[], Iterable[Any]]) -> None:
+        try:
+            for item in make_iter():
+                if not self._put(item):
+                    return
+            self._put(_END)
+        except BaseException as e:  # noqa: BLE001 - forwarded to the consumer
+            self._put(e)
+
+    def __iter__(self) -> Iterator[Any]:
+        try:
+            while True:
+                item = self._q.get()
+                if item is _END:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self._stop.set()
+
+    def __del__(self) -> None:  # an abandoned stream must not keep its producer blocked forever
+        self._stop.set()
+
+
+# ------------------------------------------------------------------------------------------ engine
+@dataclass
+class RunReport:
+    """What a run did. `failed` items are `{video_id, file, error}`; a stage exits non-zero if any."""
+
+    done: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: list[dict] = field(default_factory=list)
+    url: str = ""  # the store written (addition to the contract: the stage logs/prunes with it)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+def failures_path(store_root: str, modality: str, name: str) -> str:
+    return f"{str(store_root).rstrip('/')}/{modality}/{name}.failures.json"
+
+
+def _failure(extractor: Extractor, video: Video, exc: BaseException) -> dict:
+    try:
+        file = extractor.source(video)
+    except Exception:  # noqa: BLE001 - the record must never fail
+        file = video.media_path
+    msg = f"{type(exc).__name__}: {exc}"
+    return {"video_id": video.video_id, "file": str(file), "error": msg}
+
+
+def _prepare_with_source(extractor: Extractor, video: Video) -> tuple[Any, dict]:
+    """Worker-thread part: fingerprint the source *before* reading it (a file changed mid-read is
+    then seen as changed by the next run), then prepare."""
+    from pipeline.store import source_fingerprint
+
+    try:
+        src = source_fingerprint(extractor.source(video))
+    except Exception:
+        prepared = extractor.prepare(video)  # usually raises the extractor's own, more specific error
+        if hasattr(prepared, "close"):
+            prepared.close()
+        raise
+    return extractor.prepare(video), src
+
+
+def extract_one(extractor: Extractor, video: Video, store: Any) -> None:
+    """The engine-independent unit: prepare, compute and write one video (no overlap).
+
+    A remote engine (Ray actor) calls this with an extractor built from its config, after `load()`.
+    """
+    prepared, src = _prepare_with_source(extractor, video)
+    _compute_and_write(extractor, video, prepared, src, store)
+
+
+def _compute_and_write(extractor: Extractor, video: Video, prepared: Any, src: dict, store: Any) -> None:
+    try:
+        arrays = extractor.compute(video, prepared)
+    finally:
+        if isinstance(prepared, BackgroundStream):
+            prepared.close()
+        elif hasattr(prepared, "close") and callable(prepared.close):
+            prepared.close()
+    store.write_video(video.video_id, arrays, attrs={"extractor": extractor.name}, source=src)
+
+
+def open_store(extractor: Extractor, store_root: str) -> Any:
+    """Create/open the store for this extractor's fingerprint and mark it current for its modality."""
+    from pipeline.store import FeatureStore, store_url, write_current
+
+    fp = extractor.fingerprint()
+    url = store_url(store_root, extractor.modality, extractor.name, fp)
+    store = FeatureStore.create(url, extractor=extractor.name, fingerprint=fp)
+    write_current(f"{str(store_root).rstrip('/')}/{extractor.modality}", url)
+    return store
+
+
+def run_extraction(
+    extractor: Extractor,
+    videos: Sequence[Video],
+    store_root: str,
+    *,
+    workers: int = 2,
+    prefetch: int = 2,
+    progress: bool = True,
+) -> RunReport:
+    """Extract every video that is not already cached; see the module docstring for the guarantees."""
+    from pipeline.store import write_failures
+
+    extractor.load()  # a bad model id / weights file fails here, before any video
+    store = open_store(extractor, store_root)
+    todo = store.todo(list(videos), source=extractor.source)
+    todo_ids = {v.video_id for v in todo}
+    report = RunReport(skipped=[v.video_id for v in videos if v.video_id not in todo_ids], url=store.url)
+    log.info("%s/%s: %d to extract, %d cached (%s)", extractor.modality, extractor.name, len(todo),
+             len(report.skipped), store.url)
+
+    bar = _progress_bar(len(todo), f"{extractor.modality}:{extractor.name}", progress)
+    pending: deque[tuple[Video, Future]] = deque()
+    it = iter(todo)
+    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="prepare") as pool:
+
+        def refill() -> None:
+            while len(pending) < max(1, prefetch):
+                v = next(it, None)
+                if v is None:
+                    return
+                pending.append((v, pool.submit(_prepare_with_source, extractor, v)))
+
+        refill()
+        while pending:
+            video, fut = pending.popleft()
+            refill()  # keep `prefetch` videos decoding while this one computes
+            try:
+                prepared, src = fut.result()
+                _compute_and_write(extractor, video, prepared, src, store)
+                report.done.append(video.video_id)
+            except Exception as e:  # noqa: BLE001 - one video must not stop the run
+                rec = _failure(extractor, video, e)
+                report.failed.append(rec)
+                log.error("%s: %s failed (%s): %s", extractor.name, video.video_id, rec["file"], rec["error"])
+                log.debug("%s", traceback.format_exc())
+            bar.update(1)
+    bar.close()
+
+    write_failures(failures_path(store_root, extractor.modality, extractor.name), report.failed)
+    store.consolidate()
+    if report.failed:
+        log.error("%s: %d of %d videos failed; see %s", extractor.name, len(report.failed), len(todo),
+                  failures_path(store_root, extractor.modality, extractor.name))
+    return report
+
+
+def _progress_bar(total: int, desc: str, enabled: bool) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="video", disable=not enabled)

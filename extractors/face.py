@@ -1,0 +1,598 @@
+"""Face extractor: aligned face crops (provided or detected) -> backbone -> one embedding per frame.
+
+Default backbone = the published GRADA model (seed-systems A): torchvision EfficientNet-B1 features +
+avgpool -> Dropout 0.1 -> Linear(1280, 256) -> BatchNorm1d -> Tanh, i.e. a 256-d embedding, plus an
+8-class `classifier` and a 2-d `regression` (VA) head. Attribute names match the published
+`Modified_EfficientNet_B1`, so its `.pth` state dict loads as is. Preprocessing: long side to 240 px
+(B4: 380), zero-pad to a square, ImageNet mean/std.
+
+Rows: one per video frame i (t0 = i/fps, t1 = (i+1)/fps); frames without a face have `valid=False`
+and a zero embedding. Missing faces are *not* filled here (the published face head uses the nearest
+cached frame): filling is a modelling choice and belongs to the head, the cache stores what was seen.
+
+A video in which no face is found at all is not an error: every row is stored with `valid=False` and a
+warning is logged. The reliability signals mark such a video as face-less and the heads/fusion mask it;
+failing it would make the stage exit non-zero on a legitimate input (e.g. a back-facing speaker).
+A video that *should* have crops but whose crops folder is missing is a `VideoError` (a data bug).
+
+Throughput: decoding and resize/pad run in a producer thread (`BackgroundStream`) a few batches ahead
+of the model on uint8 tensors; `compute()` only moves batches through the model under inference_mode
+(channels_last; + bf16 autocast on CUDA). On CUDA the uint8 batch is normalised on the device (4x less
+host memory and transfer); on CPU normalisation stays in the producer thread, where it overlaps.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from extractors.base import (
+    BackgroundStream,
+    ExtractorError,
+    VideoError,
+    inference,
+    register,
+    torch_device,
+)
+from pipeline.records import Video
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+SCHEMA = 1  # bump when the meaning/layout of this extractor's arrays changes
+CROP_NAME = re.compile(r"^(\d+)\.jpg$")
+_VARIANTS = {"b1": ("efficientnet_b1", 1280), "b4": ("efficientnet_b4", 1792)}
+
+
+@dataclass
+class FaceConfig:
+    """Face extraction parameters (published GRADA defaults).
+
+    backbone: "grada" | "torchvision:<name>" | "hf:<model id or local dir>".
+    weights: GRADA: path to the published `.pth` state dict (required: a random GRADA would silently
+        cache garbage). torchvision: optional `.pth`; without it the net is randomly initialised with a
+        warning (pretrained downloads are impossible offline). hf: unused (the id/dir holds weights).
+    variant: GRADA variant "b1" (published; 240 px) or "b4" (published with 380 px).
+    source: "auto" (crops when the video has `crops_dir`, else detect) | "crops" | "detect".
+    detector: "opencv-haar" = OpenCV's shipped frontal-face Haar cascade. Chosen because it is offline
+        from PyPI with no weight download: facenet-pytorch (MTCNN) pins torch<2.3 / numpy<2, and
+        mediapipe downloads its models at run time. It is a plug-in: better detectors can be added to
+        `DETECTORS` without touching the rest.
+    detect_every_n: run the detector on every n-th frame and reuse the (smoothed) box in between.
+    smooth: weight of a new detection in the exponential box smoothing (1 = no smoothing).
+    margin: extra border around the detected box, as a fraction of its size, before squaring it.
+    detect_size: long side (px) of the downscaled frame the detector sees (speed; Haar is O(pixels)).
+        960 keeps faces of ~5 % of a 1080p frame above the cascade's 24 px template.
+    min_face: smallest face side accepted, as a fraction of the frame's short side.
+    max_frames: only the first `max_frames` frames (tests, benchmarks, smoke runs); None = all.
+    device / bf16 / batch_size / queue_batches: execution only; they are not in the fingerprint.
+    """
+
+    backbone: str = "grada"
+    weights: str | None = None
+    variant: str = "b1"
+    image_size: int = 240
+    batch_size: int = 64
+    device: str = "auto"
+    bf16: bool = True
+    source: str = "auto"
+    detector: str = "opencv-haar"
+    detect_every_n: int = 5
+    smooth: float = 0.6
+    margin: float = 0.2
+    detect_size: int = 960
+    min_face: float = 0.04
+    max_frames: int | None = None
+    store_heads: bool = True
+    queue_batches: int = 3
+
+    def validate(self) -> None:
+        if not (self.backbone == "grada" or self.backbone.startswith(("torchvision:", "hf:"))):
+            raise ExtractorError(f"face backbone {self.backbone!r}: use 'grada', 'torchvision:<name>' or 'hf:<id>'")
+        if self.variant not in _VARIANTS:
+            raise ExtractorError(f"face variant {self.variant!r}: use one of {sorted(_VARIANTS)}")
+        if self.source not in ("auto", "crops", "detect"):
+            raise ExtractorError(f"face source {self.source!r}: use 'auto', 'crops' or 'detect'")
+        if self.detector not in DETECTORS:
+            raise ExtractorError(f"face detector {self.detector!r}: use one of {sorted(DETECTORS)}")
+        for key in ("image_size", "batch_size", "detect_every_n", "detect_size", "queue_batches"):
+            if int(getattr(self, key)) < 1:
+                raise ExtractorError(f"face {key} must be >= 1, got {getattr(self, key)}")
+        if self.max_frames is not None and self.max_frames < 1:
+            raise ExtractorError(f"face max_frames must be >= 1 or None, got {self.max_frames}")
+
+
+# ------------------------------------------------------------------------------------------- model
+class GradaEmbedder(nn.Module):
+    """The published GRADA static model; `forward` returns the 256-d Tanh embedding.
+
+    `heads(emb)` gives (va [B,2], expr logits [B,8]) from the `regression` / `classifier` heads.
+    """
+
+    def __init__(self, variant: str = "b1", embedding_dim: int = 256, num_classes: int = 8):
+        super().__init__()
+        import torchvision
+
+        arch, feat_dim = _VARIANTS[variant]
+        self.model = getattr(torchvision.models, arch)(weights=None)
+        self.model.classifier = nn.Identity()  # features -> avgpool -> flatten -> [B, feat_dim]
+        self.dropout_after_pretrained = nn.Dropout(0.1)
+        self.embeddings_layer = nn.Linear(feat_dim, embedding_dim)
+        self.batchnorm = nn.BatchNorm1d(embedding_dim, momentum=0.1, affine=True)
+        self.activation_embeddings = nn.Tanh()
+        self.classifier = nn.Linear(embedding_dim, num_classes)
+        self.regression = nn.Linear(embedding_dim, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.dropout_after_pretrained(self.model(x))
+        return self.activation_embeddings(self.batchnorm(self.embeddings_layer(x)))
+
+    def heads(self, emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.regression(emb), self.classifier(emb)
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _unwrap_state_dict(obj: Any, path: str) -> dict[str, torch.Tensor]:
+    """Accept a bare state dict, a {'state_dict'|'model_state_dict': ...} checkpoint, or a DataParallel
+    ('module.'-prefixed) one: all three circulate for the published weights."""
+    if isinstance(obj, nn.Module):
+        obj = obj.state_dict()
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model_state_dict", "model"):
+            if key in obj and isinstance(obj[key], dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ExtractorError(f"{path}: not a PyTorch state dict (got {type(obj).__name__}); save one with "
+                             "torch.save(model.state_dict(), path)")
+    if obj and all(k.startswith("module.") for k in obj):
+        obj = {k[len("module."):]: v for k, v in obj.items()}
+    return obj
+
+
+def load_state_dict_checked(model: nn.Module, path: str, optional_prefixes: tuple[str, ...] = ()) -> set[str]:
+    """Load `path` into `model` strictly; keys under `optional_prefixes` may be absent.
+
+    Returns the missing optional prefixes. Any other mismatch -> ExtractorError naming the file and the
+    first offending keys (the usual cause: wrong variant, or a checkpoint of another architecture).
+    """
+    if not Path(path).is_file():
+        raise ExtractorError(f"{path}: face weights file not found; set face.weights to the GRADA .pth "
+                             "(published Drive folder 16nL_5J9I9MEnJQI34fgRMdSUm9HwfgwX) or run the demo_models stage")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling problem is a bad file
+        raise ExtractorError(f"{path}: cannot read weights ({type(e).__name__}: {e}); is it a torch.save'd state dict?") from e
+    sd = _unwrap_state_dict(obj, path)
+    own = model.state_dict()
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    hard_missing = [k for k in missing if not k.startswith(optional_prefixes)]
+    if hard_missing or unexpected:
+        raise ExtractorError(
+            f"{path}: state dict does not match {type(model).__name__}: missing {hard_missing[:5]}"
+            f"{' ...' if len(hard_missing) > 5 else ''}, unexpected {unexpected[:5]}"
+            f"{' ...' if len(unexpected) > 5 else ''}. Check face.variant / face.backbone for these weights.")
+    shape_bad = [k for k in sd if sd[k].shape != own[k].shape]
+    if shape_bad:
+        k = shape_bad[0]
+        raise ExtractorError(f"{path}: shape mismatch for {k}: file {tuple(sd[k].shape)} vs model "
+                             f"{tuple(own[k].shape)}. Check face.variant for these weights.")
+    model.load_state_dict(sd, strict=False)
+    return {p for p in optional_prefixes if any(k.startswith(p) for k in missing)}
+
+
+class _Pooled(nn.Module):
+    """Wrap a backbone so that it returns one vector per image (flatten / mean over tokens/space)."""
+
+    def __init__(self, net: nn.Module, hf: bool = False):
+        super().__init__()
+        self.net, self.hf = net, hf
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.hf:
+            out = self.net(pixel_values=x)
+            pooled = getattr(out, "pooler_output", None)
+            y = pooled if pooled is not None else out.last_hidden_state
+        else:
+            y = self.net(x)
+        if y.dim() == 4:  # [B,C,H,W] feature map
+            return y.mean(dim=(2, 3))
+        if y.dim() == 3:  # [B,T,D] tokens
+            return y.mean(dim=1)
+        return y.flatten(1)
+
+
+def _torchvision_backbone(name: str, weights: str | None) -> nn.Module:
+    import torchvision
+
+    try:
+        net = torchvision.models.get_model(name, weights=None)
+    except ValueError as e:
+        raise ExtractorError(f"torchvision model {name!r} unknown ({e}); see torchvision.models.list_models()") from e
+    if weights:
+        load_state_dict_checked(net, weights)
+    else:
+        warnings.warn(f"face backbone torchvision:{name} has no weights file: RANDOM initialisation (seeded) - "
+                      "pretrained downloads are impossible offline; set face.weights to a .pth", stacklevel=2)
+    for head in ("fc", "classifier", "heads", "head"):
+        if isinstance(getattr(net, head, None), nn.Module):
+            setattr(net, head, nn.Identity())
+            break
+    return _Pooled(net)
+
+
+def _hf_backbone(model_id: str) -> tuple[nn.Module, tuple, tuple]:
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    try:
+        from transformers import AutoImageProcessor, AutoModel
+
+        net = AutoModel.from_pretrained(model_id, local_files_only=offline)
+    except Exception as e:  # noqa: BLE001 - OSError, ValueError, ... all mean "cannot load"
+        raise ExtractorError(f"cannot load HF face backbone {model_id!r} ({type(e).__name__}: {e}); give a local "
+                             "directory saved with save_pretrained, or download it while online") from e
+    mean, std = IMAGENET_MEAN, IMAGENET_STD
+    try:
+        proc = AutoImageProcessor.from_pretrained(model_id, local_files_only=offline)
+        mean, std = tuple(proc.image_mean), tuple(proc.image_std)
+    except Exception:  # noqa: BLE001 - no processor saved: ImageNet statistics
+        pass
+    return _Pooled(net, hf=True), mean, std
+
+
+# ----------------------------------------------------------------------------------- preprocessing
+def letterbox_u8(images: list[torch.Tensor] | torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 [3,h,w] images -> uint8 [B,3,size,size]: long side to `size`, centred zero padding.
+
+    Same-shape images (the usual case: aligned crops) are resized as one tensor.
+    """
+    from torchvision.transforms.v2 import functional as F
+
+    if isinstance(images, torch.Tensor):
+        images = list(images)
+    out = torch.zeros((len(images), 3, size, size), dtype=torch.uint8)
+    if not images:
+        return out
+    shapes = {tuple(im.shape[-2:]) for im in images}
+    groups = [(shapes.pop(), list(range(len(images))))] if len(shapes) == 1 else \
+        [(tuple(im.shape[-2:]), [i]) for i, im in enumerate(images)]
+    for (h, w), idx in groups:
+        s = size / max(h, w)
+        nh, nw = max(1, round(h * s)), max(1, round(w * s))
+        batch = torch.stack([images[i] for i in idx])
+        if (nh, nw) != (h, w):
+            batch = F.resize(batch, [nh, nw], antialias=True)
+        top, left = (size - nh) // 2, (size - nw) // 2
+        out[idx, :, top:top + nh, left:left + nw] = batch
+    return out
+
+
+def normalize(x_u8: torch.Tensor, mean: tuple, std: tuple) -> torch.Tensor:
+    """uint8 [B,3,H,W] -> float32 normalised (on whatever device x lives)."""
+    m = torch.tensor(mean, device=x_u8.device, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
+    s = torch.tensor(std, device=x_u8.device, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
+    return (x_u8.float() - m) / s
+
+
+def read_rgb(path: Path) -> torch.Tensor:
+    """Decode one crop to uint8 [3,H,W] RGB. OpenCV, not torchvision.io: torchvision's image decoders
+    are deprecated since 0.29, and cv2.imread releases the GIL, so worker threads decode in parallel."""
+    import cv2
+
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise VideoError(f"{path}: unreadable/corrupt crop; re-extract it, or delete it to mark 'no face'")
+    return torch.from_numpy(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)).permute(2, 0, 1)
+
+
+# -------------------------------------------------------------------------------------- detection
+class HaarDetector:
+    """OpenCV's shipped frontal-face Haar cascade (no download). Returns the largest face or None.
+
+    One instance per video/thread: CascadeClassifier is not documented as thread-safe.
+    """
+
+    def __init__(self, cfg: FaceConfig):
+        import cv2
+
+        self.cv2 = cv2
+        if not hasattr(cv2, "CascadeClassifier"):  # OpenCV 5 moved Haar cascades out of the main wheel
+            raise ExtractorError(f"OpenCV {cv2.__version__} has no CascadeClassifier (removed in OpenCV 5): "
+                                 "pip install 'opencv-python-headless>=4.8,<5', or use face crops (source 'crops')")
+        path = os.path.join(cv2.data.haarcascades, "haarcascade_frontalface_default.xml")
+        self.cascade = cv2.CascadeClassifier(path)
+        if self.cascade.empty():
+            raise ExtractorError(f"{path}: cannot load OpenCV's Haar cascade; reinstall opencv-python-headless")
+        self.detect_size, self.min_face = cfg.detect_size, cfg.min_face
+
+    def __call__(self, rgb: np.ndarray) -> np.ndarray | None:
+        cv2 = self.cv2
+        h, w = rgb.shape[:2]
+        s = min(1.0, self.detect_size / max(h, w))
+        small = cv2.resize(rgb, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA) if s < 1 else rgb
+        gray = cv2.equalizeHist(cv2.cvtColor(small, cv2.COLOR_RGB2GRAY))
+        min_side = max(16, int(self.min_face * min(gray.shape)))
+        boxes = self.cascade.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5, minSize=(min_side, min_side))
+        if len(boxes) == 0:
+            return None
+        x, y, bw, bh = max(boxes, key=lambda b: b[2] * b[3])
+        return np.array([x, y, x + bw, y + bh], dtype=np.float64) / s
+
+
+DETECTORS: dict[str, Callable[[FaceConfig], Callable[[np.ndarray], np.ndarray | None]]] = {"opencv-haar": HaarDetector}
+
+
+class BoxTracker:
+    """Detect every n-th frame, smooth boxes exponentially, reuse the last box in between.
+
+    A failed detection ends the track: frames until the next successful detection have no face
+    (holding a stale box would embed background and call it a face).
+    """
+
+    def __init__(self, detect: Callable[[np.ndarray], np.ndarray | None], every_n: int, smooth: float):
+        self.detect, self.every_n, self.smooth = detect, every_n, smooth
+        self.box: np.ndarray | None = None
+
+    def __call__(self, index: int, rgb: np.ndarray) -> np.ndarray | None:
+        if index % self.every_n == 0:
+            det = self.detect(rgb)
+            if det is None:
+                self.box = None
+            elif self.box is None or box_iou(det, self.box) < 0.3:  # new track (or another person)
+                self.box = det
+            else:
+                self.box = self.smooth * det + (1.0 - self.smooth) * self.box
+        return self.box
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return float(inter / union) if union > 0 else 0.0
+
+
+def square_crop(rgb: np.ndarray, box: np.ndarray, margin: float) -> np.ndarray:
+    """Square crop around `box` enlarged by `margin`, clipped to the frame (HWC uint8)."""
+    x0, y0, x1, y1 = box
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    half = max(x1 - x0, y1 - y0) * (1 + margin) / 2
+    h, w = rgb.shape[:2]
+    a, b = int(max(0, round(cx - half))), int(min(w, round(cx + half)))
+    c, d = int(max(0, round(cy - half))), int(min(h, round(cy + half)))
+    return rgb[c:max(d, c + 1), a:max(b, a + 1)]
+
+
+# --------------------------------------------------------------------------------------- extractor
+@dataclass
+class FacePrepared:
+    """What `prepare` hands to `compute`: the row count and a stream of (frame indices, batch)."""
+
+    num_rows: int
+    batches: BackgroundStream
+    info: dict  # filled by the producer: decoded frame count (detect path)
+
+    def close(self) -> None:
+        self.batches.close()
+
+
+@register("grada")
+class GradaFaceExtractor:
+    """Face embeddings per frame (store layout: emb, t0, t1, valid, frame_index [+ va_pred, expr_logits])."""
+
+    name = "grada"
+    modality = "face"
+
+    def __init__(self, cfg: FaceConfig):
+        self.cfg = cfg
+        self.cfg.validate()
+        self.model: nn.Module | None = None
+        self.device: torch.device | None = None
+        self.mean, self.std = IMAGENET_MEAN, IMAGENET_STD
+        self._weights_sha: str | None = None
+        self._has_heads = False
+
+    # -- identity
+    def weights_id(self) -> str:
+        cfg = self.cfg
+        if cfg.backbone.startswith("hf:"):
+            return cfg.backbone[3:]
+        if not cfg.weights:
+            return "random-init-seed0"
+        if self._weights_sha is None:
+            if not Path(cfg.weights).is_file():
+                raise ExtractorError(f"{cfg.weights}: face weights file not found; fix face.weights")
+            self._weights_sha = sha256_file(cfg.weights)
+        return "sha256:" + self._weights_sha
+
+    def fingerprint(self) -> dict:
+        """Everything that changes the stored numbers; device, batch size and bf16 do not (by design:
+        a GPU teammate's cache must be reusable on CPU)."""
+        c = self.cfg
+        fp = {"extractor": self.name, "schema": SCHEMA, "backbone": c.backbone, "weights": self.weights_id(),
+              "image_size": c.image_size, "source": c.source, "max_frames": c.max_frames,
+              "store_heads": c.store_heads}
+        if c.backbone == "grada":
+            fp["variant"] = c.variant
+        if c.source != "crops":
+            fp["detector"] = {k: v for k, v in asdict(c).items()
+                              if k in ("detector", "detect_every_n", "smooth", "margin", "detect_size", "min_face")}
+        return fp
+
+    def source(self, video: Video) -> str:
+        """The crops folder when crops are used (its file list keys the cache), else the media file."""
+        return video.crops_dir if self._use_crops(video) and video.crops_dir else video.media_path
+
+    def _use_crops(self, video: Video) -> bool:
+        if self.cfg.source == "crops":
+            return True
+        if self.cfg.source == "detect":
+            return False
+        return bool(video.crops_dir)
+
+    # -- model
+    def load(self) -> None:
+        """Build the backbone and load its weights (idempotent: an engine may call it again)."""
+        if self.model is not None:
+            return
+        cfg = self.cfg
+        self.device = torch_device(cfg.device)
+        if cfg.backbone == "grada":
+            if not cfg.weights:
+                raise ExtractorError("face.weights is not set: GRADA needs its published .pth (Drive folder "
+                                     "16nL_5J9I9MEnJQI34fgRMdSUm9HwfgwX) or the demo one written by demo_models")
+            model = GradaEmbedder(cfg.variant)
+            missing = load_state_dict_checked(model, cfg.weights, optional_prefixes=("classifier.", "regression."))
+            self._has_heads = not missing
+        elif cfg.backbone.startswith("torchvision:"):
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)  # random init is at least reproducible
+                model = _torchvision_backbone(cfg.backbone.split(":", 1)[1], cfg.weights)
+        else:
+            model, self.mean, self.std = _hf_backbone(cfg.backbone[3:])
+        self.weights_id()  # fail now on an unreadable file, not at fingerprint time
+        if cfg.source == "detect":  # ("auto" needs it only for videos without crops: checked per video)
+            DETECTORS[cfg.detector](cfg)  # a detector that cannot load fails here, not once per video
+        # channels_last on CPU too: oneDNN's depthwise convs are ~1.3x faster in NHWC (measured, B1 240 px)
+        self.model = model.eval().to(self.device).to(memory_format=torch.channels_last)
+
+    # -- per video
+    def prepare(self, video: Video) -> FacePrepared:
+        if video.fps <= 0:
+            raise VideoError(f"{video.media_path}: fps {video.fps} is not positive; re-index the dataset")
+        info: dict = {}
+        if self._use_crops(video):
+            files = self._crop_files(video)
+            last = max(files) + 1 if files else 0
+            n = max(int(video.num_frames), last)
+            if self.cfg.max_frames:
+                n = min(n, self.cfg.max_frames)
+                files = {i: p for i, p in files.items() if i < n}
+            make = lambda: self._crop_batches(files)  # noqa: E731
+        else:
+            n = int(video.num_frames) if not self.cfg.max_frames else min(int(video.num_frames), self.cfg.max_frames)
+            make = lambda: self._detect_batches(video, info)  # noqa: E731
+        return FacePrepared(n, BackgroundStream(make, maxsize=self.cfg.queue_batches, name=f"face:{video.video_id}"), info)
+
+    def _crop_files(self, video: Video) -> dict[int, Path]:
+        """0-based frame index -> crop file (`%05d.jpg`, 1-based names; a gap = no face)."""
+        if not video.crops_dir:
+            raise VideoError(f"{video.media_path}: face.source is 'crops' but video {video.video_id} has no "
+                             "crops_dir; set face.source to 'auto'/'detect' or provide cropped_aligned frames")
+        d = Path(video.crops_dir)
+        if not d.is_dir():
+            raise VideoError(f"{d}: crops folder of video {video.video_id} not found; restore it, or drop "
+                             "crops_dir from the index to use face detection")
+        files = {}
+        for p in d.iterdir():
+            m = CROP_NAME.match(p.name)
+            if m and int(m.group(1)) >= 1:
+                files[int(m.group(1)) - 1] = p
+        return dict(sorted(files.items()))
+
+    def _finish(self, images: list[torch.Tensor]) -> torch.Tensor:
+        """Worker-side preprocessing: letterbox (uint8); normalise here too unless the model is on CUDA."""
+        x = letterbox_u8(images, self.cfg.image_size)
+        if self.device is None or self.device.type != "cuda":
+            return normalize(x, self.mean, self.std)
+        return x.pin_memory()
+
+    def _crop_batches(self, files: dict[int, Path]) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+        items = list(files.items())
+        bs = self.cfg.batch_size
+        for s in range(0, len(items), bs):
+            chunk = items[s:s + bs]
+            images = [read_rgb(p) for _, p in chunk]
+            yield np.array([i for i, _ in chunk], dtype=np.int64), self._finish(images)
+
+    def _detect_batches(self, video: Video, info: dict) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+        from pipeline.media import iter_frames
+
+        track = BoxTracker(DETECTORS[self.cfg.detector](self.cfg), self.cfg.detect_every_n, self.cfg.smooth)
+        limit = self.cfg.max_frames
+        decoded = 0
+        for fb in iter_frames(video.media_path, batch_size=self.cfg.batch_size):
+            idx, crops = [], []
+            for img, i in zip(fb.images, fb.indices):
+                if limit is not None and i >= limit:
+                    break
+                box = track(int(i), img)
+                if box is not None:
+                    idx.append(int(i))
+                    crops.append(torch.from_numpy(np.ascontiguousarray(square_crop(img, box, self.cfg.margin))).permute(2, 0, 1))
+            decoded = int(fb.indices[-1]) + 1 if len(fb.indices) else decoded
+            if crops:
+                yield np.array(idx, dtype=np.int64), self._finish(crops)
+            if limit is not None and decoded >= limit:
+                decoded = min(decoded, limit)
+                break
+        info["decoded"] = decoded
+
+    def compute(self, video: Video, prepared: FacePrepared) -> dict[str, np.ndarray]:
+        if self.model is None:
+            raise ExtractorError("GradaFaceExtractor.compute called before load()")
+        embs: list[tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]] = []
+        with inference(self.device, self.cfg.bf16):
+            for idx, x in prepared.batches:
+                embs.append((idx, *self._forward(x)))
+        n = max(prepared.num_rows, int(prepared.info.get("decoded", 0)))
+        dim = embs[0][1].shape[1] if embs else self._embedding_dim()
+        out = empty_face_rows(n, video.fps, dim)
+        heads = self.cfg.store_heads and self._has_heads
+        if heads:
+            out["va_pred"] = np.zeros((n, 2), np.float32)
+            out["expr_logits"] = np.zeros((n, 8), np.float32)
+        for idx, e, va, ex in embs:
+            keep = idx < n
+            out["emb"][idx[keep]] = e[keep]
+            out["valid"][idx[keep]] = True
+            if heads:
+                out["va_pred"][idx[keep]] = va[keep]
+                out["expr_logits"][idx[keep]] = ex[keep]
+        if n and not out["valid"].any():
+            log.warning("%s (%s): no face found in any of %d frames; all rows stored invalid",
+                        video.video_id, self.source(video), n)
+        return out
+
+    def _forward(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        x = x.to(self.device, non_blocking=True)
+        if x.dtype == torch.uint8:
+            x = normalize(x, self.mean, self.std)
+        emb = self.model(x.contiguous(memory_format=torch.channels_last))
+        va = ex = None
+        if self.cfg.store_heads and self._has_heads:
+            va_t, ex_t = self.model.heads(emb)
+            va, ex = va_t.float().cpu().numpy(), ex_t.float().cpu().numpy()
+        return emb.float().cpu().numpy(), va, ex
+
+    def _embedding_dim(self) -> int:
+        with inference(self.device, False):
+            x = torch.zeros((2, 3, self.cfg.image_size, self.cfg.image_size), device=self.device)
+            return int(self.model(x).shape[1])
+
+
+def empty_face_rows(n: int, fps: float, dim: int) -> dict[str, np.ndarray]:
+    """All-invalid rows on the frame grid: frame i spans [i/fps, (i+1)/fps)."""
+    i = np.arange(n, dtype=np.float64)
+    return {"emb": np.zeros((n, dim), np.float32), "t0": (i / fps).astype(np.float32),
+            "t1": ((i + 1) / fps).astype(np.float32), "valid": np.zeros(n, bool),
+            "frame_index": np.arange(n, dtype=np.int64)}
