@@ -61,11 +61,16 @@ def _seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def write_grada(path: str | Path, seed: int = 0) -> Path:
+def write_grada(path: str | Path, seed: int = 0, calibration: Any = None, calibration_size: int = 96) -> Path:
     """Write a random GRADA embedder state dict (`.pth`) loadable by `extractors.face`.
 
-    Imported lazily: the face module pulls torchvision models, and the audio/behavior demo
-    should not depend on it.
+    A freshly initialised EfficientNet in eval mode normalises with BatchNorm running statistics of
+    0/1, which do not match its random activations: the signal collapses through its 20+ BatchNorm
+    layers (every image maps to the same embedding) or saturates the Tanh. So the running statistics
+    are calibrated on `calibration` images ([N, H, W, 3] uint8 RGB, e.g. a few dozen demo face
+    crops; data-dependent initialisation in the spirit of LSUV: no label is used, no weight is
+    trained), or on seeded random smooth images when none are given. Imported lazily: the face
+    module pulls torchvision models.
     """
     import torch
 
@@ -75,8 +80,41 @@ def write_grada(path: str | Path, seed: int = 0) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     _seed(seed)
     model = GradaEmbedder()
+    calibrate_batchnorm(model, _calibration_batch(calibration, calibration_size, seed))
     torch.save(model.state_dict(), path)
     return path
+
+
+def _calibration_batch(images: Any, size: int, seed: int, count: int = 64):
+    """ImageNet-normalised [N, 3, size, size] tensor from uint8 RGB images (or seeded smooth noise)."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    if images is None or len(images) == 0:
+        coarse = torch.randn(count, 3, 6, 6, generator=torch.Generator().manual_seed(seed))
+        return F.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=False)
+    x = torch.from_numpy(np.ascontiguousarray(np.stack(list(images)))).permute(0, 3, 1, 2).float() / 255.0
+    x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def calibrate_batchnorm(model: Any, batch: Any) -> None:
+    """Set every BatchNorm's running mean/var to the statistics of one forward pass over `batch`."""
+    import torch
+
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average: exactly this batch's statistics
+    model.train()
+    with torch.no_grad():
+        model(batch)
+    for m in norms:
+        m.momentum = 0.1
+    model.eval()
 
 
 def tiny_wavlm_config(**overrides: Any):
@@ -227,11 +265,15 @@ def write_qwen3vl(out_dir: str | Path, seed: int = 0, prompt: str | None = None)
     return out_dir
 
 
-def write_all(out_dir: str | Path, seed: int = 0) -> dict[str, Path]:
-    """Write every demo checkpoint under `out_dir`; returns {"grada": .pth, "wavlm": dir, "qwen3vl": dir}."""
+def write_all(out_dir: str | Path, seed: int = 0, face_calibration: Any = None,
+              face_image_size: int = 96) -> dict[str, Path]:
+    """Write every demo checkpoint under `out_dir`; returns {"grada": .pth, "wavlm": dir, "qwen3vl": dir}.
+
+    `face_calibration`: uint8 RGB face crops for GRADA's BatchNorm calibration (see `write_grada`).
+    """
     out_dir = Path(out_dir)
     return {
-        "grada": write_grada(out_dir / "grada" / "grada_b1_demo.pth", seed),
+        "grada": write_grada(out_dir / "grada" / "grada_b1_demo.pth", seed, face_calibration, face_image_size),
         "wavlm": write_wavlm(out_dir / "wavlm", seed),
         "qwen3vl": write_qwen3vl(out_dir / "qwen3vl", seed),
     }

@@ -48,7 +48,8 @@ def frame_features(video: HeadVideo, name: str = "emb") -> tuple[np.ndarray, np.
     """
     f = video.num_frames
     if not has_features(video, name):
-        d = 0 if not video.features or name not in video.features else np.asarray(video.features[name]).reshape(0, -1).shape[1]
+        x = np.asarray(video.features[name]) if video.features and name in video.features else np.zeros((0, 0))
+        d = x.shape[1] if x.ndim == 2 else 0  # a video without rows may store a 1-D empty array
         return np.zeros((f, d), np.float32), np.zeros(f, bool)
     feats = video.features
     x = np.asarray(feats[name])

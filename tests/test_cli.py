@@ -97,13 +97,17 @@ def test_build_config_is_strict_and_typed() -> None:
         build_config(Outer, {"lr": True})
 
 
-def test_params_sections_build_their_configs() -> None:
-    """Every section of the shipped params.yaml builds the config its stage uses (no typo ships)."""
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("params_file", [ROOT / "params.yaml", ROOT / "pipeline" / "profiles" / "paper.yaml"])
+def test_params_sections_build_their_configs(params_file: Path) -> None:
+    """Every section of the shipped params files builds the config its stage uses (no typo ships)."""
     from heads import audio_pooling, behavior_temporal, face_temporal, fusion_moe, fusion_reliability
     from pipeline.stages.extract import build_extractor
     from pipeline.stages.train import entry_config_class
 
-    params = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
+    params = load_params(params_file)
     for modality in ("face", "audio", "behavior", "reliability"):
         assert build_extractor(params, modality).modality == modality
     for head, module in (("face", face_temporal), ("behavior", behavior_temporal), ("audio", audio_pooling)):

@@ -65,3 +65,23 @@ def test_reload_through_real_paths(written):
     assert len(ids) < 15  # trained on the prompt words: words, not bytes
     grada = GradaEmbedder()
     grada.load_state_dict(torch.load(a["grada"], map_location="cpu"))
+
+
+def test_calibrated_grada_keeps_images_apart(tmp_path):
+    """Without BatchNorm calibration a random EfficientNet maps every image to one embedding."""
+    import numpy as np
+    import torch
+
+    from extractors import demo_models
+    from extractors.face import GradaEmbedder
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, size=(16, 48, 48, 3), dtype=np.uint8)
+    path = demo_models.write_grada(tmp_path / "g.pth", seed=0, calibration=images, calibration_size=64)
+    model = GradaEmbedder()
+    model.load_state_dict(torch.load(path, map_location="cpu"))
+    model.eval()
+    with torch.no_grad():
+        emb = model(demo_models._calibration_batch(images[:8], 64, 0)).numpy()
+    assert emb.std(axis=0).mean() > 0.05  # images are told apart
+    assert np.abs(emb).mean() < 0.9  # and the Tanh is not saturated
