@@ -43,10 +43,13 @@ def run(params_path: Path) -> None:
     models = model_dirs(layout)
     summary = evaluate(models, labels, layout.metrics / "summary.json", layout.plots, cfg)
     click.echo(metrics_table(summary))
-    if late.pop("enabled", False):
-        names = list(late.pop("models", None) or models)
-        late_cfg = build_config(LateFusionConfig, late, where=f"{params.path}: evaluate.late_fusion")
-        result, _ = late_fusion(prediction_sets({n: models[n] for n in names}, list(labels)), labels, late_cfg)
-        write_json(layout.metrics / "late_fusion.json", {**result.to_json(), "note": f"weights searched on {cfg.split}"})
-        log.info("late fusion of %s: ccc_mean=%.4f (weights searched on %s)", ", ".join(names),
-                 result.to_json()["ccc"]["mean"], cfg.split)
+    late_path = layout.metrics / "late_fusion.json"
+    if not late.pop("enabled", False):
+        write_json(late_path, {"enabled": False})
+        return
+    names = list(late.pop("models", None) or models)
+    late_cfg = build_config(LateFusionConfig, late, where=f"{params.path}: evaluate.late_fusion")
+    result, _ = late_fusion(prediction_sets({n: models[n] for n in names}, list(labels)), labels, late_cfg)
+    write_json(late_path, {"enabled": True, **result.to_json(), "note": f"weights searched on {cfg.split}"})
+    log.info("late fusion of %s: ccc_mean=%.4f (weights searched on %s)", ", ".join(names),
+             result.to_json()["ccc"]["mean"], cfg.split)

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from pipeline.config import load_params
 from pipeline.records import read_index
-from pipeline.stages import Layout, write_json
-from pipeline.stages.train import current_store, entry_config_class, publish_history
+from pipeline.stages import Layout
+from pipeline.stages.train import current_store, entry_config_class, publish_history, publish_metrics
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,6 @@ def run(params_path: Path, strategy: str) -> None:
     out_dir = layout.fusion_dir(strategy)
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics = module.train_fusion(cfg, inputs, out_dir)
-    write_json(layout.metrics / f"fusion_{strategy}.json", metrics)
+    publish_metrics(metrics, out_dir, layout.metrics / f"fusion_{strategy}.json")
     publish_history(out_dir, layout.plots / "history" / f"fusion_{strategy}.json")
     log.info("fuse %s: ccc_mean=%.4f", strategy, metrics.get("ccc_mean", float("nan")))

@@ -37,6 +37,19 @@ def current_store(layout: Layout, modality: str) -> str:
     return read_current(str(layout.feature_dir(modality)))
 
 
+HEADLINE_KEYS = ("ccc_valence", "ccc_arousal", "ccc_mean", "f1")
+
+
+def publish_metrics(metrics: dict, out_dir: Path, metrics_path: Path) -> None:
+    """Full metrics next to the model; only the headline figures in the DVC metrics file.
+
+    Every model's metrics file then has the same keys, so `dvc metrics show` is one readable
+    table (a row per model) instead of the union of every head's diagnostics.
+    """
+    write_json(out_dir / "metrics.json", metrics)
+    write_json(metrics_path, {k: metrics[k] for k in HEADLINE_KEYS if k in metrics})
+
+
 def publish_history(out_dir: Path, plot_path: Path) -> None:
     """Copy the per-epoch log where dvc.yaml declares the plot (DVC plots read it there)."""
     history = json.loads((out_dir / "history.json").read_text())
@@ -60,6 +73,6 @@ def run(params_path: Path, head: str) -> None:
     out_dir = layout.head_dir(head)
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics = module.train_head(cfg, head_videos, out_dir)
-    write_json(layout.metrics / f"{head}.json", metrics)
+    publish_metrics(metrics, out_dir, layout.metrics / f"{head}.json")
     publish_history(out_dir, layout.plots / "history" / f"{head}.json")
     log.info("train %s: %s", head, ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
