@@ -201,13 +201,20 @@ def export(ctx: click.Context, model: str | None, split: str, template: Path | N
 @main.command("predict")
 @click.argument("videos", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("data/predictions"),
-              show_default=True, help="Folder for per-video CSV files and plots.")
+              show_default=True, help="Folder for per-video CSV files, plots and the features cache of new videos.")
+@click.option("--model", default=None,
+              help="face, behavior, audio, fusion_moe or fusion_reliability (default: params `predict.model`, "
+                   "else the best model on validation).")
 @click.pass_context
-def predict(ctx: click.Context, videos: tuple[Path, ...], out: Path) -> None:
-    """Run the extractors (cached or fresh) and the trained heads on new videos."""
+def predict(ctx: click.Context, videos: tuple[Path, ...], out: Path, model: str | None) -> None:
+    """Run the extractors (cached or fresh) and the trained models on new videos.
+
+    Writes <out>/<video>.csv (frame, time, valence, arousal, per-head columns, gate weights) and
+    <out>/<video>.png per video; a video that fails is reported and the others still run.
+    """
     from pipeline.stages import predict as predict_stage
 
-    _run_stage(predict_stage.run, ctx.obj["params_path"], list(videos), out)
+    _run_stage(predict_stage.run, ctx.obj["params_path"], list(videos), out, model=model)
 
 
 # --------------------------------------------------------------------------- store tools

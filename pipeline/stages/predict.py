@@ -1,0 +1,283 @@
+"""`affcache predict VIDEO...`: the in-the-wild use case -- per-frame valence/arousal for new videos.
+
+Steps: probe each file into a `Video` record (id = file stem, split "test", no labels, no crops, so
+the face extractor detects faces) -> run the extractors the chosen model needs, built exactly as the
+extraction stages build them (`build_extractor`), into `<out>/features` -> load the trained heads (and
+fusion) from data/heads, data/fusion -> write `<out>/<video_id>.csv` and `<out>/<video_id>.png`.
+
+Why a separate store root: data/features is a DVC output; writing new videos into it would make
+`dvc status` dirty. The separate store is still keyed by the extractor fingerprint, so predicting
+the same file twice recomputes nothing and a changed `extract.*` param starts a fresh store.
+
+params (all optional): `predict.model` (a head name or `fusion_moe` / `fusion_reliability`; default:
+the best model in metrics/summary.json, else `fusion_moe`), `predict.device` ("auto"),
+`predict.keep_old_stores` (false). Extraction reads `extract.<modality>` like the extraction stages.
+One bad file never stops the others: it is listed in `<out>/predict_report.json` and the command
+exits non-zero at the end.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pipeline.config import Params, ParamsError, load_params
+from pipeline.records import Video
+from pipeline.stages import Layout, StageFailed, write_json
+
+if TYPE_CHECKING:  # heavy (torch): imported inside the functions that run models
+    from heads.data import HeadVideo
+    from heads.inference import Predictor, VideoPrediction
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "fusion_moe"
+HEADS = ("face", "behavior", "audio")
+FUSIONS = ("moe", "reliability")
+REPORT = "predict_report.json"
+
+
+@dataclass
+class PredictReport:
+    """What a run did: per-modality extraction counts, per-video outputs, failures (file + problem)."""
+
+    model: str = ""
+    extraction: dict[str, dict] = field(default_factory=dict)  # modality -> {store, extracted, cached, failed}
+    outputs: dict[str, dict] = field(default_factory=dict)     # video_id -> {file, csv, png, frames}
+    failed: list[dict] = field(default_factory=list)           # {video_id, file, stage, error}
+
+    def to_json(self) -> dict:
+        return {"model": self.model, "extraction": self.extraction, "outputs": self.outputs, "failed": self.failed}
+
+
+def run(params_path: Path, videos: list[Path], out: Path, model: str | None = None) -> PredictReport:
+    """Predict every video; raise StageFailed at the end if any video (or one of its modalities) failed."""
+    params = load_params(params_path)
+    layout = Layout()
+    out = Path(out)
+    predictor = load_model(params, layout, model)
+    report = PredictReport(model=predictor.model)
+    records = probe_videos(videos, report)
+    urls = extract(params, layout, stores_needed(predictor), records, out / "features", report) if records else {}
+    usable = [v for v in records if has_any_head_input(v, predictor.modalities, report)]
+    if usable:
+        inputs = head_videos(usable, urls, predictor.modalities, report)
+        predictions = _guarded(predictor.model, predictor.predict, inputs)
+        for v in usable:
+            report.outputs[v.video_id] = write_outputs(v, predictions[v.video_id], out)
+    write_json(out / REPORT, report.to_json())
+    log.info("predict (%s): %d video(s) predicted -> %s; %d problem(s)", predictor.model, len(report.outputs), out,
+             len(report.failed))
+    if report.failed:
+        lines = "\n".join(f"  {f['file']} ({f['stage']}): {f['error']}" for f in report.failed)
+        raise StageFailed(f"predict: {len(report.failed)} problem(s); the other videos were predicted into {out} "
+                          f"(details: {out / REPORT}):\n{lines}")
+    return report
+
+
+def _guarded(name: str, fn, *args):
+    """Model problems (missing checkpoint, features of the wrong width) as one clear stage error."""
+    from heads.inference import ModelLoadError
+
+    try:
+        return fn(*args)
+    except ModelLoadError as exc:
+        raise StageFailed(f"predict ({name}): {exc}") from exc
+
+
+def load_model(params: Params, layout: Layout, model: str | None = None) -> "Predictor":
+    """The chosen model and the heads it reads, from data/heads and data/fusion."""
+    from heads.inference import load_predictor
+
+    name = choose_model(params, layout, model)
+    return _guarded(name, load_predictor, name, {h: layout.head_dir(h) for h in HEADS},
+                    {f"fusion_{s}": layout.fusion_dir(s) for s in FUSIONS}, str(params.get("predict.device", "auto")))
+
+
+def stores_needed(predictor: "Predictor") -> list[str]:
+    """The heads' feature stores, plus reliability for a fusion (face coverage, mouth opening:
+    the audio filter), exactly as the fuse stage feeds it."""
+    return predictor.modalities + (["reliability"] if predictor.fusion is not None else [])
+
+
+# --------------------------------------------------------------------------- model choice
+
+
+def choose_model(params: Params, layout: Layout, model: str | None = None) -> str:
+    """`model` (a command-line choice), else `predict.model`, else the best evaluated model, else fusion_moe."""
+    known = [*HEADS, *(f"fusion_{s}" for s in FUSIONS)]
+    name = model if model is not None else params.get("predict.model")
+    if name is not None:
+        if name not in known:
+            where = "model" if model is not None else f"{params.path}: predict.model"
+            raise ParamsError(f"{where}: unknown model {name!r}; use one of {', '.join(known)}")
+        return str(name)
+    summary = layout.metrics / "summary.json"
+    if summary.exists():
+        best = json.loads(summary.read_text()).get("best", {}).get("model")
+        if best in known:
+            log.info("predict: using %s, the best model in %s", best, summary)
+            return str(best)
+    log.info("predict: no best model in %s (not evaluated yet); using %s", summary, DEFAULT_MODEL)
+    return DEFAULT_MODEL
+
+
+# --------------------------------------------------------------------------- records
+
+
+def probe_videos(paths: list[Path], report: PredictReport) -> list[Video]:
+    """One `Video` per readable file (id = stem); unreadable files go to `report.failed`."""
+    from pipeline.media import MediaError, probe
+
+    seen: dict[str, Path] = {}
+    for p in paths:
+        if p.stem in seen:
+            raise StageFailed(f"{p}: video id {p.stem!r} is also the id of {seen[p.stem]} (ids are file stems); "
+                              "rename one of them")
+        seen[p.stem] = p
+    records = []
+    for p in paths:
+        try:
+            info = probe(p)
+        except MediaError as exc:
+            report.failed.append({"video_id": p.stem, "file": str(p), "stage": "probe", "error": str(exc)})
+            log.error("predict: %s", exc)
+            continue
+        records.append(Video(video_id=p.stem, media_path=str(Path(p).resolve()), fps=info.fps,
+                             num_frames=info.num_frames, duration=info.duration, has_audio=info.has_audio,
+                             split="test"))
+    return records
+
+
+# --------------------------------------------------------------------------- features
+
+
+def extract(params: Params, layout: Layout, modalities: list[str], records: list[Video], root: Path,
+            report: PredictReport) -> dict[str, str]:
+    """Run each modality's extractor into `root` (cached per fingerprint); returns {modality: store URL}."""
+    from extractors.base import ExtractorError, run_extraction
+    from pipeline.stages.extract import build_extractor
+    from pipeline.store import prune_stores
+
+    urls = {}
+    for m in modalities:
+        extractor = build_extractor(params, m)
+        try:
+            res = run_extraction(extractor, records, str(root), workers=int(params.get(f"extract.{m}.workers", 2)),
+                                 prefetch=int(params.get(f"extract.{m}.prefetch", 2)))
+        except ExtractorError as exc:
+            raise StageFailed(f"predict: extract {m}: {exc}") from exc
+        if not params.get("predict.keep_old_stores", False):
+            prune_stores(str(root / m), keep=res.url)
+        warn_if_not_training_features(layout, m, res.url)
+        urls[m] = res.url
+        report.extraction[m] = {"store": res.url, "extracted": res.done, "cached": res.skipped,
+                                "failed": [f["video_id"] for f in res.failed]}
+        report.failed += [{**f, "stage": f"extract {m}"} for f in res.failed]
+        log.info("predict: %s: %d extracted, %d cached, %d failed", m, len(res.done), len(res.skipped), len(res.failed))
+    return urls
+
+
+def warn_if_not_training_features(layout: Layout, modality: str, url: str) -> None:
+    """A head is only meaningful on features from the extractor config it was trained on."""
+    from pipeline.store import StoreError, read_current
+
+    try:
+        trained = read_current(str(layout.feature_dir(modality)))
+    except (StoreError, FileNotFoundError, OSError, ValueError):
+        return  # no training store here (e.g. only the heads were pulled): nothing to compare
+    if Path(trained).name != Path(url).name:
+        log.warning("predict: %s features come from %s but the heads were trained on %s: the `extract.%s` params "
+                    "changed since training; run `dvc repro` so heads and features match", modality, url, trained,
+                    modality)
+
+
+def has_any_head_input(video: Video, modalities: list[str], report: PredictReport) -> bool:
+    """A video is predicted (its failed modalities masked) unless every head's extraction failed."""
+    failed_in = {f["stage"] for f in report.failed if f["video_id"] == video.video_id}
+    return any(f"extract {m}" not in failed_in for m in modalities)
+
+
+def head_videos(records: list[Video], urls: dict[str, str], modalities: list[str],
+                report: PredictReport) -> dict[str, list["HeadVideo"]]:
+    """{modality: [HeadVideo]} on the decoded-frame grid; a modality that failed for a video is masked."""
+    from heads.data import load_head_videos
+
+    rel = urls.get("reliability")
+    out = {}
+    for m in modalities:
+        vids = load_head_videos(records, urls[m], task="va", reliability_url=rel)
+        failed = set(report.extraction[m]["failed"])
+        for hv in vids:
+            if hv.video_id in failed:  # never use a stale group of an earlier run
+                hv.features = {}
+        out[m] = vids
+    return out
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+def write_outputs(video: Video, prediction: "VideoPrediction", out: Path) -> dict:
+    """`<out>/<id>.csv` (one row per decoded frame) and `<out>/<id>.png`; returns their paths."""
+    out.mkdir(parents=True, exist_ok=True)
+    cols = prediction.columns()
+    csv_path, png_path = out / f"{video.video_id}.csv", out / f"{video.video_id}.png"
+    write_csv(csv_path, cols)
+    plot(png_path, cols, prediction.model, list(prediction.per_model), video)
+    missing = int(sum(1 for x in cols["valence"] if math.isnan(x)))
+    if missing:
+        log.warning("predict: %s: %d of %d frames have no prediction (no usable input; empty cells in %s)",
+                    video.video_id, missing, video.num_frames, csv_path)
+    return {"file": video.media_path, "csv": str(csv_path), "png": str(png_path), "frames": video.num_frames,
+            "frames_without_prediction": missing}
+
+
+def write_csv(path: Path, cols: dict) -> None:
+    """Plain CSV, 6 decimals; NaN (no prediction) as an empty cell."""
+    names = list(cols)
+    tmp = path.with_suffix(".csv.tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(names)
+        for row in zip(*(cols[n] for n in names)):
+            w.writerow([_cell(n, x) for n, x in zip(names, row)])
+    tmp.replace(path)
+
+
+def _cell(name: str, x) -> str:
+    if name == "frame":
+        return str(int(x))
+    x = float(x)
+    return "" if math.isnan(x) else f"{x:.6f}"
+
+
+def plot(path: Path, cols: dict, model: str, heads: list[str], video: Video) -> None:
+    """Valence and arousal over time: one thin line per head, the selected model bold."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 1, figsize=(10, 5), sharex=True)
+    t = cols["time"]
+    for ax, dim in zip(axes, ("valence", "arousal")):
+        for h in heads:
+            if h != model:
+                ax.plot(t, cols[f"{h}_{dim}"], lw=1, alpha=0.7, label=h)
+        ax.plot(t, cols[dim], lw=2.5, color="black", label=model)
+        ax.set_ylabel(dim)
+        ax.set_ylim(-1.05, 1.05)
+        ax.axhline(0, color="grey", lw=0.5)
+        ax.grid(alpha=0.3)
+    axes[0].legend(loc="upper right", fontsize=8, ncol=len(heads) + 1)
+    axes[0].set_title(f"{video.video_id} ({Path(video.media_path).name}, {video.fps:.3g} fps) - {model}")
+    axes[1].set_xlabel("time (s)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

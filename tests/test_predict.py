@@ -1,0 +1,283 @@
+"""`affcache predict` end to end on a tiny demo built without DVC (stage functions called directly).
+
+One module-scoped build (tiny demo, tiny encoders, 4 extractions, 3 heads and the MoE fusion at one
+epoch and toy widths) serves every test; predictions go to folders outside the project so the
+DVC-tracked data/features are never touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from pipeline.cli import main
+
+TRAIN = {"epochs": 1, "device": "cpu", "progress": False, "bf16": False}
+MODELS = "data/models/demo"
+PARAMS = {
+    "demo": {"root": "data/raw/demo", "preset": "tiny", "overrides": {"seconds": [5.0, 6.0]}},
+    "demo_models": {"out": MODELS, "seed": 0},
+    "dataset": {"adapter": "affwild2", "root": "data/raw/demo", "index": "data/index.json", "options": {}},
+    "extract": {
+        "face": {"extractor": "grada", "workers": 1, "prefetch": 1,
+                 "config": {"weights": f"{MODELS}/grada/grada_b1_demo.pth", "image_size": 32, "batch_size": 32,
+                            "device": "cpu", "bf16": False}},
+        "audio": {"extractor": "speech_ssl", "workers": 1, "prefetch": 1,
+                  "config": {"model": f"{MODELS}/wavlm", "device": "cpu"}},
+        "behavior": {"extractor": "qwen3vl", "workers": 1, "prefetch": 1,
+                     "config": {"model": f"{MODELS}/qwen3vl", "device": "cpu", "frame_long_side": 64, "max_frames": 4}},
+        "reliability": {"extractor": "reliability", "workers": 1, "prefetch": 1, "config": {"vad_backend": "energy"}},
+    },
+    "train": {
+        "face": {"window": 32, "hop": 16, "d_model": 16, "layers": 1, "heads": 2, "ff": 16, "head_dim": 16,
+                 "train": TRAIN},
+        "behavior": {"segments": 4, "stride": 2, "d_model": 16, "d_state": 4, "layers": 1, "head_hidden": 16,
+                     "train": TRAIN},
+        "audio": {"attn_dim": 8, "head_hidden": 16, "train": TRAIN},
+    },
+    "fuse": {
+        "moe": {"d_model": 16, "n_heads": 2, "ff_dim": 16, "gate_hidden": 8, "window": 32, "hop": 16, "epochs": 1,
+                "device": "cpu"},
+        "reliability": {"d_model": 16, "n_latents": 2, "latent_heads": 2, "enc_heads": 2, "ff_dim": 16, "epochs": 1,
+                        "device": "cpu"},
+    },
+}
+HEADS = ("face", "behavior", "audio")
+MODALITIES = ("face", "behavior", "audio", "reliability")
+
+
+@contextlib.contextmanager
+def cwd(path: Path) -> Iterator[None]:
+    """Stages resolve data/... against the working directory (as under `dvc repro`)."""
+    old = Path.cwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(old)
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    import torch
+
+    from pipeline.stages import demo, extract, fuse, index, train
+
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("predict") / "project"
+    root.mkdir()
+    params = root / "params.yaml"
+    params.write_text(yaml.safe_dump(PARAMS))
+    with cwd(root):
+        demo.generate_data(params)
+        demo.write_models(params)
+        index.run(params)
+        for m in MODALITIES:
+            extract.run(params, m)
+        for h in HEADS:
+            train.run(params, h)
+        for strategy in ("moe", "reliability"):
+            fuse.run(params, strategy)
+    return root
+
+
+@pytest.fixture(scope="module")
+def inputs(project: Path) -> dict[str, Path]:
+    """A demo video with audio copied out of the project, a generated silent one, a corrupt one."""
+    from pipeline.records import read_index
+    from tiny_models import make_video
+
+    folder = project.parent / "inputs"
+    folder.mkdir()
+    with_audio = next(v for v in read_index(project / "data" / "index.json") if v.has_audio and v.crops_dir)
+    source = project / with_audio.media_path  # index paths are relative to the project root
+    speech = folder / "speaker.mp4"
+    shutil.copy(source, speech)
+    silent = make_video(folder / "silent.mp4", seconds=3.0, fps=10, size=(96, 72), audio=False)
+    broken = folder / "broken.mp4"
+    broken.write_bytes(source.read_bytes()[:4000])
+    return {"speaker": speech, "silent": silent, "broken": broken}
+
+
+def predict(project: Path, files: list[Path], out: Path, params: str = "params.yaml"):
+    with cwd(project):
+        return CliRunner().invoke(main, ["--params", params, "predict", *map(str, files), "--out", str(out)])
+
+
+def read_csv(path: Path) -> tuple[list[str], list[list[str]]]:
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    return rows[0], rows[1:]
+
+
+def decoded_frames(path: Path) -> int:
+    from pipeline.media import iter_frames
+
+    return sum(len(b) for b in iter_frames(path))
+
+
+@pytest.fixture(scope="module")
+def first_run(project: Path, inputs: dict[str, Path]):
+    out = project.parent / "predictions"
+    result = predict(project, [inputs["speaker"], inputs["silent"]], out)
+    return out, result
+
+
+def test_predict_writes_csv_and_plot_per_video(first_run, inputs) -> None:
+    out, result = first_run
+    assert result.exit_code == 0, result.output
+    for key in ("speaker", "silent"):
+        header, rows = read_csv(out / f"{key}.csv")
+        assert header[:4] == ["frame", "time", "valence", "arousal"]
+        assert {f"{h}_{d}" for h in HEADS for d in ("valence", "arousal")} <= set(header)
+        assert any(c.startswith("gate_") for c in header)  # the MoE's expert weights
+        assert len(rows) == decoded_frames(inputs[key])
+        assert [int(r[0]) for r in rows] == list(range(len(rows)))
+        png = out / f"{key}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    header, rows = read_csv(out / "silent.csv")
+    audio = header.index("audio_valence")
+    assert all(r[audio] == "" for r in rows), "no audio track: the audio head must be masked, not zero"
+    assert all(r[2] != "" for r in rows), "the fusion still predicts from the other modalities"
+    header, rows = read_csv(out / "speaker.csv")
+    assert any(r[header.index("audio_valence")] != "" for r in rows)
+    gates = np.array([[float(x) for x in r[header.index("gate_face"):]] for r in rows if r[2] != ""])
+    assert np.allclose(gates.sum(1), 1.0, atol=1e-4)
+
+
+def test_predict_never_touches_the_tracked_feature_stores(first_run, project) -> None:
+    out, _ = first_run
+    report = json.loads((out / "predict_report.json").read_text())
+    assert report["model"] == "fusion_moe"  # no metrics/summary.json -> the default fusion
+    for m in MODALITIES:
+        assert Path(report["extraction"][m]["store"]).is_relative_to(out / "features")
+        assert sorted(report["extraction"][m]["extracted"]) == ["silent", "speaker"]
+    with cwd(project):
+        from pipeline.store import FeatureStore, read_current
+
+        for m in MODALITIES:
+            assert "speaker" not in FeatureStore.open(read_current(f"data/features/{m}")).video_ids()
+
+
+def test_second_run_reuses_the_cache(first_run, project, inputs) -> None:
+    out, _ = first_run
+    before = (out / "speaker.csv").read_text()
+    result = predict(project, [inputs["speaker"], inputs["silent"]], out)
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "predict_report.json").read_text())
+    for m in MODALITIES:
+        assert report["extraction"][m]["extracted"] == [], m
+        assert sorted(report["extraction"][m]["cached"]) == ["silent", "speaker"]
+    assert (out / "speaker.csv").read_text() == before
+
+
+def test_corrupt_file_is_reported_and_the_others_predicted(first_run, project, inputs) -> None:
+    out = project.parent / "with_broken"
+    result = predict(project, [inputs["broken"], inputs["silent"]], out)
+    assert result.exit_code != 0
+    assert str(inputs["broken"]) in result.output
+    assert (out / "silent.csv").exists() and (out / "silent.png").exists()
+    assert not (out / "broken.csv").exists()
+    report = json.loads((out / "predict_report.json").read_text())
+    assert [f["video_id"] for f in report["failed"]] == ["broken"]
+
+
+def test_unimodal_model_from_params(first_run, project, inputs) -> None:
+    params = dict(PARAMS, predict={"model": "face"})
+    (project / "params_face.yaml").write_text(yaml.safe_dump(params))
+    out = project.parent / "face_only"
+    result = predict(project, [inputs["silent"]], out, params="params_face.yaml")
+    assert result.exit_code == 0, result.output
+    header, rows = read_csv(out / "silent.csv")
+    assert header == ["frame", "time", "valence", "arousal", "face_valence", "face_arousal"]
+    report = json.loads((out / "predict_report.json").read_text())
+    assert set(report["extraction"]) == {"face"}
+
+
+def test_reliability_fusion_from_params(first_run, project, inputs) -> None:
+    params = dict(PARAMS, predict={"model": "fusion_reliability"})
+    (project / "params_raav.yaml").write_text(yaml.safe_dump(params))
+    out = project.parent / "raav"
+    result = predict(project, [inputs["speaker"]], out, params="params_raav.yaml")
+    assert result.exit_code == 0, result.output
+    header, rows = read_csv(out / "speaker.csv")
+    assert header[-2:] == ["gate_face", "gate_behavior"]  # RAAV's visual reliability weights
+    assert len(rows) == decoded_frames(inputs["speaker"])
+
+
+def test_missing_heads_name_the_path_and_the_fix(tmp_path, inputs) -> None:
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(PARAMS))
+    result = predict(tmp_path, [inputs["silent"]], tmp_path / "out")
+    assert result.exit_code != 0
+    assert "data/fusion/moe/model.pt" in result.output and "dvc repro" in result.output
+
+
+def test_model_choice(tmp_path) -> None:
+    """Command line, then `predict.model`, then the best evaluated model, then fusion_moe."""
+    from pipeline.config import Params, ParamsError
+    from pipeline.stages import Layout
+    from pipeline.stages.predict import choose_model
+
+    layout = Layout(tmp_path)
+    assert choose_model(Params({}, tmp_path / "params.yaml"), layout) == "fusion_moe"
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics" / "summary.json").write_text(json.dumps({"best": {"model": "audio", "ccc_mean": 0.3}}))
+    assert choose_model(Params({}, tmp_path / "params.yaml"), layout) == "audio"
+    chosen = Params({"predict": {"model": "fusion_reliability"}}, tmp_path / "params.yaml")
+    assert choose_model(chosen, layout) == "fusion_reliability"
+    assert choose_model(chosen, layout, "face") == "face"
+    with pytest.raises(ParamsError, match="predict.model: unknown model 'fusion_x'"):
+        choose_model(Params({"predict": {"model": "fusion_x"}}, tmp_path / "params.yaml"), layout)
+
+
+@pytest.mark.parametrize("strategy", ["moe", "reliability"])
+def test_inference_matches_the_training_outputs(project, strategy: str) -> None:
+    """The rebuilt heads and fusion reproduce what training wrote for the indexed videos."""
+    from heads.data import load_head_videos
+    from heads.inference import load_predictor
+    from pipeline.records import read_index
+    from pipeline.store import FeatureStore, read_current
+
+    with cwd(project):
+        videos = read_index("data/index.json")
+        predictor = load_predictor(f"fusion_{strategy}", {h: f"data/heads/{h}" for h in HEADS},
+                                   {f"fusion_{strategy}": f"data/fusion/{strategy}"}, device="cpu")
+        rel = read_current("data/features/reliability")
+        hv = {m: load_head_videos(videos, read_current(f"data/features/{m}"), reliability_url=rel) for m in HEADS}
+        got = predictor.predict(hv)
+        fused = FeatureStore.open(f"data/fusion/{strategy}/outputs.zarr")
+        heads = {h: FeatureStore.open(f"data/heads/{h}/outputs.zarr") for h in HEADS}
+        for v in videos:
+            want = fused.read_video(v.video_id)
+            p = got[v.video_id]
+            np.testing.assert_array_equal(p.valid, want["valid"])
+            np.testing.assert_allclose(p.pred, want["pred"], atol=1e-5)
+            np.testing.assert_allclose(p.gates, want["gates"], atol=1e-5)
+            for h in HEADS:
+                pred, ok = p.per_model[h]
+                np.testing.assert_array_equal(ok, heads[h].read_video(v.video_id)["valid"])
+                np.testing.assert_allclose(pred[ok], heads[h].read_video(v.video_id)["pred"][ok, :2], atol=1e-5)
+
+
+def test_features_of_another_width_are_refused(project) -> None:
+    """A head fed features of another extractor config must stop, naming the params to fix."""
+    from heads.data import HeadVideo
+    from heads.inference import ModelLoadError, load_head, predict_head
+
+    head = load_head("face", project / "data" / "heads" / "face", device="cpu")
+    n = 12
+    t = np.arange(n, dtype=np.float32) / 10
+    video = HeadVideo("odd", "test", 10.0, n, features={"emb": np.ones((n, 8), np.float32), "t0": t, "t1": t + 0.1,
+                                                        "valid": np.ones(n, bool)})
+    with pytest.raises(ModelLoadError, match="extract.face"):
+        predict_head(head, [video])
