@@ -96,6 +96,7 @@ class FaceConfig:
     max_frames: int | None = None
     store_heads: bool = True
     queue_batches: int = 3
+    cpu_freeze: bool = True  # CPU only: TorchScript trace + freeze (BatchNorm folded into the convs)
 
     def validate(self) -> None:
         if not (self.backbone == "grada" or self.backbone.startswith(("torchvision:", "hf:"))):
@@ -406,6 +407,7 @@ class GradaFaceExtractor:
         self.cfg = cfg
         self.cfg.validate()
         self.model: nn.Module | None = None
+        self._frozen: torch.jit.ScriptModule | None = None
         self.device: torch.device | None = None
         self.mean, self.std = IMAGENET_MEAN, IMAGENET_STD
         self._weights_sha: str | None = None
@@ -474,6 +476,26 @@ class GradaFaceExtractor:
             DETECTORS[cfg.detector](cfg)  # a detector that cannot load fails here, not once per video
         # channels_last on CPU too: oneDNN's depthwise convs are ~1.3x faster in NHWC (measured, B1 240 px)
         self.model = model.eval().to(self.device).to(memory_format=torch.channels_last)
+        self._frozen = self._freeze() if self.device.type == "cpu" and self.cfg.cpu_freeze else None
+
+    def _freeze(self) -> torch.jit.ScriptModule | None:
+        """A frozen TorchScript trace of the embedding model, for CPU inference.
+
+        Freezing folds every BatchNorm into its convolution and lets oneDNN fuse the rest: on the
+        2-core CPU, B1 at 240 px in batches of 16 went from ~22 to ~31 frames/s (channels_last both).
+        Built once at load time (tracing costs ~1 s); GPU runs stay eager (bf16 autocast). HF
+        backbones return structured outputs and stay eager.
+        """
+        if self.cfg.backbone.startswith("hf:"):
+            return None
+        size = self.cfg.image_size
+        example = torch.zeros((2, 3, size, size)).contiguous(memory_format=torch.channels_last)
+        with warnings.catch_warnings(), torch.inference_mode():  # TorchScript deprecation/tracer notices
+            warnings.simplefilter("ignore")
+            return torch.jit.freeze(torch.jit.trace(self.model, example, check_trace=False))
+
+    def _backbone(self, x: torch.Tensor) -> torch.Tensor:
+        return (self._frozen if self._frozen is not None else self.model)(x)
 
     # -- per video
     def prepare(self, video: Video) -> FacePrepared:
@@ -577,7 +599,7 @@ class GradaFaceExtractor:
         x = x.to(self.device, non_blocking=True)
         if x.dtype == torch.uint8:
             x = normalize(x, self.mean, self.std)
-        emb = self.model(x.contiguous(memory_format=torch.channels_last))
+        emb = self._backbone(x.contiguous(memory_format=torch.channels_last))
         va = ex = None
         if self.cfg.store_heads and self._has_heads:
             va_t, ex_t = self.model.heads(emb)
