@@ -10,7 +10,6 @@ face-present channel so the model can tell a copied frame from a seen one).
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from torch import nn
 from heads.data import HeadVideo, SequenceBank, fill_nearest, frame_features, frame_targets, predict_windows
 from heads.losses import ccc_loss, cross_entropy
 from heads.outputs import HeadOutput, score_split, write_outputs
+from heads.positional import sinusoidal_encoding
 from heads.train import Batches, TrainConfig, fit, resolve_device
 from heads.windows import frame_windows
 
@@ -62,16 +62,6 @@ class FaceTemporalConfig:
     mse_weight: float = 0.0
     infer_batch: int = 16
     train: FaceTrainConfig = field(default_factory=FaceTrainConfig)
-
-
-def sinusoidal_encoding(length: int, dim: int) -> torch.Tensor:
-    """[length, dim] sine/cosine positional encoding (Vaswani et al.)."""
-    pos = torch.arange(length, dtype=torch.float32)[:, None]
-    div = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
-    pe = torch.zeros(length, dim)
-    pe[:, 0::2] = torch.sin(pos * div)
-    pe[:, 1::2] = torch.cos(pos * div[: dim // 2])
-    return pe
 
 
 class PosAttentionLayer(nn.Module):

@@ -17,13 +17,13 @@ three modalities, 1 layer each is already ~9 attention layers of compute, which 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
 from torch import nn
 
+from heads.positional import sinusoidal_encoding
 from heads.postprocess import SmoothingConfig
 
 __all__ = [
@@ -92,16 +92,6 @@ def expert_names(cfg: FusionMoEConfig) -> list[str]:
     """Expert names in gate order: self experts `m` first, then directed `target<-source`."""
     names = [f"{m}" for m in cfg.modalities] if cfg.self_experts else []
     return names + [f"{t}<-{s}" for t, s in cfg.resolved_pairs()]
-
-
-def sinusoidal_encoding(length: int, dim: int, device: torch.device | None = None) -> torch.Tensor:
-    """[length, dim] sinusoidal positions (the published face/fusion layers add them to Q, K, V)."""
-    pos = torch.arange(length, dtype=torch.float32, device=device).unsqueeze(1)
-    div = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32, device=device) * (-math.log(10000.0) / dim))
-    pe = torch.zeros(length, dim, device=device)
-    pe[:, 0::2] = torch.sin(pos * div)
-    pe[:, 1::2] = torch.cos(pos * div[: dim // 2])
-    return pe
 
 
 class ModalityProjection(nn.Module):

@@ -36,25 +36,24 @@ def fill_nearest(pred: np.ndarray, valid: np.ndarray | None, num_frames: int) ->
     """[num_frames, C]: each frame takes its own prediction if valid, else the nearest valid one.
 
     Frames past the end of `pred` count as missing, so a short sequence is padded with its last
-    value and leading gaps with the first. Ties between two equally near frames take the earlier.
-    Raises ValueError if no frame is valid (nothing to pad from).
+    value and leading gaps with the first. Ties between two equally near frames take the earlier
+    (the rule of `heads.data.fill_nearest`, which does the filling). Raises ValueError if no frame
+    is valid (nothing to pad from).
     """
+    from heads.data import fill_nearest as nearest_rows
+
     p = np.asarray(pred, np.float64)
     p = p.reshape(len(p), -1)
     ok = np.ones(len(p), bool) if valid is None else np.asarray(valid, bool)[: len(p)].copy()
     ok &= np.isfinite(p).all(1)
-    n_in = min(len(p), num_frames)
-    good = np.flatnonzero(ok[:n_in]) if n_in else np.zeros(0, int)
-    if len(good) == 0:
-        good = np.flatnonzero(ok)  # all valid frames lie beyond the grid: use the nearest of those
-    if len(good) == 0:
+    if not ok.any():
         raise ValueError("no valid prediction to pad from")
-    pos = np.arange(num_frames)
-    k = np.searchsorted(good, pos)
-    left = good[np.clip(k - 1, 0, len(good) - 1)]
-    right = good[np.clip(k, 0, len(good) - 1)]
-    src = np.where(np.abs(pos - left) <= np.abs(right - pos), left, right)
-    return p[src]
+    n = max(num_frames, len(p))
+    grid = np.zeros((n, p.shape[1]))
+    grid[: len(p)] = np.where(ok[:, None], p, 0.0)
+    mask = np.zeros(n, bool)
+    mask[: len(p)] = ok
+    return nearest_rows(grid, mask)[:num_frames]
 
 
 def read_template(path: str | Path) -> list[tuple[str, int]]:
