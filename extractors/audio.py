@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from extractors.base import ExtractorError, inference, register, torch_device
+from extractors.base import ExtractorError, hf_load_error, inference, register, torch_device
 from pipeline.records import Video
 
 SCHEMA = 1
@@ -264,7 +264,8 @@ class SpeechSSLExtractor:
         try:
             model = AutoModel.from_pretrained(self.cfg.model, revision=self.cfg.revision)
         except Exception as e:  # OSError (offline / unknown id), ValueError (not a model folder)...
-            raise ExtractorError(_load_error(self.cfg.model, self.cfg.revision, e)) from e
+            hint = "e.g. the demo's data/models/demo/wavlm"
+            raise ExtractorError(hf_load_error("audio", self.cfg.model, self.cfg.revision, e, hint)) from e
         cfg = model.config
         if not hasattr(cfg, "conv_kernel") or not hasattr(cfg, "conv_stride"):
             raise ExtractorError(
@@ -422,14 +423,3 @@ def weights_fingerprint(model: str) -> dict | None:
                 fh.seek(size - (1 << 20))
                 h.update(fh.read())
     return {"sha1": h.hexdigest(), "files": len(files)}
-
-
-def _load_error(model: str, revision: str | None, err: Exception) -> str:
-    """A message that says what failed and how to run offline."""
-    return (
-        f"audio model {model!r} (revision {revision or 'default'}) could not be loaded: "
-        f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}. "
-        "Offline (HF_HUB_OFFLINE=1) a hub id must already be in the HF cache (download it once with "
-        "`huggingface-cli download <id>` on a machine with internet, or copy ~/.cache/huggingface), or "
-        "set `model` to a local folder written by save_pretrained (e.g. the demo's data/models/wavlm)."
-    )

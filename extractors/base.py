@@ -115,6 +115,17 @@ def get_extractor(name: str, cfg: Any) -> Extractor:
     return REGISTRY[name](cfg)
 
 
+def hf_load_error(kind: str, model: str, revision: str | None, err: Exception, local_example: str) -> str:
+    """The message for a Hugging Face checkpoint that cannot be loaded: what failed, how to run offline."""
+    first = str(err).splitlines()[0] if str(err) else ""
+    return (
+        f"{kind} model {model!r} (revision {revision or 'default'}) could not be loaded: "
+        f"{type(err).__name__}: {first}. Offline (HF_HUB_OFFLINE=1) a hub id must already be in the HF "
+        "cache (download it once with `huggingface-cli download <id>` where there is internet, or copy "
+        f"~/.cache/huggingface), or set `model` to a local folder written by save_pretrained ({local_example})."
+    )
+
+
 # ------------------------------------------------------------------------------------ torch helpers
 def torch_device(pref: str = "auto") -> torch.device:
     """'auto' -> cuda when available, else cpu; anything else is passed to torch.device.

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from extractors.audio import MediaCache, weights_fingerprint
-from extractors.base import BackgroundStream, ExtractorError, inference, register, torch_device
+from extractors.base import BackgroundStream, ExtractorError, hf_load_error, inference, register, torch_device
 from pipeline.records import Video
 
 SCHEMA = 1
@@ -236,7 +236,8 @@ class QwenVLBehaviorExtractor:
                 attn_implementation=self.cfg.attn_implementation,
             )
         except Exception as e:  # noqa: BLE001 - OSError offline, ValueError bad folder / attention impl
-            raise ExtractorError(_load_error(self.cfg.model, self.cfg.revision, e)) from e
+            hint = "model and processor together, e.g. the demo's data/models/demo/qwen3vl"
+            raise ExtractorError(hf_load_error("behavior", self.cfg.model, self.cfg.revision, e, hint)) from e
         if getattr(processor, "video_processor", None) is None:
             raise ExtractorError(f"behavior: {self.cfg.model!r} has no video processor; use a Qwen3-VL checkpoint")
         processor.tokenizer.padding_side = "left"  # last position = last real token for every row
@@ -364,14 +365,3 @@ def _duration(video: Video) -> float:
     if video.num_frames > 0 and video.fps > 0:
         return video.num_frames / video.fps
     return float(video.duration)
-
-
-def _load_error(model: str, revision: str | None, err: Exception) -> str:
-    return (
-        f"behavior model {model!r} (revision {revision or 'default'}) could not be loaded: "
-        f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}. "
-        "Offline (HF_HUB_OFFLINE=1) a hub id must already be in the HF cache (download it once with "
-        "`huggingface-cli download <id>` where there is internet, or copy ~/.cache/huggingface), or set "
-        "`model` to a local folder holding both the model and its processor (save_pretrained), e.g. the "
-        "demo's data/models/qwen3vl."
-    )
