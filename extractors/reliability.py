@@ -3,7 +3,7 @@
 They feed the published cross-modal audio filter (seed-systems B3: an audio window is used when the
 mouth is open >= 25 % of it and face coverage >= 0.8) and reliability-aware fusion.
 
-Stored per video (CONTRACTS.md): t0, t1, valid [N] on the frame grid (frame i: [i/fps, (i+1)/fps));
+Stored per video (DESIGN.md feature store): t0, t1, valid [N] on the frame grid (frame i: [i/fps, (i+1)/fps));
 face [N] (1 = crop/detection present), mouth [N] openness (NaN without a face), mouth_open [N] bool
 (smoothed rule below), extra mouth_raw [N]; and for audio rows: vad [M], vad_t0, vad_t1 [M]
 (20 ms hop, 25 ms window, the WavLM frame grid; M = 0 without audio).

@@ -9,7 +9,7 @@ Deviations (documented): we use transformers' `MambaMixer` (standard Mamba maths
 block uses a non-standard discretisation) with PRE-norm residual blocks, and conv kernel 4 (the
 MambaMixer default; the published custom block uses 5 -- set `conv_kernel=5` to match).
 Exported embedding: the 256-d final-normed state before the head (not the 512 post-GELU), so
-every head exports 256-d tokens (CONTRACTS.md: emb [F, 256]).
+every head exports 256-d tokens (every head output store holds emb [F, 256]).
 
 CPU scan choice, measured 2026-11-25 on the shared 2-core box, 1 thread, 12 layers, d 256,
 d_state 8, batch 8 x 16 segments, forward+backward: mixers alone plain PyTorch scan 0.68 s vs

@@ -1,7 +1,7 @@
 """Write a head's per-frame predictions and penultimate embeddings to `outputs.zarr`.
 
 Fusion depends on head outputs, never on the raw features a head consumed, so every head writes
-the same shape of store (CONTRACTS.md): one group per video, on the label frame grid F, for EVERY
+the same shape of store: one group per video, on the label frame grid F, for EVERY
 split (test included): pred [F, 2] (VA) or [F, 8] logits (EXPR), emb [F, 256], t0, t1, valid [F].
 Frames a head cannot predict (no audio, no covering segment) are written as zeros with valid False
 -- never NaN, so a consumer that forgets the mask gets a neutral value, not a poisoned sum.
