@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -211,7 +210,6 @@ def test_reconcile_expr_and_negative():
 
 @pytest.mark.skipif(not REAL_VA.is_dir(), reason="shared/realdata/affwild2-va-labels not present")
 def test_real_affwild2_va_files():
-    t0 = time.perf_counter()
     per_split = {}
     frames = invalid = 0
     for split_dir in sorted(p for p in REAL_VA.iterdir() if p.is_dir()):
@@ -225,4 +223,3 @@ def test_real_affwild2_va_files():
     assert per_split == {"Train_Set": 356, "Validation_Set": 76, "Test_Set": 162}
     assert frames == 2_993_081
     assert invalid == 3_993
-    assert time.perf_counter() - t0 < 30  # ~2 s here; guards against a per-line Python parser
