@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from heads.data import HeadVideo, SequenceBank, fill_nearest, frame_targets, predict_windows
-from heads.losses import ccc_loss, cross_entropy
+from heads.losses import window_task_loss
 from heads.outputs import HeadOutput, score_split, write_outputs
 from heads.train import Batches, TrainConfig, fit, resolve_device
 from heads.windows import frame_windows, segments_to_frames
@@ -187,13 +187,7 @@ def predict_video(model, video: HeadVideo, x: np.ndarray | None, cfg: BehaviorTe
 
 def make_loss(cfg: BehaviorTemporalConfig):
     """Loss over a batch of segment sequences: masked CCC (VA) or cross-entropy (EXPR)."""
-    def loss_fn(m: nn.Module, b: dict) -> torch.Tensor:
-        pred, _ = m(b["x"], b["pad"])
-        mask = b["yv"] & ~b["pad"]
-        if cfg.task == "va":
-            return ccc_loss(pred, b["y"], mask, weights=cfg.loss_weights, mse_weight=cfg.mse_weight)
-        return cross_entropy(pred, b["y"], mask)
-    return loss_fn
+    return window_task_loss(cfg.task, cfg.loss_weights, cfg.mse_weight)
 
 
 def train_head(cfg: BehaviorTemporalConfig, videos: list[HeadVideo], out_dir: Path | str) -> dict:

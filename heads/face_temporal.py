@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from heads.data import HeadVideo, SequenceBank, fill_nearest, frame_features, frame_targets, predict_windows
-from heads.losses import ccc_loss, cross_entropy
+from heads.losses import window_task_loss
 from heads.outputs import HeadOutput, score_split, write_outputs
 from heads.positional import sinusoidal_encoding
 from heads.train import Batches, TrainConfig, fit, resolve_device
@@ -149,13 +149,7 @@ def make_loss(cfg: FaceTemporalConfig):
     CCC is computed over all valid frames of the batch together (not per window and averaged):
     a window may hold only a few valid frames, and their CCC alone is noise.
     """
-    def loss_fn(model: nn.Module, b: dict) -> torch.Tensor:
-        pred, _ = model(b["x"], b["pad"])
-        mask = b["yv"] & ~b["pad"]
-        if cfg.task == "va":
-            return ccc_loss(pred, b["y"], mask, weights=cfg.loss_weights, mse_weight=cfg.mse_weight)
-        return cross_entropy(pred, b["y"], mask)
-    return loss_fn
+    return window_task_loss(cfg.task, cfg.loss_weights, cfg.mse_weight)
 
 
 def predict_video(model: nn.Module, video: HeadVideo, x: np.ndarray, present: np.ndarray,

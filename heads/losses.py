@@ -156,3 +156,16 @@ def cross_entropy(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor
     if not bool((t >= 0).any()):
         raise ValueError("cross_entropy: no valid EXPR label in the batch")
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), t.reshape(-1), ignore_index=-1)
+
+
+def window_task_loss(task: str, loss_weights: Sequence[float], mse_weight: float):
+    """Loss for window models whose forward is `model(x, pad) -> (pred, emb)` and whose batches hold
+    `y`, `yv` (valid labels) and `pad`: masked CCC (VA) or cross-entropy (EXPR) over the valid,
+    unpadded steps of the batch. The face and behavior heads share it."""
+    def loss_fn(model: torch.nn.Module, b: dict) -> torch.Tensor:
+        pred, _ = model(b["x"], b["pad"])
+        mask = b["yv"] & ~b["pad"]
+        if task == "va":
+            return ccc_loss(pred, b["y"], mask, weights=loss_weights, mse_weight=mse_weight)
+        return cross_entropy(pred, b["y"], mask)
+    return loss_fn
