@@ -171,9 +171,15 @@ class BackgroundStream:
     the producer.
     """
 
-    def __init__(self, make_iter: Callable[[], Iterable[Any]], maxsize: int = 4, name: str = "prepare"):
+    def __init__(self, make_iter: Callable[[], Iterable[Any]], maxsize: int = 4, name: str = "prepare",
+                 torch_threads: int | None = None):
+        """torch_threads: intra-op threads for torch ops run by the producer (None = torch's default).
+        Pass 1 when the model runs on the CPU: a producer's resize/normalise would otherwise start a
+        second OpenMP team as wide as the machine, which pre-empts the model's team mid-operator and
+        stalls it (torch's thread count is per thread under OpenMP, so the model keeps its own)."""
         self._q: queue.Queue = queue.Queue(maxsize=max(1, maxsize))
         self._stop = threading.Event()
+        self._torch_threads = torch_threads
         self._thread = threading.Thread(target=self._run, args=(make_iter,), name=name, daemon=True)
         self._thread.start()
 
@@ -187,6 +193,8 @@ class BackgroundStream:
         return False
 
     def _run(self, make_iter: Callable[[], Iterable[Any]]) -> None:
+        if self._torch_threads:
+            torch.set_num_threads(self._torch_threads)
         try:
             for item in make_iter():
                 if not self._put(item):

@@ -192,6 +192,17 @@ def test_background_stream_propagates_and_stops() -> None:
     assert len(produced) == n <= 5  # the producer stopped, memory stayed bounded
 
 
+def test_background_stream_limits_only_its_own_torch_threads() -> None:
+    """A CPU model's producer runs torch ops on one thread; the consumer keeps its thread count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        seen = list(BackgroundStream(lambda: iter([torch.get_num_threads()]), torch_threads=1))
+        assert seen == [1] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_run_report_defaults() -> None:
     assert RunReport().ok and RunReport(failed=[{"video_id": "x"}]).ok is False
 

@@ -231,14 +231,17 @@ def test_hf_backbone_from_a_local_dir(tmp_path: Path) -> None:
 
 
 def test_cpu_freeze_matches_eager(tmp_path: Path, weights: Path) -> None:
-    """The frozen TorchScript path (CPU speed-up) stores the same embeddings as eager PyTorch."""
+    """The frozen TorchScript path (CPU speed-up: fixed-size chunks, zero-padded tail, oneDNN Graph
+    fusion) stores the same embeddings as eager PyTorch, and leaves the global fusion switch as it was."""
     crops = _crops(tmp_path / "c", [1, 2, 3, 5, 8, 9, 10])
     video = Video("v", str(tmp_path / "v.mp4"), 10.0, 10, 1.0, False, "train", crops_dir=str(crops))
-    frozen = GradaFaceExtractor(_cfg(weights, batch_size=4))
+    frozen = GradaFaceExtractor(_cfg(weights, batch_size=4, cpu_batch_size=3))  # batches 4+3 -> chunks 3+1, 3
     eager = GradaFaceExtractor(_cfg(weights, batch_size=4, cpu_freeze=False))
+    fusion_before = torch.jit.onednn_fusion_enabled()
     frozen.load()
     eager.load()
     a, b = _run(frozen, video), _run(eager, video)
+    assert torch.jit.onednn_fusion_enabled() == fusion_before
     assert frozen._frozen is not None and eager._frozen is None
     assert frozen.fingerprint() == eager.fingerprint()
     np.testing.assert_array_equal(a["valid"], b["valid"])
