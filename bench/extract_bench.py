@@ -4,7 +4,7 @@ Face: the same `GradaEmbedder` weights and the same JPEG crops (Aff-Wild2-like, 
   - naive: for each frame, decode -> preprocess -> model(1 image), all on one thread;
   - engine: `run_extraction` with a loaded `GradaFaceExtractor` (decode + resize/pad in a producer
     thread, batched channels_last inference under inference_mode; on CPU the frozen, oneDNN-fused
-    TorchScript model in chunks of `cpu_batch_size`, on CUDA bf16 autocast; Zarr write and store
+    TorchScript model in chunks of `FaceConfig.cpu_chunk`, on CUDA bf16 autocast; Zarr write and store
     bookkeeping included).
 It prints frames/s of both and the ratio. On CPU a ratio below 2x means the engine is broken.
 
@@ -132,13 +132,13 @@ def bench_face(args: argparse.Namespace) -> dict:
     n = args.frames
     pair_ratios = [tn / te for tn, te in zip(naive_t, engine_t)]
     res = {"modality": "face", "device": str(device), "frames": n, "image_size": args.image_size,
-           "batch_size": args.batch_size, "cpu_batch_size": cfg.cpu_batch_size, "bf16": args.bf16,
+           "batch_size": args.batch_size, "cpu_batch_size": cfg.cpu_chunk, "bf16": args.bf16,
            "threads": torch.get_num_threads(), "naive_fps": n / min(naive_t), "engine_fps": n / min(engine_t),
            "model_only_fps": n / min(floor_t), "max_abs_diff": max_diff,
            "naive_cpu_ms_per_frame": 1000 * min(naive_c) / n, "engine_cpu_ms_per_frame": 1000 * min(engine_c) / n,
            "pair_ratios": pair_ratios, "median_pair_ratio": float(np.median(pair_ratios))}
     res["ratio"] = res["engine_fps"] / res["naive_fps"]
-    chunk = f", CPU chunks of {cfg.cpu_batch_size}" if device.type == "cpu" else ""
+    chunk = f", CPU chunks of {cfg.cpu_chunk}" if device.type == "cpu" else ""
     print(f"face [{res['device']}, {n} frames, best of {args.repeats}, {args.image_size}px, batch {args.batch_size}"
           f"{chunk}, bf16={args.bf16}, torch threads={res['threads']}]")
     print(f"  naive  (1 image at a time)       : {res['naive_fps']:8.1f} frames/s  "

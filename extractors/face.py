@@ -77,7 +77,8 @@ class FaceConfig:
         960 keeps faces of ~5 % of a 1080p frame above the cascade's 24 px template.
     min_face: smallest face side accepted, as a fraction of the frame's short side.
     max_frames: only the first `max_frames` frames (tests, benchmarks, smoke runs); None = all.
-    device / bf16 / batch_size / queue_batches: execution only; they are not in the fingerprint.
+    device / bf16 / batch_size / queue_batches / cpu_freeze / cpu_batch_size: execution only; they are
+        not in the fingerprint.
     """
 
     backbone: str = "grada"
@@ -98,7 +99,7 @@ class FaceConfig:
     store_heads: bool = True
     queue_batches: int = 3
     cpu_freeze: bool = True  # CPU only: TorchScript trace + freeze + oneDNN Graph fusion (see `_freeze`)
-    cpu_batch_size: int = 4  # CPU only: the frozen model runs in fixed chunks of this many images
+    cpu_batch_size: int = 0  # CPU only: frozen-model chunk in images; 0 = `auto_cpu_chunk(image_size)`
 
     def validate(self) -> None:
         if not (self.backbone == "grada" or self.backbone.startswith(("torchvision:", "hf:"))):
@@ -109,11 +110,25 @@ class FaceConfig:
             raise ExtractorError(f"face source {self.source!r}: use 'auto', 'crops' or 'detect'")
         if self.detector not in DETECTORS:
             raise ExtractorError(f"face detector {self.detector!r}: use one of {sorted(DETECTORS)}")
-        for key in ("image_size", "batch_size", "cpu_batch_size", "detect_every_n", "detect_size", "queue_batches"):
+        for key in ("image_size", "batch_size", "detect_every_n", "detect_size", "queue_batches"):
             if int(getattr(self, key)) < 1:
                 raise ExtractorError(f"face {key} must be >= 1, got {getattr(self, key)}")
         if self.max_frames is not None and self.max_frames < 1:
             raise ExtractorError(f"face max_frames must be >= 1 or None, got {self.max_frames}")
+        if self.cpu_batch_size < 0:
+            raise ExtractorError(f"face cpu_batch_size must be >= 1, or 0 for auto; got {self.cpu_batch_size}")
+
+    @property
+    def cpu_chunk(self) -> int:
+        """Images per frozen-model call on the CPU (the set value, or the automatic one)."""
+        return self.cpu_batch_size or auto_cpu_chunk(self.image_size)
+
+
+def auto_cpu_chunk(image_size: int) -> int:
+    """Images per frozen-model call on the CPU: 4 at the published 240 px, scaled with the pixel count
+    (so the largest activation stays ~22 MB, see `GradaFaceExtractor._freeze`), between 1 and 32.
+    Measured on the 2-core CPU at 96 px: chunks of 16 run 1.25x faster than chunks of 4."""
+    return max(1, min(32, int(4 * (240 / image_size) ** 2)))
 
 
 # ------------------------------------------------------------------------------------------- model
@@ -488,8 +503,8 @@ class GradaFaceExtractor:
 
         Freezing folds every BatchNorm into its convolution; oneDNN Graph fusion then fuses the
         convolutions with their SiLU / squeeze-excitation multiplies. The model always sees the same
-        shape, `cpu_batch_size` images (see `_backbone`): the TorchScript profiling executor compiles
-        one graph per input shape (~0.5 s each). Why 4: per-image time is flat from 4 to 8 and worse
+        shape, `cfg.cpu_chunk` images (see `_backbone`): the TorchScript profiling executor compiles
+        one graph per input shape (~0.5 s each). Why 4 at 240 px: per-image time is flat from 4 to 8 and worse
         at 16 (activations spill the cache), and at 4 the largest activation of B1 at 240 px
         (4 x 96 x 120 x 120 fp32, 22 MB) stays under glibc's 32 MB mmap ceiling, so its buffer is
         reused instead of being mapped and page-faulted afresh on every call (8 images: ~6x more
@@ -502,7 +517,7 @@ class GradaFaceExtractor:
         if self.cfg.backbone.startswith("hf:"):
             return None
         size = self.cfg.image_size
-        example = torch.zeros((self.cfg.cpu_batch_size, 3, size, size)).contiguous(memory_format=torch.channels_last)
+        example = torch.zeros((self.cfg.cpu_chunk, 3, size, size)).contiguous(memory_format=torch.channels_last)
         with warnings.catch_warnings(), torch.inference_mode(), onednn_fusion():
             warnings.simplefilter("ignore")  # TorchScript deprecation/tracer notices
             frozen = torch.jit.freeze(torch.jit.trace(self.model, example, check_trace=False))
@@ -513,7 +528,7 @@ class GradaFaceExtractor:
     def _backbone(self, x: torch.Tensor) -> torch.Tensor:
         if self._frozen is None:
             return self.model(x)
-        step = self.cfg.cpu_batch_size
+        step = self.cfg.cpu_chunk
         outs = []
         with onednn_fusion():
             for s in range(0, len(x), step):

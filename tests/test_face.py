@@ -16,6 +16,7 @@ from extractors.face import (
     FaceConfig,
     GradaEmbedder,
     GradaFaceExtractor,
+    auto_cpu_chunk,
     letterbox_u8,
     normalize,
 )
@@ -246,3 +247,12 @@ def test_cpu_freeze_matches_eager(tmp_path: Path, weights: Path) -> None:
     assert frozen.fingerprint() == eager.fingerprint()
     np.testing.assert_array_equal(a["valid"], b["valid"])
     np.testing.assert_allclose(a["emb"], b["emb"], atol=2e-3)  # stored as float16
+
+
+def test_cpu_chunk_scales_with_the_pixel_count() -> None:
+    """4 images at the published 240 px, more for smaller inputs, never below 1 or above 32;
+    an explicit `cpu_batch_size` wins, and a negative one is rejected."""
+    assert [auto_cpu_chunk(s) for s in (240, 96, 380, 16)] == [4, 25, 1, 32]
+    assert FaceConfig(image_size=240).cpu_chunk == 4 and FaceConfig(cpu_batch_size=7).cpu_chunk == 7
+    with pytest.raises(ExtractorError, match="cpu_batch_size"):
+        FaceConfig(cpu_batch_size=-1).validate()
