@@ -319,7 +319,12 @@ def run_extraction(
     bar = _progress_bar(len(todo), f"{extractor.modality}:{extractor.name}", progress)
     pending: deque[tuple[Video, Future]] = deque()
     it = iter(todo)
-    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="prepare") as pool:
+    # prepare threads run their torch ops (resampling, VAD, resizing) single-threaded: each would
+    # otherwise start an OpenMP team as wide as the machine, pre-empting the model's team on the CPU
+    # (measured: demo audio on 2 cores, engine/naive 0.80x without this); several of them still
+    # work in parallel, one video each
+    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="prepare",
+                            initializer=torch.set_num_threads, initargs=(1,)) as pool:
 
         def refill() -> None:
             while len(pending) < max(1, prefetch):
