@@ -18,7 +18,9 @@ A video that *should* have crops but whose crops folder is missing is a `VideoEr
 Throughput: decoding and resize/pad run in a producer thread (`BackgroundStream`) a few batches ahead
 of the model on uint8 tensors; `compute()` only moves batches through the model under inference_mode
 (channels_last; + bf16 autocast on CUDA). On CUDA the uint8 batch is normalised on the device (4x less
-host memory and transfer); on CPU normalisation stays in the producer thread, where it overlaps.
+host memory and transfer). On CPU normalisation stays in the producer thread (one torch thread, so it
+does not pre-empt the model's), and the model is a frozen, oneDNN-fused TorchScript trace run in
+fixed-size chunks (`GradaFaceExtractor._freeze`; figures in bench/RESULTS.md).
 """
 
 from __future__ import annotations
