@@ -430,6 +430,7 @@ class GradaFaceExtractor:
         self.cfg.validate()
         self.model: nn.Module | None = None
         self._frozen: torch.jit.ScriptModule | None = None
+        self._fuse = False  # whether `_frozen` was built (and must run) with oneDNN Graph fusion
         self.device: torch.device | None = None
         self.mean, self.std = IMAGENET_MEAN, IMAGENET_STD
         self._weights_sha: str | None = None
@@ -519,20 +520,32 @@ class GradaFaceExtractor:
         if self.cfg.backbone.startswith("hf:"):
             return None
         size = self.cfg.image_size
-        example = torch.zeros((self.cfg.cpu_chunk, 3, size, size)).contiguous(memory_format=torch.channels_last)
-        with warnings.catch_warnings(), torch.inference_mode(), onednn_fusion():
-            warnings.simplefilter("ignore")  # TorchScript deprecation/tracer notices
-            frozen = torch.jit.freeze(torch.jit.trace(self.model, example, check_trace=False))
-            for _ in range(3):  # the profiling executor optimises the graph on its first calls
-                frozen(example)
-        return frozen
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            example = torch.randn((self.cfg.cpu_chunk, 3, size, size)).contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            expected = self.model(example)
+        for fuse in (True, False):  # a torch build or CPU where fusion fails or differs runs unfused
+            try:
+                with warnings.catch_warnings(), torch.inference_mode(), onednn_fusion(fuse):
+                    warnings.simplefilter("ignore")  # TorchScript deprecation/tracer notices
+                    frozen = torch.jit.freeze(torch.jit.trace(self.model, example, check_trace=False))
+                    for _ in range(3):  # the profiling executor optimises the graph on its first calls
+                        got = frozen(example)
+                if not torch.allclose(got, expected, atol=1e-4):
+                    raise RuntimeError(f"frozen outputs differ from eager by {(got - expected).abs().max():.2e}")
+                self._fuse = fuse
+                return frozen
+            except Exception as e:  # noqa: BLE001 - any failure here only costs speed
+                log.info("face model on CPU: frozen%s path unavailable (%s)", " + oneDNN-fused" if fuse else "", e)
+        return None
 
     def _backbone(self, x: torch.Tensor) -> torch.Tensor:
         if self._frozen is None:
             return self.model(x)
         step = self.cfg.cpu_chunk
         outs = []
-        with onednn_fusion():
+        with onednn_fusion(self._fuse):
             for s in range(0, len(x), step):
                 chunk = x[s:s + step]
                 n = len(chunk)

@@ -249,6 +249,33 @@ def test_cpu_freeze_matches_eager(tmp_path: Path, weights: Path) -> None:
     np.testing.assert_allclose(a["emb"], b["emb"], atol=2e-3)  # stored as float16
 
 
+def test_cpu_freeze_falls_back_when_fusion_fails(tmp_path: Path, weights: Path, monkeypatch) -> None:
+    """A torch build or CPU whose oneDNN Graph fusion fails still gets the frozen model, unfused,
+    with the same embeddings."""
+    import contextlib
+
+    import extractors.face as face
+
+    real = face.onednn_fusion
+
+    @contextlib.contextmanager
+    def broken(enabled: bool = True):
+        if enabled:
+            raise RuntimeError("no oneDNN Graph on this build")
+        with real(False):
+            yield
+
+    crops = _crops(tmp_path / "c", [1, 2, 3, 4, 5])
+    video = Video("v", str(tmp_path / "v.mp4"), 10.0, 5, 0.5, False, "train", crops_dir=str(crops))
+    eager = GradaFaceExtractor(_cfg(weights, cpu_freeze=False))
+    eager.load()
+    monkeypatch.setattr(face, "onednn_fusion", broken)
+    frozen = GradaFaceExtractor(_cfg(weights, cpu_batch_size=2))
+    frozen.load()
+    assert frozen._frozen is not None and frozen._fuse is False
+    np.testing.assert_allclose(_run(frozen, video)["emb"], _run(eager, video)["emb"], atol=2e-3)
+
+
 def test_cpu_chunk_scales_with_the_pixel_count() -> None:
     """4 images at the published 240 px, more for smaller inputs, never below 1 or above 32;
     an explicit `cpu_batch_size` wins, and a negative one is rejected."""
