@@ -192,11 +192,16 @@ def test_corrupt_file_is_reported_and_the_others_predicted(first_run, project, i
     assert [f["video_id"] for f in report["failed"]] == ["broken"]
 
 
+def predict_with_model(project: Path, model: str, video: Path, out: Path):
+    """`affcache predict` with a params file whose `predict.model` is `model`."""
+    name = f"params_{model}.yaml"
+    (project / name).write_text(yaml.safe_dump(dict(PARAMS, predict={"model": model})))
+    return predict(project, [video], out, params=name)
+
+
 def test_unimodal_model_from_params(first_run, project, inputs) -> None:
-    params = dict(PARAMS, predict={"model": "face"})
-    (project / "params_face.yaml").write_text(yaml.safe_dump(params))
     out = project.parent / "face_only"
-    result = predict(project, [inputs["silent"]], out, params="params_face.yaml")
+    result = predict_with_model(project, "face", inputs["silent"], out)
     assert result.exit_code == 0, result.output
     header, rows = read_csv(out / "silent.csv")
     assert header == ["frame", "time", "valence", "arousal", "face_valence", "face_arousal"]
@@ -205,10 +210,8 @@ def test_unimodal_model_from_params(first_run, project, inputs) -> None:
 
 
 def test_reliability_fusion_from_params(first_run, project, inputs) -> None:
-    params = dict(PARAMS, predict={"model": "fusion_reliability"})
-    (project / "params_raav.yaml").write_text(yaml.safe_dump(params))
     out = project.parent / "raav"
-    result = predict(project, [inputs["speaker"]], out, params="params_raav.yaml")
+    result = predict_with_model(project, "fusion_reliability", inputs["speaker"], out)
     assert result.exit_code == 0, result.output
     header, rows = read_csv(out / "speaker.csv")
     assert header[-2:] == ["gate_face", "gate_behavior"]  # RAAV's visual reliability weights
