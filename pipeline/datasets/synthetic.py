@@ -41,7 +41,7 @@ writes only the label files and the manifest (per-id fps, frames, simulated face
 benchmarks build synthetic feature stores from that. `max_videos` limits how many ids are used.
 
 Determinism: every random draw comes from `numpy.random.default_rng([seed, media_index, ...])`, the
-encoders run single-threaded and nothing time-dependent is written, so the same arguments give
+encoders run single-threaded (x264 on its CPU-independent C path) and nothing time-dependent is written, so the same arguments give
 byte-identical label files, manifest, crops and (on the same PyAV/FFmpeg build) videos.
 """
 
@@ -660,6 +660,16 @@ def _crop(img: np.ndarray, cx: float, cy: float, ry: float, size: int) -> np.nda
                           borderMode=cv2.BORDER_REPLICATE)
 
 
+# x264's SIMD kernels gave different bytes for identical frames from one run to the next on an
+# AMD EPYC (AVX-512) machine; its portable C path (`asm=0`) is byte-stable and does not depend on
+# the CPU's features. It costs ~1.5 ms per 160x120 frame, about 10 s for the whole demo. DVC hashes
+# the demo tree, so its bytes must not change between generations.
+_ENCODER_OPTIONS = {
+    "libx264": {"preset": "veryfast", "crf": "20", "x264-params": "asm=0"},
+    "mpeg4": {"qscale": "3"},
+}
+
+
 def _video_codec(cfg: DemoConfig) -> str:
     if cfg.codec != "auto":
         return cfg.codec
@@ -700,7 +710,7 @@ def _render_media(root: Path, media: _Media, cfg: DemoConfig) -> None:
         vs = container.add_stream(codec, rate=media.fps)
         vs.width, vs.height, vs.pix_fmt = w, h, "yuv420p"
         vs.codec_context.thread_count = 1  # determinism and a fair share of 2 cores
-        vs.options = {"preset": "veryfast", "crf": "20"} if codec == "libx264" else {"qscale": "3"}
+        vs.options = _ENCODER_OPTIONS[codec]
         aus = None
         if media.has_audio:
             aus = container.add_stream("aac", rate=sr, layout="mono")
