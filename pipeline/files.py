@@ -1,0 +1,69 @@
+"""Writing and hashing local files: the one atomic writer and the one file hasher.
+
+Every file a stage writes goes through `atomic_write_*`: the content lands in a temporary file in
+the same folder and is renamed over the target, so a crash (or DVC hashing the folder meanwhile)
+never sees half a file. Hashes are for identity, not security: `sha256_file` for whole files whose
+exact content identifies them (weights, templates), `sampled_digest` for large trees where reading
+every byte would cost minutes (media, checkpoints) and the first/last MiB plus sizes suffice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+MIB = 1 << 20
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to `path` atomically (temporary file in the same folder, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, data: Any, indent: int = 2) -> None:
+    """JSON with sorted keys (stable bytes for DVC); numpy scalars are written as floats."""
+    atomic_write_text(path, json.dumps(data, indent=indent, sort_keys=True, default=float) + "\n")
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = MIB) -> str:
+    """SHA-256 of a file's whole content, hex."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sampled_digest(files: Iterable[tuple[str, Path]], edge: int = MIB) -> str:
+    """SHA-1 over (name, size, first and last `edge` bytes) of each file, in the order given.
+
+    Cheap on multi-GB inputs and still changes when a file is replaced, truncated or extended;
+    mtimes are left out so a file rewritten with the same bytes keeps its digest.
+    """
+    h = hashlib.sha1()
+    for name, f in files:
+        size = f.stat().st_size
+        h.update(f"{name}:{size}".encode())
+        with open(f, "rb") as fh:
+            h.update(fh.read(edge))
+            if size > 2 * edge:
+                fh.seek(size - edge)
+                h.update(fh.read())
+    return h.hexdigest()
