@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from heads.data import HeadVideo, SequenceBank, fill_nearest, frame_features, frame_targets, predict_windows
+from heads.data import HeadVideo, SequenceBank, frame_features, frame_targets, predict_windows
+from pipeline.labels import fill_nearest
 from heads.losses import window_task_loss
 from heads.outputs import HeadOutput, score_split, write_outputs
 from heads.positional import sinusoidal_encoding

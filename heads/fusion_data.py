@@ -23,8 +23,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from heads.data import HeadVideo, fill_nearest, frame_features, frame_targets, frame_times, reliability_on_grid
-from heads.losses import ccc_loss, va_score
+from heads.data import HeadVideo, frame_features, frame_targets, reliability_on_grid
+from pipeline.labels import fill_nearest, frame_times
+from heads.losses import ccc_loss
+from pipeline.metrics import va_score
 from heads.postprocess import smooth
 from heads.train import Batches, TrainConfig, fit
 from heads.windows import frame_windows, overlap_add

@@ -24,7 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from heads.data import HeadVideo, frame_times
+from heads.data import HeadVideo
+from pipeline.labels import frame_times
 from heads.outputs import HeadOutput, clean
 
 CHECKPOINT = "model.pt"

@@ -16,7 +16,8 @@ from typing import Iterable
 
 import numpy as np
 
-from heads.data import HeadVideo, frame_times
+from heads.data import HeadVideo
+from pipeline.labels import frame_times
 
 
 @dataclass
@@ -67,7 +68,7 @@ def score_split(videos: Iterable[HeadVideo], outputs: dict[str, HeadOutput], tas
     tells how much of the split the head actually scored.
     """
     from heads.data import frame_targets
-    from heads.losses import expr_score, va_score
+    from pipeline.metrics import expr_score, va_score
 
     preds, trues, valids = [], [], []
     for v in videos:

@@ -230,7 +230,7 @@ def synthetic_set(n_train: int = 6, n_val: int = 3, f: int = 80, fps: float = 10
 
 def test_moe_fusion_beats_every_single_modality(tmp_path):
     from heads.fusion_moe import train_fusion
-    from heads.losses import va_score
+    from pipeline.metrics import va_score
     from pipeline.store import FeatureStore
 
     videos = synthetic_set()

@@ -17,7 +17,7 @@ from heads.behavior_temporal import train_head as train_behavior
 from heads.data import HeadVideo, frame_targets
 from heads.face_temporal import FaceTemporalConfig
 from heads.face_temporal import train_head as train_face
-from heads.losses import ccc_numpy
+from pipeline.metrics import ccc_numpy
 from heads.train import TrainConfig
 from heads.windows import frame_windows
 from pipeline.labels import FrameLabels
