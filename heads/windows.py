@@ -7,6 +7,7 @@ training time, so no store has to assume another's rate (DESIGN.md, "The frame g
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -81,3 +82,33 @@ def segments_to_frames(seg_preds: np.ndarray, frame_start: np.ndarray, frame_end
     out = np.full(acc.shape, np.nan, np.float32)
     out[covered] = (acc[covered] / cnt[covered, None]).astype(np.float32)
     return out, covered
+
+
+@dataclass
+class AudioTrustRule:
+    """When a window's audio may be trusted to be the annotated subject speaking (the cross-modal filter).
+
+    Published rule (seed systems, audio head B3): mouth open for >= max(min_open_fraction x window,
+    min_open_seconds) and face coverage >= min_face_coverage; optionally (not published, off at 0)
+    a speech fraction >= min_speech_fraction under the VAD threshold. The audio head and the RAAV
+    fusion both apply THIS rule (RAAV with min_open_fraction 0: its published form is "mouth open
+    >= 1 s"), so the two cannot drift apart.
+    """
+
+    min_open_fraction: float = 0.25
+    min_open_seconds: float = 1.0
+    min_face_coverage: float = 0.8
+    min_speech_fraction: float = 0.0   # VAD rule; 0 = off (not in the published rule)
+    vad_threshold: float = 0.5
+
+    def failures(self, duration_s: float, open_s: float | None, face_coverage: float | None,
+                 speech_fraction: float | None) -> list[str]:
+        """Names of the rules a window fails ("mouth", "face", "vad"); a signal that is None is not tested."""
+        fails = []
+        if open_s is not None and open_s < max(self.min_open_fraction * duration_s, self.min_open_seconds) - 1e-9:
+            fails.append("mouth")
+        if face_coverage is not None and face_coverage < self.min_face_coverage:
+            fails.append("face")
+        if speech_fraction is not None and self.min_speech_fraction > 0 and speech_fraction < self.min_speech_fraction:
+            fails.append("vad")
+        return fails
