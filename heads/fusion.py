@@ -118,7 +118,7 @@ class FusionHead(Head):
         return {"gate_names": list(self.gate_names)}
 
     def summary(self) -> dict:
-        return {"strategy": self.name, "gate_names": list(self.gate_names)}
+        return {"fusion": self.name, "gate_names": list(self.gate_names)}
 
     # ------------------------------------------------------------- inference on one split's windows
     def _predict_windows(self, model: nn.Module, videos: Sequence[FusionVideo], ws: WindowSet,

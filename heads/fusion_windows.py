@@ -36,7 +36,7 @@ class AudioFilter:
 
 @dataclass
 class FrameWindowing:
-    """Fixed windows in frames (DCMMOE: 400 / hop 150); no audio tokens."""
+    """Fixed windows in frames (gated_moe: 400 / hop 150); no audio tokens."""
 
     size: int = 400
     hop: int = 150
@@ -49,7 +49,7 @@ class FrameWindowing:
 
 @dataclass
 class SecondsWindowing:
-    """Windows of `window_s` seconds every `hop_s` (RAAV: 4 s / 2 s), with audio tokens per window."""
+    """Windows of `window_s` seconds every `hop_s` (raav: 4 s / 2 s), with audio tokens per window."""
 
     window_s: float = 4.0
     hop_s: float = 2.0

@@ -2,8 +2,9 @@
 
 Why one loop: seeding, AdamW, plateau schedule, ABAW-style early stopping, best-epoch checkpoint,
 bf16 autocast on CUDA and the per-epoch JSON log must behave identically for face, behavior, audio
-and fusion heads, or their numbers are not comparable. A head supplies only a model, a `Batches`
-sampler over in-RAM tensors, a loss function and a validation function.
+and fusion heads, or their numbers are not comparable. `fit` takes only a model, a `Batches`
+sampler over in-RAM tensors, a loss function and a validation function; `train_model` (the one
+driver, at the end) builds those from any `heads.contract.Head`, then writes outputs and metrics.
 
 Data contract: tensors are built ONCE per run from the in-RAM features; a batch is an index
 gather on those tensors (`Batches`), never a store read. `fit` times data vs compute separately

@@ -1,6 +1,6 @@
 """`affcache predict` end to end on a tiny demo built without DVC (stage functions called directly).
 
-One module-scoped build (tiny demo, tiny encoders, 4 extractions, 3 heads and the MoE fusion at one
+One module-scoped build (tiny demo, tiny encoders, 4 extractions, 3 heads and the gated_moe fusion at one
 epoch and toy widths) serves every test; predictions go to folders outside the project so the
 DVC-tracked data/features are never touched.
 """
@@ -140,7 +140,7 @@ def test_predict_writes_csv_and_plot_per_video(first_run, inputs) -> None:
         header, rows = read_csv(out / f"{key}.csv")
         assert header[:4] == ["frame", "time", "valence", "arousal"]
         assert {f"{h}_{d}" for h in HEADS for d in ("valence", "arousal")} <= set(header)
-        assert any(c.startswith("gate_") for c in header)  # the MoE's expert weights
+        assert any(c.startswith("gate_") for c in header)  # the gated_moe expert weights
         assert len(rows) == decoded_frames(inputs[key])
         assert [int(r[0]) for r in rows] == list(range(len(rows)))
         png = out / f"{key}.png"

@@ -35,8 +35,8 @@ class Layout:
     def head_dir(self, head: str) -> Path:
         return self.root / "data" / "heads" / head
 
-    def fusion_dir(self, strategy: str) -> Path:
-        return self.root / "data" / "fusion" / strategy
+    def fusion_dir(self, fusion: str) -> Path:
+        return self.root / "data" / "fusion" / fusion
 
     def model_dir(self, kind: str, name: str) -> Path:
         """data/heads/<name> for a head, data/fusion/<name> for a fusion (heads.registry kinds)."""
