@@ -96,8 +96,12 @@ def load_model(out_dir: str | Path, kind: str, device: str = "auto") -> TrainedM
 
 
 def load_head(name: str, out_dir: str | Path, device: str = "auto") -> TrainedModel:
-    """Rebuild the head trained into `out_dir` (data/heads/<name>)."""
-    return load_model(out_dir, "head", device)
+    """Rebuild the head trained into `out_dir` (data/heads/<name>); it must be head `name`."""
+    trained = load_model(out_dir, "head", device)
+    if trained.name != name:
+        raise ModelLoadError(f"{trained.path / CHECKPOINT}: holds the {trained.name!r} head, not {name!r}; "
+                             f"re-train it (`dvc repro train@{name}`)")
+    return trained
 
 
 def load_fusion(out_dir: str | Path, device: str = "auto") -> TrainedModel:
