@@ -29,8 +29,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from heads import audio_pooling as ap  # noqa: E402
-from heads import behavior_temporal as bt  # noqa: E402
-from heads import face_temporal as ft  # noqa: E402
 from heads.data import HeadVideo, frame_features  # noqa: E402
 from heads.train import Batches, TrainConfig, fit  # noqa: E402
 from heads.windows import frame_windows  # noqa: E402
@@ -127,22 +125,16 @@ def write_stores(plan: list[dict], root: Path, dims: dict, heads: list[str], see
 # ----------------------------------------------------------------------------- per-head timing
 
 def head_setup(head: str, videos: list[HeadVideo], dims: dict, device: str):
-    """(model, bank, loss_fn, train cfg) with the published model dims."""
-    if head == "face":
-        cfg = ft.FaceTemporalConfig(face_flag=True)
-        inputs = {v.video_id: ft.prepare_inputs(v, cfg) for v in videos}
-        model = ft.FaceTemporalModel(dims["face"] + 1, cfg)
-        return model, ft.build_bank(videos, cfg, inputs), ft.make_loss(cfg), cfg.train
-    if head == "behavior":
-        cfg = bt.BehaviorTemporalConfig()
-        inputs = {v.video_id: bt.prepare_inputs(v, cfg) for v in videos}
-        model = bt.BehaviorTemporalModel(dims["behavior"], cfg)
-        return model, bt.build_bank(videos, cfg, inputs), bt.make_loss(cfg), cfg.train
-    cfg = ap.AudioPoolingConfig(filter_mode="off")
-    datas = {v.video_id: ap.video_bins(v, cfg, cfg.feature) for v in videos}
-    r = ap._rows_per_bin(datas.values())
-    bank, _ = ap.build_bank(videos, datas, cfg, r)
-    return ap.AudioPoolingModel(dims["audio"], cfg), bank, ap.make_loss(cfg), cfg.train
+    """(model, bank, loss_fn, train cfg) with the published model dims, built through the head contract."""
+    from heads.registry import spec
+
+    entry = spec(head, "head")
+    cfg = entry.config_class()(**({"filter_mode": "off"} if head == "audio" else {}))
+    h = entry.build(cfg)
+    inputs = h.prepare(videos)
+    shapes = h.dims(inputs)
+    bank, _ = h.build_bank(videos, inputs, shapes)
+    return h.build_model(shapes), bank, h.loss(), cfg.train
 
 
 def naive_batches(head: str, store: FeatureStore, videos: list[HeadVideo], batch: int, n: int, seed: int) -> float:

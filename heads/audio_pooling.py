@@ -26,7 +26,7 @@ layer 0 only and shared by all layers, so layer 0's (frozen) attention module is
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -34,11 +34,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from heads.data import HeadVideo, frame_targets, reliability_on_grid
+from heads.contract import Head
+from heads.data import HeadVideo, frame_targets, load_head_videos, reliability_on_grid
 from heads.losses import ccc_loss
-from heads.outputs import HeadOutput, score_split, write_outputs
-from heads.train import Batches, TrainConfig, fit, resolve_device
-from heads.windows import frame_windows, overlap_add
+from heads.outputs import HeadOutput
+from heads.train import TrainConfig
+from heads.windows import AudioTrustRule, frame_windows, overlap_add
 
 NUM_OUT = {"va": 2, "expr": 8}
 
@@ -77,12 +78,8 @@ class AudioPoolingConfig:
     # cross-modal filter
     filter_mode: str = "drop"      # "drop" | "weight" | "off"
     filter_weight: float = 0.1     # loss weight of a distrusted window in "weight" mode
-    min_open_fraction: float = 0.25
-    min_open_seconds: float = 1.0
-    min_face_coverage: float = 0.8
     min_labelled_bins: int = 2
-    min_speech_fraction: float = 0.0   # VAD rule; 0 = off (not in the published rule)
-    vad_threshold: float = 0.5
+    audio_trust: AudioTrustRule = field(default_factory=AudioTrustRule)  # the shared trust rule
     # fine-tuning the top k speech layers from cached `lower` states
     finetune_top_k: int = 0
     backbone_dir: str | None = None    # HF checkpoint dir (save_pretrained) of the speech model
@@ -237,7 +234,8 @@ def window_filter(video: HeadVideo, windows: list[tuple[int, int]], frame_bin: n
     """
     rel = reliability_on_grid(video)
     applied = {k: rel[k] is not None for k in ("mouth_open", "face", "vad")}
-    applied["vad"] = applied["vad"] and cfg.min_speech_fraction > 0
+    rule = cfg.audio_trust
+    applied["vad"] = applied["vad"] and rule.min_speech_fraction > 0
     stats = {"windows": len(windows), "no_labels": 0, "mouth": 0, "face": 0, "vad": 0, "rules_applied": applied}
     nb = int(frame_bin.max()) + 1 if len(frame_bin) else 0
     nb = max(nb, max((e for _, e in windows), default=0))
@@ -248,7 +246,7 @@ def window_filter(video: HeadVideo, windows: list[tuple[int, int]], frame_bin: n
     frames = per_bin(None)
     mouth = per_bin(rel["mouth_open"]) if applied["mouth_open"] else None
     face = per_bin(rel["face"]) if applied["face"] else None
-    speech = per_bin(rel["vad"] >= cfg.vad_threshold) if applied["vad"] else None
+    speech = per_bin(rel["vad"] >= rule.vad_threshold) if applied["vad"] else None
     w = np.ones(len(windows), np.float32)
     for i, (s, e) in enumerate(windows):
         if labelled[s:e].sum() < min(cfg.min_labelled_bins, e - s):
@@ -259,13 +257,9 @@ def window_filter(video: HeadVideo, windows: list[tuple[int, int]], frame_bin: n
             continue
         n = max(frames[s:e].sum(), 1.0)
         dur = n / video.fps
-        fails = []
-        if mouth is not None and mouth[s:e].sum() / video.fps < max(cfg.min_open_fraction * dur, cfg.min_open_seconds) - 1e-9:
-            fails.append("mouth")
-        if face is not None and face[s:e].sum() / n < cfg.min_face_coverage:
-            fails.append("face")
-        if speech is not None and speech[s:e].sum() / n < cfg.min_speech_fraction:
-            fails.append("vad")
+        fails = rule.failures(dur, None if mouth is None else mouth[s:e].sum() / video.fps,
+                              None if face is None else face[s:e].sum() / n,
+                              None if speech is None else speech[s:e].sum() / n)
         for r in fails:
             stats[r] += 1
         if fails:
@@ -382,14 +376,63 @@ def build_bank(videos, datas: dict, cfg: AudioPoolingConfig, r: int) -> tuple[Au
     return bank.finalize(), totals
 
 
-def _check(cfg: AudioPoolingConfig) -> None:
-    if cfg.task not in NUM_OUT:
-        raise ValueError(f"AudioPoolingConfig.task must be 'va' or 'expr', got {cfg.task!r}")
-    hop = cfg.hop_s / cfg.bin_s
-    if abs(hop - round(hop)) > 1e-6 or hop < 1:
-        raise ValueError(f"AudioPoolingConfig: hop_s={cfg.hop_s} must be a multiple of window_s/bins={cfg.bin_s}")
-    if cfg.filter_mode not in ("drop", "weight", "off"):
-        raise ValueError(f"AudioPoolingConfig.filter_mode must be drop|weight|off, got {cfg.filter_mode!r}")
+class AudioPooling(Head[AudioPoolingConfig]):
+    """The audio head behind the contract (heads.contract): filtered 4-s windows of 1-s bins."""
+
+    name = "audio"
+
+    @property
+    def feature(self) -> str:
+        """The store array the head reads: the `lower` states when fine-tuning the top k layers."""
+        return self.cfg.lower_feature if self.cfg.finetune_top_k > 0 else self.cfg.feature
+
+    def check(self) -> None:
+        cfg = self.cfg
+        if cfg.task not in NUM_OUT:
+            raise ValueError(f"AudioPoolingConfig.task must be 'va' or 'expr', got {cfg.task!r}")
+        hop = cfg.hop_s / cfg.bin_s
+        if abs(hop - round(hop)) > 1e-6 or hop < 1:
+            raise ValueError(f"AudioPoolingConfig: hop_s={cfg.hop_s} must be a multiple of window_s/bins={cfg.bin_s}")
+        if cfg.filter_mode not in ("drop", "weight", "off"):
+            raise ValueError(f"AudioPoolingConfig.filter_mode must be drop|weight|off, got {cfg.filter_mode!r}")
+
+    def load(self, records, urls):
+        return load_head_videos(records, urls["features/audio"], task=self.task,
+                                reliability_url=urls.get("features/reliability"))
+
+    def prepare(self, videos):
+        return {v.video_id: video_bins(v, self.cfg, self.feature) for v in videos}
+
+    def input_width(self, inp) -> int | None:
+        return None if inp.x is None else int(inp.x.shape[1])
+
+    def dims(self, inputs):
+        widths = [d.x.shape[1] for d in inputs.values() if d.x is not None]
+        if not widths:
+            raise ValueError(f"audio head: no video has a '{self.feature}' array in the audio store -- run the audio "
+                             "extraction stage" + (" with the lower states cached (top k)" if self.cfg.finetune_top_k else ""))
+        return {"in_dim": int(widths[0]), "rows_per_bin": _rows_per_bin(inputs.values())}
+
+    def build_bank(self, videos, inputs, dims):
+        bank, filt = build_bank(videos, inputs, self.cfg, int(dims["rows_per_bin"]))
+        return bank, {"train_windows": len(bank), "filter": filt}
+
+    def targets(self, video):
+        return frame_targets(video, self.task)
+
+    def build_model(self, dims):
+        return AudioPoolingModel(int(dims["in_dim"]), self.cfg)
+
+    def param_groups(self, model):
+        return model.param_groups(self.cfg.train.lr, self.cfg.backbone_lr)
+
+    def loss(self):
+        return make_loss(self.cfg)
+
+    def predict(self, model, videos, inputs, dims, device):
+        model.eval()
+        r = int(dims["rows_per_bin"])
+        return {v.video_id: predict_video(model, v, inputs[v.video_id], self.cfg, r, device) for v in videos}
 
 
 def make_loss(cfg: AudioPoolingConfig):
@@ -403,36 +446,3 @@ def make_loss(cfg: AudioPoolingConfig):
                              reduction="none")
         return (ce * weight.reshape(-1)).sum() / weight.sum().clamp_min(1e-6)
     return loss_fn
-
-
-def train_head(cfg: AudioPoolingConfig, videos: list[HeadVideo], out_dir: Path | str) -> dict:
-    """Train on filtered train windows, select on validation, write model/history/outputs."""
-    _check(cfg)
-    out_dir = Path(out_dir)
-    torch.manual_seed(cfg.train.seed)
-    feature = cfg.lower_feature if cfg.finetune_top_k > 0 else cfg.feature
-    datas = {v.video_id: video_bins(v, cfg, feature) for v in videos}
-    dims = [d.x.shape[1] for d in datas.values() if d.x is not None]
-    if not dims:
-        raise ValueError(f"audio head: no video has a '{feature}' array in the audio store -- run the audio "
-                         "extraction stage" + (" with the lower states cached (top k)" if cfg.finetune_top_k else ""))
-    r = _rows_per_bin(datas.values())
-    model = AudioPoolingModel(dims[0], cfg)
-    bank, filt = build_bank(videos, datas, cfg, r)
-    batches = Batches(len(bank), cfg.train.batch_size, bank.gather, seed=cfg.train.seed)
-    device = resolve_device(cfg.train.device)
-    val_videos = [v for v in videos if v.split == "validation"]
-
-    def predict_all(m, vids):
-        m.eval()
-        return {v.video_id: predict_video(m, v, datas[v.video_id], cfg, r, device) for v in vids}
-
-    fit(model, batches, make_loss(cfg), lambda m: score_split(val_videos, predict_all(m, val_videos), cfg.task),
-        cfg.train, out_dir, metric="ccc_mean" if cfg.task == "va" else "f1",
-        param_groups=model.param_groups(cfg.train.lr, cfg.backbone_lr),
-        checkpoint_extra={"head": "audio_pooling", "config": asdict(cfg), "in_dim": dims[0], "rows_per_bin": r})
-    outputs = predict_all(model, videos)
-    write_outputs(out_dir, "audio_pooling", videos, outputs, asdict(cfg), cfg.task)
-    metrics = score_split(videos, outputs, cfg.task) or {}
-    metrics.update({"train_windows": len(bank), "filter": filt})
-    return metrics

@@ -21,18 +21,19 @@ are used instead, whatever this flag says).
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import nn
 
-from heads.data import HeadVideo, SequenceBank, fill_nearest, frame_targets, predict_windows
+from heads.contract import Head
+from heads.data import HeadVideo, SequenceBank, frame_targets, load_head_videos, predict_windows
 from heads.losses import window_task_loss
-from heads.outputs import HeadOutput, score_split, write_outputs
-from heads.train import Batches, TrainConfig, fit, resolve_device
+from heads.outputs import HeadOutput
+from heads.train import TrainConfig
 from heads.windows import frame_windows, segments_to_frames
+from pipeline.labels import fill_nearest
 
 NUM_OUT = {"va": 2, "expr": 8}
 
@@ -185,40 +186,51 @@ def predict_video(model, video: HeadVideo, x: np.ndarray | None, cfg: BehaviorTe
     return HeadOutput(pred, emb, covered)
 
 
-def make_loss(cfg: BehaviorTemporalConfig):
-    """Loss over a batch of segment sequences: masked CCC (VA) or cross-entropy (EXPR)."""
-    return window_task_loss(cfg.task, cfg.loss_weights, cfg.mse_weight)
+class BehaviorTemporal(Head[BehaviorTemporalConfig]):
+    """The behavior head behind the contract (heads.contract): segment sequences of the behavior store.
 
+    Trained on segment targets, selected on FRAME-level validation CCC/F1 (segments expanded to frames).
+    """
 
-def train_head(cfg: BehaviorTemporalConfig, videos: list[HeadVideo], out_dir: Path | str) -> dict:
-    """Train on segment targets, select on frame-level validation CCC/F1, write model/history/outputs."""
-    if cfg.task not in NUM_OUT:
-        raise ValueError(f"BehaviorTemporalConfig.task must be 'va' or 'expr', got {cfg.task!r}")
-    out_dir = Path(out_dir)
-    torch.manual_seed(cfg.train.seed)
-    inputs = {v.video_id: prepare_inputs(v, cfg) for v in videos}
-    dims = [x.shape[1] for x in inputs.values() if x is not None]
-    if not dims:
-        raise ValueError(f"behavior head: no video has a '{cfg.feature}' array with a valid segment -- "
-                         "run the behavior extraction stage (or check BehaviorTemporalConfig.feature)")
-    model = BehaviorTemporalModel(dims[0], cfg)
-    bank = build_bank(videos, cfg, inputs)
-    batches = Batches(len(bank), cfg.train.batch_size, bank.gather, seed=cfg.train.seed)
-    device = resolve_device(cfg.train.device)
-    val_videos = [v for v in videos if v.split == "validation"]
+    name = "behavior"
 
-    def predict_all(m, vids):
-        m.eval()
-        return {v.video_id: predict_video(m, v, inputs[v.video_id], cfg, device) for v in vids}
+    def check(self) -> None:
+        if self.cfg.task not in NUM_OUT:
+            raise ValueError(f"BehaviorTemporalConfig.task must be 'va' or 'expr', got {self.cfg.task!r}")
 
-    fit(model, batches, make_loss(cfg), lambda m: score_split(val_videos, predict_all(m, val_videos), cfg.task),
-        cfg.train, out_dir, metric="ccc_mean" if cfg.task == "va" else "f1",
-        checkpoint_extra={"head": "behavior_temporal", "config": asdict(cfg), "in_dim": dims[0]})
-    outputs = predict_all(model, videos)
-    write_outputs(out_dir, "behavior_temporal", videos, outputs, asdict(cfg), cfg.task)
-    metrics = score_split(videos, outputs, cfg.task) or {}
-    metrics["train_sequences"] = len(bank)
-    return metrics
+    def load(self, records, urls):
+        return load_head_videos(records, urls["features/behavior"], task=self.task)
+
+    def prepare(self, videos):
+        return {v.video_id: prepare_inputs(v, self.cfg) for v in videos}
+
+    def input_width(self, inp) -> int | None:
+        return None if inp is None else int(inp.shape[1])
+
+    def dims(self, inputs):
+        widths = [x.shape[1] for x in inputs.values() if x is not None]
+        if not widths:
+            raise ValueError(f"behavior head: no video has a '{self.cfg.feature}' array with a valid segment -- "
+                             "run the behavior extraction stage (or check BehaviorTemporalConfig.feature)")
+        return {"in_dim": int(widths[0])}
+
+    def build_bank(self, videos, inputs, dims):
+        bank = build_bank(videos, self.cfg, inputs)
+        return bank, {"train_sequences": len(bank)}
+
+    def targets(self, video):
+        return frame_targets(video, self.task)
+
+    def build_model(self, dims):
+        return BehaviorTemporalModel(int(dims["in_dim"]), self.cfg)
+
+    def loss(self):
+        """Masked CCC (VA) or cross-entropy (EXPR) over a batch of segment sequences."""
+        return window_task_loss(self.cfg.task, self.cfg.loss_weights, self.cfg.mse_weight)
+
+    def predict(self, model, videos, inputs, dims, device):
+        model.eval()
+        return {v.video_id: predict_video(model, v, inputs[v.video_id], self.cfg, device) for v in videos}
 
 
 def measure_scan(batch: int = 8, segments: int = 16, d_model: int = 256, layers: int = 12, repeats: int = 3) -> dict:

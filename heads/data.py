@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from heads.windows import rows_to_frames
+from pipeline.labels import rows_to_frames
 
 
 @dataclass
@@ -59,26 +59,6 @@ def frame_features(video: HeadVideo, name: str = "emb") -> tuple[np.ndarray, np.
     return out, mask
 
 
-def fill_nearest(x: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Replace masked rows by the nearest unmasked row (ties -> earlier row).
-
-    The published face head feeds the nearest cached frame when a face is missing; filling (instead
-    of zeros) keeps the input distribution the encoder saw. All-masked input is returned unchanged.
-    """
-    mask = np.asarray(mask, bool)
-    if mask.all() or not mask.any():
-        return x
-    good = np.flatnonzero(mask)
-    pos = np.arange(len(mask))
-    k = np.clip(np.searchsorted(good, pos), 1, len(good) - 1) if len(good) > 1 else np.zeros(len(mask), np.int64)
-    if len(good) > 1:
-        left, right = good[k - 1], good[k]
-        src = np.where(pos - left <= right - pos, left, right)
-    else:
-        src = np.full(len(mask), good[0])
-    return x[src]
-
-
 def frame_targets(video: HeadVideo, task: str) -> tuple[np.ndarray, np.ndarray]:
     """(values, valid) on the label grid; zeros and all-invalid when the video has no labels."""
     f = video.num_frames
@@ -97,12 +77,6 @@ def frame_targets(video: HeadVideo, task: str) -> tuple[np.ndarray, np.ndarray]:
         values = values.astype(np.int64).reshape(f)
         valid = valid & (values >= 0)
     return values, valid
-
-
-def frame_times(num_frames: int, fps: float) -> tuple[np.ndarray, np.ndarray]:
-    """(t0, t1) float32 of the label grid: frame i spans [i/fps, (i+1)/fps)."""
-    i = np.arange(num_frames, dtype=np.float64)
-    return (i / fps).astype(np.float32), ((i + 1) / fps).astype(np.float32)
 
 
 def reliability_on_grid(video: HeadVideo) -> dict[str, np.ndarray | None]:

@@ -10,19 +10,20 @@ face-present channel so the model can tell a copied frame from a seen one).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import nn
 
-from heads.data import HeadVideo, SequenceBank, fill_nearest, frame_features, frame_targets, predict_windows
+from heads.contract import Head
+from heads.data import HeadVideo, SequenceBank, frame_features, frame_targets, load_head_videos, predict_windows
 from heads.losses import window_task_loss
-from heads.outputs import HeadOutput, score_split, write_outputs
+from heads.outputs import HeadOutput
 from heads.positional import sinusoidal_encoding
-from heads.train import Batches, TrainConfig, fit, resolve_device
+from heads.train import TrainConfig
 from heads.windows import frame_windows
+from pipeline.labels import fill_nearest
 
 NUM_OUT = {"va": 2, "expr": 8}
 
@@ -119,14 +120,6 @@ def prepare_inputs(video: HeadVideo, cfg: FaceTemporalConfig) -> tuple[np.ndarra
     return x.astype(np.float16), present  # float16: the whole cache stays in RAM at Aff-Wild2 scale
 
 
-def _input_dim(videos: list[HeadVideo], cfg: FaceTemporalConfig) -> int:
-    for v in videos:
-        if v.features and cfg.feature in v.features and np.asarray(v.features[cfg.feature]).ndim == 2:
-            return int(np.asarray(v.features[cfg.feature]).shape[1]) + int(cfg.face_flag)
-    raise ValueError(f"face head: no video has a '{cfg.feature}' array in its store group -- "
-                     "run the face extraction stage (or check FaceTemporalConfig.feature)")
-
-
 def build_bank(videos: list[HeadVideo], cfg: FaceTemporalConfig, inputs: dict) -> SequenceBank:
     """Training windows (with at least one valid label) of every train video, in one tensor bank."""
     bank = SequenceBank(cfg.window)
@@ -143,15 +136,6 @@ def build_bank(videos: list[HeadVideo], cfg: FaceTemporalConfig, inputs: dict) -
     return bank.finalize()
 
 
-def make_loss(cfg: FaceTemporalConfig):
-    """Loss over a batch of windows: masked CCC (VA) or cross-entropy (EXPR); padding excluded.
-
-    CCC is computed over all valid frames of the batch together (not per window and averaged):
-    a window may hold only a few valid frames, and their CCC alone is noise.
-    """
-    return window_task_loss(cfg.task, cfg.loss_weights, cfg.mse_weight)
-
-
 def predict_video(model: nn.Module, video: HeadVideo, x: np.ndarray, present: np.ndarray,
                   cfg: FaceTemporalConfig, device: torch.device) -> HeadOutput:
     """Per-frame prediction + embedding by overlap-add of windows; invalid when the video has no face."""
@@ -163,34 +147,50 @@ def predict_video(model: nn.Module, video: HeadVideo, x: np.ndarray, present: np
     return HeadOutput(pred, emb, np.isfinite(pred).all(1))
 
 
-def predict_all(model, videos, inputs, cfg, device, splits=None) -> dict[str, HeadOutput]:
-    model.eval()
-    return {v.video_id: predict_video(model, v, *inputs[v.video_id], cfg, device)
-            for v in videos if splits is None or v.split in splits}
+class FaceTemporal(Head[FaceTemporalConfig]):
+    """The face head behind the contract (heads.contract): frame windows of the face store."""
 
+    name = "face"
 
-def train_head(cfg: FaceTemporalConfig, videos: list[HeadVideo], out_dir: Path | str) -> dict:
-    """Train on the train split, select on validation (ABAW CCC or F1), write model/history/outputs."""
-    if cfg.task not in NUM_OUT:
-        raise ValueError(f"FaceTemporalConfig.task must be 'va' or 'expr', got {cfg.task!r}")
-    out_dir = Path(out_dir)
-    torch.manual_seed(cfg.train.seed)
-    inputs = {v.video_id: prepare_inputs(v, cfg) for v in videos}
-    model = FaceTemporalModel(_input_dim(videos, cfg), cfg)
-    bank = build_bank(videos, cfg, inputs)
-    batches = Batches(len(bank), cfg.train.batch_size, bank.gather, seed=cfg.train.seed)
-    device = resolve_device(cfg.train.device)
-    metric = "ccc_mean" if cfg.task == "va" else "f1"
-    val_videos = [v for v in videos if v.split == "validation"]
+    def check(self) -> None:
+        if self.cfg.task not in NUM_OUT:
+            raise ValueError(f"FaceTemporalConfig.task must be 'va' or 'expr', got {self.cfg.task!r}")
 
-    def val_fn(m: nn.Module) -> dict:
-        return score_split(val_videos, predict_all(m, val_videos, inputs, cfg, device), cfg.task)
+    def load(self, records, urls):
+        return load_head_videos(records, urls["features/face"], task=self.task)
 
-    fit(model, batches, make_loss(cfg), val_fn, cfg.train, out_dir,
-        metric=metric, checkpoint_extra={"head": "face_temporal", "config": asdict(cfg),
-                                         "in_dim": _input_dim(videos, cfg)})
-    outputs = predict_all(model, videos, inputs, cfg, device)
-    write_outputs(out_dir, "face_temporal", videos, outputs, asdict(cfg), cfg.task)
-    metrics = score_split(videos, outputs, cfg.task) or {}
-    metrics["train_windows"] = len(bank)
-    return metrics
+    def prepare(self, videos):
+        return {v.video_id: prepare_inputs(v, self.cfg) for v in videos}
+
+    def input_width(self, inp) -> int | None:
+        x, present = inp
+        return int(x.shape[1]) if present.any() else None
+
+    def dims(self, inputs):
+        for x, present in inputs.values():
+            if x.shape[1] > int(self.cfg.face_flag):  # a video without rows has only the face channel
+                return {"in_dim": int(x.shape[1])}
+        raise ValueError(f"face head: no video has a '{self.cfg.feature}' array in its store group -- "
+                         "run the face extraction stage (or check FaceTemporalConfig.feature)")
+
+    def build_bank(self, videos, inputs, dims):
+        bank = build_bank(videos, self.cfg, inputs)
+        return bank, {"train_windows": len(bank)}
+
+    def targets(self, video):
+        return frame_targets(video, self.task)
+
+    def build_model(self, dims):
+        return FaceTemporalModel(int(dims["in_dim"]), self.cfg)
+
+    def loss(self):
+        """Masked CCC (VA) or cross-entropy (EXPR) over a batch of windows; padding excluded.
+
+        CCC is computed over all valid frames of the batch together (not per window and averaged):
+        a window may hold only a few valid frames, and their CCC alone is noise.
+        """
+        return window_task_loss(self.cfg.task, self.cfg.loss_weights, self.cfg.mse_weight)
+
+    def predict(self, model, videos, inputs, dims, device):
+        model.eval()
+        return {v.video_id: predict_video(model, v, *inputs[v.video_id], self.cfg, device) for v in videos}

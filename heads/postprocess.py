@@ -17,7 +17,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from heads.losses import ccc_numpy
+from pipeline.metrics import ccc_numpy
 
 DIMENSIONS = ("valence", "arousal")
 

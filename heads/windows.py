@@ -7,6 +7,7 @@ training time, so no store has to assume another's rate (DESIGN.md, "The frame g
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -83,43 +84,31 @@ def segments_to_frames(seg_preds: np.ndarray, frame_start: np.ndarray, frame_end
     return out, covered
 
 
-def rows_to_frames(t0: np.ndarray, t1: np.ndarray, valid: np.ndarray | None, num_frames: int,
-                   fps: float) -> tuple[np.ndarray, np.ndarray]:
-    """Map each label frame t_i = i / fps to one row of a store with its own time axis.
+@dataclass
+class AudioTrustRule:
+    """When a window's audio may be trusted to be the annotated subject speaking (the cross-modal filter).
 
-    Rule: the valid row whose [t0, t1) contains t_i; else the nearest valid row if t_i lies within
-    half that row's length of it; else the frame is masked. Returns (row_index [F] int64, -1 where
-    masked; mask [F] bool). Rows need not be uniform (VFR, 20-ms audio rows, 4-s segments), but must
-    be sorted by t0 when valid. Times are stored as float32, so t_i is nudged by a tiny tolerance
-    (5 % of the median row length, <= 1 ms) to keep frame i on row i when t0[i] rounds up.
+    Published rule (seed systems, audio head B3): mouth open for >= max(min_open_fraction x window,
+    min_open_seconds) and face coverage >= min_face_coverage; optionally (not published, off at 0)
+    a speech fraction >= min_speech_fraction under the VAD threshold. The audio head and the RAAV
+    fusion both apply THIS rule (RAAV with min_open_fraction 0: its published form is "mouth open
+    >= 1 s"), so the two cannot drift apart.
     """
-    t0 = np.asarray(t0, np.float64)
-    t1 = np.asarray(t1, np.float64)
-    ok = np.ones(len(t0), bool) if valid is None else np.asarray(valid, bool).copy()
-    ok &= np.isfinite(t0) & np.isfinite(t1) & (t1 > t0)
-    rows = np.flatnonzero(ok)
-    index = np.full(num_frames, -1, np.int64)
-    if num_frames <= 0 or len(rows) == 0:
-        return index, np.zeros(max(num_frames, 0), bool)
-    a, b = t0[rows], t1[rows]
-    if np.any(np.diff(a) < 0):
-        raise ValueError("rows_to_frames: store rows are not sorted by t0 -- rewrite the store group")
-    dur = b - a
-    tol = min(1e-3, 0.05 * float(np.median(dur)))
-    t = np.arange(num_frames, dtype=np.float64) / float(fps) + tol
-    k = np.searchsorted(a, t, side="right") - 1  # last row starting at or before t
-    kc = np.clip(k, 0, len(a) - 1)
-    inside = (k >= 0) & (t < b[kc])
-    # nearest candidates: row k (t after its end) and row k+1 (t before its start)
-    left = np.clip(k, 0, len(a) - 1)
-    right = np.clip(k + 1, 0, len(a) - 1)
-    d_left = np.where(k >= 0, np.maximum(t - b[left], 0.0), np.inf)
-    d_right = np.where(k + 1 < len(a), np.maximum(a[right] - t, 0.0), np.inf)
-    use_right = d_right < d_left
-    near = np.where(use_right, right, left)
-    d_near = np.where(use_right, d_right, d_left)
-    close = d_near <= 0.5 * dur[near] + tol
-    chosen = np.where(inside, kc, near)
-    mask = inside | close
-    index[mask] = rows[chosen[mask]]
-    return index, mask
+
+    min_open_fraction: float = 0.25
+    min_open_seconds: float = 1.0
+    min_face_coverage: float = 0.8
+    min_speech_fraction: float = 0.0   # VAD rule; 0 = off (not in the published rule)
+    vad_threshold: float = 0.5
+
+    def failures(self, duration_s: float, open_s: float | None, face_coverage: float | None,
+                 speech_fraction: float | None) -> list[str]:
+        """Names of the rules a window fails ("mouth", "face", "vad"); a signal that is None is not tested."""
+        fails = []
+        if open_s is not None and open_s < max(self.min_open_fraction * duration_s, self.min_open_seconds) - 1e-9:
+            fails.append("mouth")
+        if face_coverage is not None and face_coverage < self.min_face_coverage:
+            fails.append("face")
+        if speech_fraction is not None and self.min_speech_fraction > 0 and speech_fraction < self.min_speech_fraction:
+            fails.append("vad")
+        return fails

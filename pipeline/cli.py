@@ -13,13 +13,12 @@ from pathlib import Path
 
 import click
 
+from heads.registry import FUSIONS, HEADS, model_names  # cheap: the registry imports no torch
 from pipeline.config import ParamsError
 
 log = logging.getLogger("affcache")
 
 EXTRACTORS = ("face", "audio", "behavior", "reliability")
-HEADS = ("face", "behavior", "audio")
-FUSIONS = ("moe", "reliability")
 
 
 class UserError(click.ClickException):
@@ -157,13 +156,13 @@ def train(ctx: click.Context, head: str) -> None:
 
 
 @main.command("fuse")
-@click.argument("strategy", type=click.Choice(FUSIONS))
+@click.argument("fusion", type=click.Choice(FUSIONS))
 @click.pass_context
-def fuse(ctx: click.Context, strategy: str) -> None:
-    """Train one fusion strategy on the heads' outputs."""
+def fuse(ctx: click.Context, fusion: str) -> None:
+    """Train one fusion on the heads' outputs."""
     from pipeline.stages import fuse as fuse_stage
 
-    _run_stage(fuse_stage.run, ctx.obj["params_path"], strategy)
+    _run_stage(fuse_stage.run, ctx.obj["params_path"], fusion)
 
 
 @main.command("evaluate")
@@ -203,7 +202,7 @@ def export(ctx: click.Context, model: str | None, split: str, template: Path | N
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("data/predictions"),
               show_default=True, help="Folder for per-video CSV files, plots and the features cache of new videos.")
 @click.option("--model", default=None,
-              help="face, behavior, audio, fusion_moe or fusion_reliability (default: params `predict.model`, "
+              help=f"{', '.join(model_names())} (default: params `predict.model`, "
                    "else the best model on validation).")
 @click.pass_context
 def predict(ctx: click.Context, videos: tuple[Path, ...], out: Path, model: str | None) -> None:

@@ -1,7 +1,7 @@
 """Validation metrics of every head and fusion, DVC plot data, and a plain-text table.
 
 Every number comes from the models' outputs.zarr and the label files, scored by
-`heads.losses.va_score` (the one CCC implementation: all validation frames concatenated, invalid
+`pipeline.metrics.va_score` (the one CCC implementation: all validation frames concatenated, invalid
 labels excluded). Frames a model did not predict are filled by the submission rule
 (`pipeline.export.fill_nearest`) before scoring, so the score is the one the same predictions would
 get on the server -- a model cannot look better by abstaining on hard frames.
@@ -18,7 +18,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from heads.losses import va_score
+from pipeline.metrics import va_score
 from pipeline.export import fill_nearest, predictions_from_store
 
 Labels = Mapping[str, tuple[np.ndarray, np.ndarray]]  # {video_id: (values [F, 2], valid [F])}

@@ -37,10 +37,10 @@ def fill_nearest(pred: np.ndarray, valid: np.ndarray | None, num_frames: int) ->
 
     Frames past the end of `pred` count as missing, so a short sequence is padded with its last
     value and leading gaps with the first. Ties between two equally near frames take the earlier
-    (the rule of `heads.data.fill_nearest`, which does the filling). Raises ValueError if no frame
+    (the rule of `pipeline.labels.fill_nearest`, which does the filling). Raises ValueError if no frame
     is valid (nothing to pad from).
     """
-    from heads.data import fill_nearest as nearest_rows
+    from pipeline.labels import fill_nearest as nearest_rows
 
     p = np.asarray(pred, np.float64)
     p = p.reshape(len(p), -1)

@@ -244,3 +244,77 @@ def reconcile(labels: FrameLabels, num_frames: int, video_id: str) -> tuple[Fram
     valid = labels.valid.copy()
     valid[num_frames:] = False
     return replace(labels, values=labels.values.copy(), valid=valid), message
+
+
+# --------------------------------------------------------------------------- rows on the label grid
+# How a store's rows (each modality on its own time axis) map onto the label grid (frame i <-> t =
+# i / fps). Kept next to `reconcile` because they are the other half of the same rule, and in a
+# foundation module so heads, evaluation and export all align with one implementation.
+
+
+def frame_times(num_frames: int, fps: float) -> tuple[np.ndarray, np.ndarray]:
+    """(t0, t1) float32 of the label grid: frame i spans [i/fps, (i+1)/fps)."""
+    i = np.arange(num_frames, dtype=np.float64)
+    return (i / fps).astype(np.float32), ((i + 1) / fps).astype(np.float32)
+
+
+def fill_nearest(x: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Replace masked rows by the nearest unmasked row (ties -> earlier row).
+
+    The published face head feeds the nearest cached frame when a face is missing; filling (instead
+    of zeros) keeps the input distribution the encoder saw. All-masked input is returned unchanged.
+    """
+    mask = np.asarray(mask, bool)
+    if mask.all() or not mask.any():
+        return x
+    good = np.flatnonzero(mask)
+    pos = np.arange(len(mask))
+    k = np.clip(np.searchsorted(good, pos), 1, len(good) - 1) if len(good) > 1 else np.zeros(len(mask), np.int64)
+    if len(good) > 1:
+        left, right = good[k - 1], good[k]
+        src = np.where(pos - left <= right - pos, left, right)
+    else:
+        src = np.full(len(mask), good[0])
+    return x[src]
+
+
+def rows_to_frames(t0: np.ndarray, t1: np.ndarray, valid: np.ndarray | None, num_frames: int,
+                   fps: float) -> tuple[np.ndarray, np.ndarray]:
+    """Map each label frame t_i = i / fps to one row of a store with its own time axis.
+
+    Rule: the valid row whose [t0, t1) contains t_i; else the nearest valid row if t_i lies within
+    half that row's length of it; else the frame is masked. Returns (row_index [F] int64, -1 where
+    masked; mask [F] bool). Rows need not be uniform (VFR, 20-ms audio rows, 4-s segments), but must
+    be sorted by t0 when valid. Times are stored as float32, so t_i is nudged by a tiny tolerance
+    (5 % of the median row length, <= 1 ms) to keep frame i on row i when t0[i] rounds up.
+    """
+    t0 = np.asarray(t0, np.float64)
+    t1 = np.asarray(t1, np.float64)
+    ok = np.ones(len(t0), bool) if valid is None else np.asarray(valid, bool).copy()
+    ok &= np.isfinite(t0) & np.isfinite(t1) & (t1 > t0)
+    rows = np.flatnonzero(ok)
+    index = np.full(num_frames, -1, np.int64)
+    if num_frames <= 0 or len(rows) == 0:
+        return index, np.zeros(max(num_frames, 0), bool)
+    a, b = t0[rows], t1[rows]
+    if np.any(np.diff(a) < 0):
+        raise ValueError("rows_to_frames: store rows are not sorted by t0 -- rewrite the store group")
+    dur = b - a
+    tol = min(1e-3, 0.05 * float(np.median(dur)))
+    t = np.arange(num_frames, dtype=np.float64) / float(fps) + tol
+    k = np.searchsorted(a, t, side="right") - 1  # last row starting at or before t
+    kc = np.clip(k, 0, len(a) - 1)
+    inside = (k >= 0) & (t < b[kc])
+    # nearest candidates: row k (t after its end) and row k+1 (t before its start)
+    left = np.clip(k, 0, len(a) - 1)
+    right = np.clip(k + 1, 0, len(a) - 1)
+    d_left = np.where(k >= 0, np.maximum(t - b[left], 0.0), np.inf)
+    d_right = np.where(k + 1 < len(a), np.maximum(a[right] - t, 0.0), np.inf)
+    use_right = d_right < d_left
+    near = np.where(use_right, right, left)
+    d_near = np.where(use_right, d_right, d_left)
+    close = d_near <= 0.5 * dur[near] + tol
+    chosen = np.where(inside, kc, near)
+    mask = inside | close
+    index[mask] = rows[chosen[mask]]
+    return index, mask

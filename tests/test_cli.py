@@ -103,15 +103,12 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.parametrize("params_file", [ROOT / "params.yaml", ROOT / "pipeline" / "profiles" / "paper.yaml"])
 def test_params_sections_build_their_configs(params_file: Path) -> None:
     """Every section of the shipped params files builds the config its stage uses (no typo ships)."""
-    from heads import audio_pooling, behavior_temporal, face_temporal, fusion_moe, fusion_reliability
+    from heads.registry import REGISTRY
     from pipeline.stages.extract import build_extractor
-    from pipeline.stages.train import entry_config_class
 
     params = load_params(params_file)
     for modality in ("face", "audio", "behavior", "reliability"):
         assert build_extractor(params, modality).modality == modality
-    for head, module in (("face", face_temporal), ("behavior", behavior_temporal), ("audio", audio_pooling)):
-        params.build(f"train.{head}", entry_config_class(module.train_head))
-    for strategy, module in (("moe", fusion_moe), ("reliability", fusion_reliability)):
-        params.build(f"fuse.{strategy}", entry_config_class(module.train_fusion))
+    for spec in REGISTRY.values():
+        spec.build(params.build(spec.params_section, spec.config_class()))
     assert json.dumps(params.data)  # plain YAML types only

@@ -93,11 +93,11 @@ def test_a_repro_builds_everything(built) -> None:
     project = built["project"]
     stages = ran_stages(built["first"])
     expected = {"demo_data", "demo_models", "index", "extract_face", "extract_audio", "extract_behavior",
-                "extract_reliability", "train_face", "train_behavior", "train_audio", "fuse@moe",
-                "fuse@reliability", "evaluate", "report"}
+                "extract_reliability", "train@face", "train@behavior", "train@audio", "fuse@gated_moe",
+                "fuse@raav", "evaluate", "report"}
     assert expected <= stages, f"missing stages: {expected - stages}"
     summary = json.loads((project / "metrics" / "summary.json").read_text())
-    assert {"face", "behavior", "audio", "fusion_moe", "fusion_reliability", "best"} <= set(summary)
+    assert {"face", "behavior", "audio", "fusion_gated_moe", "fusion_raav", "best"} <= set(summary)
     assert (project / "data" / "reports" / "index.html").stat().st_size > 1000
     shown = sh(project, "dvc", "metrics", "show")
     assert "ccc_mean" in shown
@@ -108,12 +108,13 @@ def test_a_repro_builds_everything(built) -> None:
 def test_b_fusion_param_reruns_only_fusion(built) -> None:
     project = built["project"]
     params = yaml.safe_load((project / "params.yaml").read_text())
-    params["fuse"]["moe"]["seed"] = int(params["fuse"]["moe"].get("seed", 0)) + 1
+    train = params["fuse"]["gated_moe"]["train"]
+    train["seed"] = int(train.get("seed", 0)) + 1
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     output = sh(project, "dvc", "repro")
-    assert ran_stages(output) == {"fuse@moe", "evaluate", "report"}, output
+    assert ran_stages(output) == {"fuse@gated_moe", "evaluate", "report"}, output
     sh(project, "git", "add", "-A")
-    sh(project, "git", "commit", "-qm", "moe seed")
+    sh(project, "git", "commit", "-qm", "gated_moe seed")
 
 
 def test_c_teammate_pulls_and_recomputes_nothing(built) -> None:

@@ -60,8 +60,8 @@ def test_export_template_unknown_id_names_id_and_file(tmp_path):
     tpl = tmp_path / "sample.txt"
     tpl.write_text(HEADER + "\nknown/00001.jpg\nghost-30-640x480/00001.jpg\n")
     with pytest.raises(ExportError) as e:
-        export_submission({"known": (np.zeros((1, 2)), None)}, tmp_path / "sub.txt", template=tpl, source="fusion/moe")
-    assert "ghost-30-640x480" in str(e.value) and str(tpl) in str(e.value) and "fusion/moe" in str(e.value)
+        export_submission({"known": (np.zeros((1, 2)), None)}, tmp_path / "sub.txt", template=tpl, source="fusion/gated_moe")
+    assert "ghost-30-640x480" in str(e.value) and str(tpl) in str(e.value) and "fusion/gated_moe" in str(e.value)
     bad = tmp_path / "bad.txt"
     bad.write_text("path,v,a\nx/00001.jpg\n")
     with pytest.raises(ExportError, match="header"):

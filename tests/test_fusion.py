@@ -1,4 +1,4 @@
-"""Fusion models (DCMMOE, RAAV) and the shared fusion run: tiny dims, CPU, a few seconds."""
+"""Fusion models (gated_moe, raav) and the shared fusion run: tiny dims, CPU, a few seconds."""
 
 from __future__ import annotations
 
@@ -6,9 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from heads.fusion_data import (AudioFilter, FusionVideo, SecondsWindowing, build_windows, tokens_from_frames)
-from heads.fusion_moe import DirectedMoE, FusionMoEConfig, expert_names
-from heads.fusion_reliability import RAAV, RAAVConfig, prior_weights
+from heads.fusion_gated_moe import GatedMoE, GatedMoEConfig, GatedMoEModel, GatedMoETrainConfig, expert_names
+from heads.fusion_inputs import FusionVideo, tokens_from_frames
+from heads.fusion_raav import RAAV, RAAVConfig, RAAVModel, RAAVTrainConfig, prior_weights
+from heads.fusion_windows import AudioFilter, SecondsWindowing, build_windows
+from heads.train import TrainConfig, train_model
+from heads.windows import AudioTrustRule
 
 MODS = ["face", "behavior", "audio"]
 
@@ -22,10 +25,19 @@ def _one_thread():
     torch.set_num_threads(before)
 
 
-def tiny_moe(**kw) -> FusionMoEConfig:
+TRAIN_KEYS = set(TrainConfig.__dataclass_fields__)
+
+
+def _split_train(kw: dict) -> tuple[dict, dict]:
+    """Model keys and `train:` block keys of a tiny config (the block has the same shape everywhere)."""
+    return {k: v for k, v in kw.items() if k not in TRAIN_KEYS}, {k: v for k, v in kw.items() if k in TRAIN_KEYS}
+
+
+def tiny_moe(**kw) -> GatedMoEConfig:
     base = dict(modalities=MODS, d_model=16, n_heads=2, ff_dim=32, gate_hidden=16, dropout=0.0, window=12, hop=6)
     base.update(kw)
-    return FusionMoEConfig(**base)
+    model, train = _split_train(base)
+    return GatedMoEConfig(**model, train=GatedMoETrainConfig(**train))
 
 
 def moe_batch(b: int = 2, length: int = 10, dims=(6, 5, 4), seed: int = 0) -> dict[str, torch.Tensor]:
@@ -44,7 +56,7 @@ def test_moe_expert_names_default_every_ordered_pair():
 
 
 def test_moe_forward_shapes_and_gates_sum_to_one():
-    model = DirectedMoE(tiny_moe()).eval()
+    model = GatedMoEModel(tiny_moe()).eval()
     out = model(moe_batch())
     assert out["pred"].shape == (2, 10, 2)
     assert out["emb"].shape == (2, 10, 16)
@@ -54,7 +66,7 @@ def test_moe_forward_shapes_and_gates_sum_to_one():
 
 def test_moe_missing_modality_gets_exactly_zero_gate():
     cfg = tiny_moe()
-    model = DirectedMoE(cfg).eval()
+    model = GatedMoEModel(cfg).eval()
     batch = moe_batch()
     batch["valid_audio"][:, 3:6] = False
     batch["valid_face"][1, 8] = False
@@ -70,7 +82,7 @@ def test_moe_missing_modality_gets_exactly_zero_gate():
 
 def test_moe_missing_frames_are_masked_not_zero_filled():
     """Values behind a missing mask must not change anything: they are never treated as data."""
-    model = DirectedMoE(tiny_moe()).eval()
+    model = GatedMoEModel(tiny_moe()).eval()
     batch = moe_batch()
     batch["valid_audio"][:, 2:7] = False
     out1 = model(batch)
@@ -81,7 +93,7 @@ def test_moe_missing_frames_are_masked_not_zero_filled():
 
 
 def test_moe_fully_missing_source_and_no_input_frames_stay_finite():
-    model = DirectedMoE(tiny_moe()).eval()
+    model = GatedMoEModel(tiny_moe()).eval()
     batch = moe_batch()
     batch["valid_behavior"][:] = False
     for m in MODS:
@@ -95,19 +107,20 @@ def test_moe_fully_missing_source_and_no_input_frames_stay_finite():
 def test_moe_mlp_self_experts_and_explicit_pairs():
     cfg = tiny_moe(self_expert_kind="mlp", pairs=[("face", "behavior")], expert_layers=2)
     assert expert_names(cfg) == MODS + ["face<-behavior"]
-    out = DirectedMoE(cfg).eval()(moe_batch())
+    out = GatedMoEModel(cfg).eval()(moe_batch())
     assert out["gates"].shape[-1] == 4
     with pytest.raises(ValueError, match="pairs"):
         tiny_moe(pairs=[("face", "face")]).resolved_pairs()
 
 
-# --------------------------------------------------------------------------- RAAV
+# --------------------------------------------------------------------------- raav
 
 
 def tiny_raav(**kw) -> RAAVConfig:
     base = dict(d_model=16, latent_heads=2, enc_heads=2, ff_dim=32, dropout=0.0, window_s=2.0, hop_s=1.0)
     base.update(kw)
-    return RAAVConfig(**base)
+    model, train = _split_train(base)
+    return RAAVConfig(**model, train=RAAVTrainConfig(**train))
 
 
 def raav_batch(b: int = 2, length: int = 8, tokens: int = 3) -> dict[str, torch.Tensor]:
@@ -123,7 +136,7 @@ def raav_batch(b: int = 2, length: int = 8, tokens: int = 3) -> dict[str, torch.
 
 def test_raav_priors_init_and_gate_masking():
     cfg = tiny_raav()
-    model = RAAV(cfg).eval()
+    model = RAAVModel(cfg).eval()
     model(raav_batch())  # materialise lazy layers
     assert prior_weights(model) == pytest.approx([0.85, 0.15], abs=1e-6)
     for m in cfg.visual:  # a constant gate MLP leaves the priors alone
@@ -142,17 +155,15 @@ def test_raav_priors_init_and_gate_masking():
 
 
 def test_raav_visual_only_trains(tmp_path):
-    from heads.fusion_reliability import train_fusion
-
     videos = synthetic_set(n_train=2, n_val=1, f=40)
     for v in videos:
         v.emb["behavior"], v.pred["behavior"], v.valid["behavior"] = v.emb["face"], v.pred["face"], v.valid["face"]
-    metrics = train_fusion(tiny_raav(audio=None, epochs=1), videos, tmp_path)
+    metrics = train_model(RAAV(tiny_raav(audio=None, epochs=1)), videos, tmp_path)
     assert np.isfinite(metrics["ccc_mean"])
 
 
 def test_raav_masked_audio_equals_no_audio():
-    model = RAAV(tiny_raav()).eval()
+    model = RAAVModel(tiny_raav()).eval()
     batch = raav_batch()
     with_audio = model(batch)["pred"]
     batch["audio_valid"][:] = False
@@ -179,7 +190,7 @@ def make_video(vid: str, split: str, f: int = 40, fps: float = 10.0, mouth_open:
 
 @pytest.mark.parametrize("split", ["train", "validation", "test"])
 def test_raav_audio_filter_masks_tokens_in_every_split(split):
-    windowing = SecondsWindowing(window_s=2.0, hop_s=1.0, audio="audio", audio_filter=AudioFilter(1.0, 0.8))
+    windowing = SecondsWindowing(window_s=2.0, hop_s=1.0, audio="audio", audio_filter=AudioFilter(AudioTrustRule(min_open_fraction=0.0, min_open_seconds=1.0, min_face_coverage=0.8)))
     closed = make_video("closed", split, mouth_open=False)
     opened = make_video("open", split, mouth_open=True)
     ws = build_windows([closed, opened], ["face", "behavior"], windowing)
@@ -191,7 +202,7 @@ def test_raav_audio_filter_masks_tokens_in_every_split(split):
 
 
 def test_audio_filter_face_coverage_and_missing_signals():
-    f = AudioFilter(min_open_s=1.0, min_face=0.8)
+    f = AudioFilter(AudioTrustRule(min_open_fraction=0.0, min_open_seconds=1.0, min_face_coverage=0.8))
     v = make_video("v", "validation")
     v.face[:30] = 0.0
     assert not f.keep(v, 0, 40) and f.keep(v, 30, 40)
@@ -229,13 +240,12 @@ def synthetic_set(n_train: int = 6, n_val: int = 3, f: int = 80, fps: float = 10
 
 
 def test_moe_fusion_beats_every_single_modality(tmp_path):
-    from heads.fusion_moe import train_fusion
-    from heads.losses import va_score
+    from pipeline.metrics import va_score
     from pipeline.store import FeatureStore
 
     videos = synthetic_set()
-    cfg = tiny_moe(modalities=["face", "audio"], window=40, hop=20, lr=5e-3, epochs=8, patience=8, batch_size=6)
-    metrics = train_fusion(cfg, videos, tmp_path)
+    cfg = tiny_moe(modalities=["face", "audio"], window=40, hop=20, lr=5e-3, epochs=8, early_stopping=8, batch_size=6)
+    metrics = train_model(GatedMoE(cfg), videos, tmp_path)
     val = [v for v in videos if v.split == "validation"]
     for m in ("face", "audio"):
         single = va_score([v.pred[m] for v in val], [v.labels for v in val], [v.label_valid for v in val])
@@ -251,7 +261,6 @@ def test_moe_fusion_beats_every_single_modality(tmp_path):
 
 
 def test_raav_train_fusion_writes_gates_and_audio_mask(tmp_path):
-    from heads.fusion_reliability import train_fusion
     from pipeline.store import FeatureStore
 
     videos = synthetic_set(n_train=3, n_val=2, f=60)
@@ -261,7 +270,7 @@ def test_raav_train_fusion_writes_gates_and_audio_mask(tmp_path):
         v.face, v.mouth_open = np.ones(v.num_frames, np.float32), np.zeros(v.num_frames, bool)
         v.mouth_open[:30] = True
     cfg = tiny_raav(epochs=2, lr=1e-3, batch_size=4)
-    metrics = train_fusion(cfg, videos, tmp_path)
+    metrics = train_model(RAAV(cfg), videos, tmp_path)
     assert np.isfinite(metrics["ccc_mean"]) and "raw" in metrics
     g = FeatureStore.open(tmp_path / "outputs.zarr").read_video("v4")
     assert g["gates"].shape == (60, 2) and np.allclose(g["gates"].sum(1), 1, atol=1e-3)
@@ -270,7 +279,7 @@ def test_raav_train_fusion_writes_gates_and_audio_mask(tmp_path):
 
 
 def test_load_fusion_inputs_from_head_stores_labels_and_reliability(tmp_path):
-    from heads.fusion_data import load_fusion_inputs
+    from heads.fusion_inputs import load_fusion_inputs
     from pipeline.labels import write_va
     from pipeline.records import Video
     from pipeline.store import FeatureStore
@@ -304,10 +313,10 @@ def test_load_fusion_inputs_from_head_stores_labels_and_reliability(tmp_path):
     assert v.audio_tokens.shape == (3, 6) and v.tokens_valid.tolist() == [True, True, True]
     assert not t.valid["audio"].any() and not t.label_valid.any() and t.mouth_open is None
     # a video without audio next to one with audio: windows, tokens and a forward pass stay finite
-    ws = build_windows([v, t], ["face"], SecondsWindowing(1.0, 0.5, "audio", AudioFilter(0.5, 0.8)))
+    ws = build_windows([v, t], ["face"], SecondsWindowing(1.0, 0.5, "audio", AudioFilter(AudioTrustRule(min_open_fraction=0.0, min_open_seconds=0.5, min_face_coverage=0.8))))
     batch = ws.batch(torch.arange(len(ws.spans)))
     assert not batch["audio_valid"][torch.as_tensor(ws.video_of == 1)].any()
-    out = RAAV(tiny_raav(visual=["face"], priors=[1.0])).eval()(batch)
+    out = RAAVModel(tiny_raav(visual=["face"], priors=[1.0])).eval()(batch)
     assert torch.isfinite(out["pred"]).all()
     with pytest.raises(FileNotFoundError, match="train that head"):
         load_fusion_inputs(videos, {"face": str(tmp_path / "missing.zarr")})

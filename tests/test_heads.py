@@ -10,16 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from heads.audio_pooling import AudioPoolingConfig, SpeechTopLayers, window_filter
-from heads.audio_pooling import train_head as train_audio
-from heads.behavior_temporal import BehaviorTemporalConfig
-from heads.behavior_temporal import train_head as train_behavior
+from heads.audio_pooling import AudioPooling, AudioPoolingConfig, SpeechTopLayers, window_filter
+from heads.behavior_temporal import BehaviorTemporal, BehaviorTemporalConfig
 from heads.data import HeadVideo, frame_targets
-from heads.face_temporal import FaceTemporalConfig
-from heads.face_temporal import train_head as train_face
-from heads.losses import ccc_numpy
-from heads.train import TrainConfig
-from heads.windows import frame_windows
+from heads.face_temporal import FaceTemporal, FaceTemporalConfig
+from heads.train import TrainConfig, train_model
+from heads.windows import AudioTrustRule, frame_windows
+from pipeline.metrics import ccc_numpy
 from pipeline.labels import FrameLabels
 from pipeline.store import FeatureStore
 
@@ -126,7 +123,7 @@ def test_face_head_overfits_and_writes_outputs(tmp_path):
     videos = make_videos("face")
     cfg = FaceTemporalConfig(window=64, hop=32, d_model=32, layers=1, heads=2, ff=32, dropout=0.0, head_dim=16,
                              train=tiny_train(epochs=6))
-    metrics = train_face(cfg, videos, tmp_path)
+    metrics = train_model(FaceTemporal(cfg), videos, tmp_path)
     check_outputs(tmp_path, videos, 2, 16)
     assert train_split_ccc(tmp_path, videos) > 0.9
     assert {"ccc_valence", "ccc_arousal", "ccc_mean", "num_frames"} <= set(metrics)
@@ -138,7 +135,7 @@ def test_face_head_expr_path_gives_f1(tmp_path):
     videos = make_videos("face", task="expr")
     cfg = FaceTemporalConfig(task="expr", window=64, hop=32, d_model=32, layers=1, heads=2, ff=32, dropout=0.0,
                              head_dim=16, train=tiny_train(epochs=4))
-    metrics = train_face(cfg, videos, tmp_path)
+    metrics = train_model(FaceTemporal(cfg), videos, tmp_path)
     assert 0.0 <= metrics["f1"] <= 1.0 and metrics["f1"] > 0.2   # 4 classes present -> chance ~0.125
     check_outputs(tmp_path, videos, 8, 16)
     assert "val_f1" in json.loads((tmp_path / "history.json").read_text())[0]
@@ -148,7 +145,7 @@ def test_behavior_mamba_trains_on_cpu(tmp_path):
     videos = make_videos("behavior")
     cfg = BehaviorTemporalConfig(segments=8, stride=4, d_model=32, d_state=4, layers=2, dropout=0.0,
                                  head_hidden=32, train=tiny_train(epochs=8, batch_size=4))
-    metrics = train_behavior(cfg, videos, tmp_path)
+    metrics = train_model(BehaviorTemporal(cfg), videos, tmp_path)
     hist = json.loads((tmp_path / "history.json").read_text())
     assert hist[-1]["train_loss"] < hist[0]["train_loss"]
     check_outputs(tmp_path, videos, 2, 32)
@@ -160,7 +157,7 @@ def test_audio_head_overfits_and_masks_videos_without_audio(tmp_path):
     videos = make_videos("audio")
     videos[-1] = replace(videos[-1], features={})          # test video without audio track
     cfg = AudioPoolingConfig(attn_dim=16, dropout=0.0, head_hidden=16, train=tiny_train(epochs=8))
-    train_audio(cfg, videos, tmp_path)
+    train_model(AudioPooling(cfg), videos, tmp_path)
     check_outputs(tmp_path, videos, 2, 16)
     assert train_split_ccc(tmp_path, videos) > 0.9
     g = FeatureStore.open(str(tmp_path / "outputs.zarr")).read_video(videos[-1].video_id)
@@ -196,7 +193,7 @@ def test_audio_filter_rules():
     # VAD rule (off by default) drops windows without speech
     vad_v = replace(v, reliability={**v.reliability, "vad": np.zeros(100, np.float32),
                                     "vad_t0": np.arange(100) * 0.2, "vad_t1": np.arange(1, 101) * 0.2})
-    wv, st = window_filter(vad_v, wins, frame_bin, labelled, AudioPoolingConfig(min_speech_fraction=0.3))
+    wv, st = window_filter(vad_v, wins, frame_bin, labelled, AudioPoolingConfig(audio_trust=AudioTrustRule(min_speech_fraction=0.3)))
     assert not wv.any() and st["rules_applied"]["vad"]
 
 
@@ -232,7 +229,7 @@ def test_audio_finetune_top_k_trains_backbone_layers(tmp_path):
               for v in videos]
     cfg = AudioPoolingConfig(attn_dim=16, dropout=0.0, head_hidden=16, finetune_top_k=1,
                              backbone_dir=str(tmp_path / "wavlm"), train=tiny_train(epochs=1, batch_size=8))
-    train_audio(cfg, videos, tmp_path / "run")
+    train_model(AudioPooling(cfg), videos, tmp_path / "run")
     state = torch.load(tmp_path / "run" / "model.pt", weights_only=False)["state_dict"]
     from transformers import WavLMModel
 
@@ -248,10 +245,10 @@ def test_expr_path_behavior_and_audio(tmp_path, head):
     if head == "behavior":
         cfg = BehaviorTemporalConfig(task="expr", segments=8, stride=4, d_model=16, d_state=4, layers=1,
                                      head_hidden=16, train=tiny_train(epochs=2))
-        metrics = train_behavior(cfg, videos, tmp_path)
+        metrics = train_model(BehaviorTemporal(cfg), videos, tmp_path)
     else:
         cfg = AudioPoolingConfig(task="expr", attn_dim=8, head_hidden=16, train=tiny_train(epochs=2))
-        metrics = train_audio(cfg, videos, tmp_path)
+        metrics = train_model(AudioPooling(cfg), videos, tmp_path)
     assert 0.0 <= metrics["f1"] <= 1.0
     check_outputs(tmp_path, videos, 8, 16)
 

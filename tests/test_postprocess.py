@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from heads.losses import ccc_numpy
+from pipeline.metrics import ccc_numpy
 from heads.postprocess import (LateFusionConfig, SmoothingConfig, apply_weights, candidate_weights, late_fusion,
                                search_weights, smooth)
 

@@ -1,6 +1,6 @@
 """`affcache predict` end to end on a tiny demo built without DVC (stage functions called directly).
 
-One module-scoped build (tiny demo, tiny encoders, 4 extractions, 3 heads and the MoE fusion at one
+One module-scoped build (tiny demo, tiny encoders, 4 extractions, 3 heads and the gated_moe fusion at one
 epoch and toy widths) serves every test; predictions go to folders outside the project so the
 DVC-tracked data/features are never touched.
 """
@@ -46,10 +46,10 @@ PARAMS = {
         "audio": {"attn_dim": 8, "head_hidden": 16, "train": TRAIN},
     },
     "fuse": {
-        "moe": {"d_model": 16, "n_heads": 2, "ff_dim": 16, "gate_hidden": 8, "window": 32, "hop": 16, "epochs": 1,
-                "device": "cpu"},
-        "reliability": {"d_model": 16, "n_latents": 2, "latent_heads": 2, "enc_heads": 2, "ff_dim": 16, "epochs": 1,
-                        "device": "cpu"},
+        "gated_moe": {"d_model": 16, "n_heads": 2, "ff_dim": 16, "gate_hidden": 8, "window": 32, "hop": 16,
+                      "train": {"epochs": 1, "device": "cpu"}},
+        "raav": {"d_model": 16, "n_latents": 2, "latent_heads": 2, "enc_heads": 2, "ff_dim": 16,
+                 "train": {"epochs": 1, "device": "cpu"}},
     },
 }
 HEADS = ("face", "behavior", "audio")
@@ -86,8 +86,8 @@ def project(tmp_path_factory) -> Path:
             extract.run(params, m)
         for h in HEADS:
             train.run(params, h)
-        for strategy in ("moe", "reliability"):
-            fuse.run(params, strategy)
+        for fusion in ("gated_moe", "raav"):
+            fuse.run(params, fusion)
     return root
 
 
@@ -140,7 +140,7 @@ def test_predict_writes_csv_and_plot_per_video(first_run, inputs) -> None:
         header, rows = read_csv(out / f"{key}.csv")
         assert header[:4] == ["frame", "time", "valence", "arousal"]
         assert {f"{h}_{d}" for h in HEADS for d in ("valence", "arousal")} <= set(header)
-        assert any(c.startswith("gate_") for c in header)  # the MoE's expert weights
+        assert any(c.startswith("gate_") for c in header)  # the gated_moe expert weights
         assert len(rows) == decoded_frames(inputs[key])
         assert [int(r[0]) for r in rows] == list(range(len(rows)))
         png = out / f"{key}.png"
@@ -158,7 +158,7 @@ def test_predict_writes_csv_and_plot_per_video(first_run, inputs) -> None:
 def test_predict_never_touches_the_tracked_feature_stores(first_run, project) -> None:
     out, _ = first_run
     report = json.loads((out / "predict_report.json").read_text())
-    assert report["model"] == "fusion_moe"  # no metrics/summary.json -> the default fusion
+    assert report["model"] == "fusion_gated_moe"  # no metrics/summary.json -> the default fusion
     for m in MODALITIES:
         assert Path(report["extraction"][m]["store"]).is_relative_to(out / "features")
         assert sorted(report["extraction"][m]["extracted"]) == ["silent", "speaker"]
@@ -209,9 +209,9 @@ def test_unimodal_model_from_params(first_run, project, inputs) -> None:
     assert set(report["extraction"]) == {"face"}
 
 
-def test_reliability_fusion_from_params(first_run, project, inputs) -> None:
+def test_raav_fusion_from_params(first_run, project, inputs) -> None:
     out = project.parent / "raav"
-    result = predict_with_model(project, "fusion_reliability", inputs["speaker"], out)
+    result = predict_with_model(project, "fusion_raav", inputs["speaker"], out)
     assert result.exit_code == 0, result.output
     header, rows = read_csv(out / "speaker.csv")
     assert header[-2:] == ["gate_face", "gate_behavior"]  # RAAV's visual reliability weights
@@ -222,29 +222,29 @@ def test_missing_heads_name_the_path_and_the_fix(tmp_path, inputs) -> None:
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(PARAMS))
     result = predict(tmp_path, [inputs["silent"]], tmp_path / "out")
     assert result.exit_code != 0
-    assert "data/fusion/moe/model.pt" in result.output and "dvc repro" in result.output
+    assert "data/fusion/gated_moe/model.pt" in result.output and "dvc repro" in result.output
 
 
 def test_model_choice(tmp_path) -> None:
-    """Command line, then `predict.model`, then the best evaluated model, then fusion_moe."""
+    """Command line, then `predict.model`, then the best evaluated model, then fusion_gated_moe."""
     from pipeline.config import Params, ParamsError
     from pipeline.stages import Layout
     from pipeline.stages.predict import choose_model
 
     layout = Layout(tmp_path)
-    assert choose_model(Params({}, tmp_path / "params.yaml"), layout) == "fusion_moe"
+    assert choose_model(Params({}, tmp_path / "params.yaml"), layout) == "fusion_gated_moe"
     (tmp_path / "metrics").mkdir()
     (tmp_path / "metrics" / "summary.json").write_text(json.dumps({"best": {"model": "audio", "ccc_mean": 0.3}}))
     assert choose_model(Params({}, tmp_path / "params.yaml"), layout) == "audio"
-    chosen = Params({"predict": {"model": "fusion_reliability"}}, tmp_path / "params.yaml")
-    assert choose_model(chosen, layout) == "fusion_reliability"
+    chosen = Params({"predict": {"model": "fusion_raav"}}, tmp_path / "params.yaml")
+    assert choose_model(chosen, layout) == "fusion_raav"
     assert choose_model(chosen, layout, "face") == "face"
     with pytest.raises(ParamsError, match="predict.model: unknown model 'fusion_x'"):
         choose_model(Params({"predict": {"model": "fusion_x"}}, tmp_path / "params.yaml"), layout)
 
 
-@pytest.mark.parametrize("strategy", ["moe", "reliability"])
-def test_inference_matches_the_training_outputs(project, strategy: str) -> None:
+@pytest.mark.parametrize("fusion", ["gated_moe", "raav"])
+def test_inference_matches_the_training_outputs(project, fusion: str) -> None:
     """The rebuilt heads and fusion reproduce what training wrote for the indexed videos."""
     from heads.data import load_head_videos
     from heads.inference import load_predictor
@@ -253,12 +253,12 @@ def test_inference_matches_the_training_outputs(project, strategy: str) -> None:
 
     with cwd(project):
         videos = read_index("data/index.json")
-        predictor = load_predictor(f"fusion_{strategy}", {h: f"data/heads/{h}" for h in HEADS},
-                                   {f"fusion_{strategy}": f"data/fusion/{strategy}"}, device="cpu")
+        predictor = load_predictor(f"fusion_{fusion}", {h: f"data/heads/{h}" for h in HEADS},
+                                   {f"fusion_{fusion}": f"data/fusion/{fusion}"}, device="cpu")
         rel = read_current("data/features/reliability")
         hv = {m: load_head_videos(videos, read_current(f"data/features/{m}"), reliability_url=rel) for m in HEADS}
         got = predictor.predict(hv)
-        fused = FeatureStore.open(f"data/fusion/{strategy}/outputs.zarr")
+        fused = FeatureStore.open(f"data/fusion/{fusion}/outputs.zarr")
         heads = {h: FeatureStore.open(f"data/heads/{h}/outputs.zarr") for h in HEADS}
         for v in videos:
             want = fused.read_video(v.video_id)

@@ -36,7 +36,7 @@ def write_outputs_store(path: Path, preds: dict[str, np.ndarray], valid: dict[st
 
 @pytest.fixture()
 def tiny_models(tmp_path):
-    """Three validation videos; 'face' knows valence, 'audio' arousal, 'fusion_moe' both (with gates)."""
+    """Three validation videos; 'face' knows valence, 'audio' arousal, 'fusion_gated_moe' both (with gates)."""
     rng = np.random.default_rng(0)
     labels, face, audio, fusion, gates, valid_a = {}, {}, {}, {}, {}, {}
     for k, f in enumerate((120, 90, 60)):
@@ -54,7 +54,7 @@ def tiny_models(tmp_path):
         gates[vid] = g
     models = {}
     for name, preds, kw in (("face", face, {}), ("audio", audio, {"valid": valid_a}),
-                            ("fusion_moe", fusion, {"gates": gates, "gate_names": ["face", "audio"]})):
+                            ("fusion_gated_moe", fusion, {"gates": gates, "gate_names": ["face", "audio"]})):
         d = tmp_path / "heads" / name
         d.mkdir(parents=True)
         write_outputs_store(d / "outputs.zarr", preds, **kw)
@@ -69,19 +69,19 @@ def test_evaluate_writes_summary_curves_traces(tiny_models, tmp_path):
     summary = evaluate(models, labels, tmp_path / "metrics" / "summary.json", tmp_path / "plots", EvalConfig(trace_videos=2))
     data = json.loads((tmp_path / "metrics" / "summary.json").read_text())
     assert data == json.loads(json.dumps(summary))
-    assert data["best"]["model"] == "fusion_moe"
+    assert data["best"]["model"] == "fusion_gated_moe"
     for name in models:
         assert {"ccc_valence", "ccc_arousal", "ccc_mean"} <= set(data[name])
     assert data["face"]["ccc_valence"] > 0.99 and data["audio"]["ccc_arousal"] > 0.95
     assert data["audio"]["coverage"] == 1.0  # missing frames are filled by the export rule
     curves = sorted(p.name for p in (tmp_path / "plots" / "curves").iterdir())
-    assert curves == ["audio.csv", "face.csv", "fusion_moe.csv"]
+    assert curves == ["audio.csv", "face.csv", "fusion_gated_moe.csv"]
     traces = sorted(p.name for p in (tmp_path / "plots" / "traces").iterdir())
     assert traces == ["vid0.csv", "vid1.csv"]
     rows = list(csv.DictReader((tmp_path / "plots" / "traces" / "vid0.csv").open()))
-    assert len(rows) == 120 and rows[0]["true_valence"] == "" and rows[10]["pred_valence_fusion_moe"] != ""
+    assert len(rows) == 120 and rows[0]["true_valence"] == "" and rows[10]["pred_valence_fusion_gated_moe"] != ""
     table = metrics_table(summary)
-    assert table.splitlines()[2].startswith("fusion_moe") and table.splitlines()[2].endswith("*")
+    assert table.splitlines()[2].startswith("fusion_gated_moe") and table.splitlines()[2].endswith("*")
 
 
 def test_evaluate_errors_name_the_problem(tiny_models, tmp_path):
@@ -109,7 +109,7 @@ def test_report_html_has_table_and_images(tiny_models, tmp_path):
     summary = evaluate(models, labels, tmp_path / "summary.json")
     out = build_report(summary, models, labels, tmp_path / "reports" / "index.html", ReportConfig(videos=2))
     doc = out.read_text()
-    assert '<table id="metrics">' in doc and "<b>fusion_moe</b>" in doc
+    assert '<table id="metrics">' in doc and "<b>fusion_gated_moe</b>" in doc
     imgs = re.findall(r'src="data:image/png;base64,([^"]+)"', doc)
     assert len(imgs) == 2 and all(base64.b64decode(i)[:8] == b"\x89PNG\r\n\x1a\n" for i in imgs)
     assert "<script" not in doc and "http://" not in doc and "https://" not in doc  # self-contained

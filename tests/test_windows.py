@@ -2,8 +2,8 @@
 
 import numpy as np
 
-from heads.data import fill_nearest
-from heads.windows import frame_windows, overlap_add, rows_to_frames, segments_to_frames
+from pipeline.labels import fill_nearest, rows_to_frames
+from heads.windows import frame_windows, overlap_add, segments_to_frames
 
 
 def test_frame_windows_tail_aligned_and_short():

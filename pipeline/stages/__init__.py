@@ -35,8 +35,23 @@ class Layout:
     def head_dir(self, head: str) -> Path:
         return self.root / "data" / "heads" / head
 
-    def fusion_dir(self, strategy: str) -> Path:
-        return self.root / "data" / "fusion" / strategy
+    def fusion_dir(self, fusion: str) -> Path:
+        return self.root / "data" / "fusion" / fusion
+
+    def model_dir(self, kind: str, name: str) -> Path:
+        """data/heads/<name> for a head, data/fusion/<name> for a fusion (heads.registry kinds)."""
+        return self.head_dir(name) if kind == "head" else self.fusion_dir(name)
+
+    def input_url(self, inp: str) -> str:
+        """A registry input (`features/<modality>` or `heads/<head>`) as the store URL a model reads."""
+        kind, _, name = inp.partition("/")
+        if kind == "features":
+            from pipeline.store import read_current
+
+            return read_current(str(self.feature_dir(name)))
+        if kind == "heads":
+            return str(self.head_dir(name) / "outputs.zarr")
+        raise ValueError(f"unknown model input {inp!r} (expected features/<modality> or heads/<head>)")
 
     @property
     def metrics(self) -> Path:

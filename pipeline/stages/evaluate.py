@@ -20,14 +20,10 @@ log = logging.getLogger(__name__)
 
 
 def model_dirs(layout: Layout) -> dict[str, Path]:
-    """Every model the pipeline trains, by the name used in metrics and the report."""
-    return {
-        "face": layout.head_dir("face"),
-        "behavior": layout.head_dir("behavior"),
-        "audio": layout.head_dir("audio"),
-        "fusion_moe": layout.fusion_dir("moe"),
-        "fusion_reliability": layout.fusion_dir("reliability"),
-    }
+    """Every model the pipeline trains (heads.registry), by the name used in metrics and the report."""
+    from heads.registry import REGISTRY
+
+    return {s.model_name: layout.model_dir(s.kind, s.name) for s in REGISTRY.values()}
 
 
 def run(params_path: Path) -> None:

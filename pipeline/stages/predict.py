@@ -9,8 +9,8 @@ Why a separate store root: data/features is a DVC output; writing new videos int
 `dvc status` dirty. The separate store is still keyed by the extractor fingerprint, so predicting
 the same file twice recomputes nothing and a changed `extract.*` param starts a fresh store.
 
-params (all optional): `predict.model` (a head name or `fusion_moe` / `fusion_reliability`; default:
-the best model in metrics/summary.json, else `fusion_moe`), `predict.device` ("auto"),
+params (all optional): `predict.model` (a model name of heads.registry: a head or `fusion_<fusion>`;
+default: the best model in metrics/summary.json, else `heads.registry.DEFAULT_MODEL`), `predict.device` ("auto"),
 `predict.keep_old_stores` (false). Extraction reads `extract.<modality>` like the extraction stages.
 One bad file never stops the others: it is listed in `<out>/predict_report.json` and the command
 exits non-zero at the end.
@@ -36,9 +36,6 @@ if TYPE_CHECKING:  # heavy (torch): imported inside the functions that run model
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "fusion_moe"
-HEADS = ("face", "behavior", "audio")
-FUSIONS = ("moe", "reliability")
 REPORT = "predict_report.json"
 
 
@@ -93,10 +90,12 @@ def _guarded(name: str, fn, *args):
 def load_model(params: Params, layout: Layout, model: str | None = None) -> "Predictor":
     """The chosen model and the heads it reads, from data/heads and data/fusion."""
     from heads.inference import load_predictor
+    from heads.registry import FUSIONS, HEADS, spec
 
     name = choose_model(params, layout, model)
     return _guarded(name, load_predictor, name, {h: layout.head_dir(h) for h in HEADS},
-                    {f"fusion_{s}": layout.fusion_dir(s) for s in FUSIONS}, str(params.get("predict.device", "auto")))
+                    {spec(f).model_name: layout.fusion_dir(f) for f in FUSIONS},
+                    str(params.get("predict.device", "auto")))
 
 
 def stores_needed(predictor: "Predictor") -> list[str]:
@@ -109,8 +108,10 @@ def stores_needed(predictor: "Predictor") -> list[str]:
 
 
 def choose_model(params: Params, layout: Layout, model: str | None = None) -> str:
-    """`model` (a command-line choice), else `predict.model`, else the best evaluated model, else fusion_moe."""
-    known = [*HEADS, *(f"fusion_{s}" for s in FUSIONS)]
+    """`model` (a command-line choice), else `predict.model`, else the best evaluated model, else the default."""
+    from heads.registry import DEFAULT_MODEL, model_names
+
+    known = model_names()
     name = model if model is not None else params.get("predict.model")
     if name is not None:
         if name not in known:

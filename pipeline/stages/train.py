@@ -1,17 +1,15 @@
-"""Stages `train_<head>`: train one unimodal head on its cached features.
+"""Stage `train@<head>` (and the body of `fuse@<fusion>`): train one registry model.
 
-params `train.<head>`: the head's config dataclass (published defaults live in the head module;
-params.yaml only overrides). Reads the index, the modality's current feature store (and the
-reliability store for the audio filter), writes data/heads/<head>/ and metrics/<head>.json.
+params `train.<head>` / `fuse.<fusion>`: the model's config dataclass (published defaults live in
+its module; params.yaml only overrides), with the same-shaped `train:` block (heads.train.TrainConfig)
+in every one. Reads the index and the model's registry inputs (feature stores, head outputs),
+writes data/heads/<head>/ or data/fusion/<fusion>/, metrics/<model>.json and the history plot.
 """
 
 from __future__ import annotations
 
-import importlib
-import inspect
 import json
 import logging
-import typing
 from pathlib import Path
 
 from pipeline.config import load_params
@@ -19,23 +17,6 @@ from pipeline.records import read_index
 from pipeline.stages import Layout, write_json
 
 log = logging.getLogger(__name__)
-
-HEAD_MODULES = {"face": "heads.face_temporal", "behavior": "heads.behavior_temporal", "audio": "heads.audio_pooling"}
-USES_RELIABILITY = {"audio"}
-
-
-def entry_config_class(fn) -> type:
-    """The config dataclass a `train_head`/`train_fusion` entry point takes (its first argument)."""
-    first = next(iter(inspect.signature(fn).parameters))
-    return typing.get_type_hints(fn)[first]
-
-
-def current_store(layout: Layout, modality: str) -> str:
-    """The active store of a modality, as written by its extraction stage."""
-    from pipeline.store import read_current
-
-    return read_current(str(layout.feature_dir(modality)))
-
 
 HEADLINE_KEYS = ("ccc_valence", "ccc_arousal", "ccc_mean", "f1")
 
@@ -56,23 +37,24 @@ def publish_history(out_dir: Path, plot_path: Path) -> None:
     write_json(plot_path, history)
 
 
-def run(params_path: Path, head: str) -> None:
-    from heads.data import load_head_videos
+def run(params_path: Path, name: str, kind: str = "head") -> dict:
+    """Train registry model `name` of `kind` through the one driver; returns its metrics."""
+    from heads import registry
+    from heads.train import train_model
 
-    module = importlib.import_module(HEAD_MODULES[head])
+    spec = registry.spec(name, kind)  # type: ignore[arg-type]
     params = load_params(params_path)
-    cfg = params.build(f"train.{head}", entry_config_class(module.train_head))
+    cfg = params.build(spec.params_section, spec.config_class())
+    head = spec.build(cfg)
     layout = Layout()
-    videos = read_index(layout.index)
-    head_videos = load_head_videos(
-        videos,
-        current_store(layout, head),
-        task=getattr(cfg, "task", "va"),
-        reliability_url=current_store(layout, "reliability") if head in USES_RELIABILITY else None,
-    )
-    out_dir = layout.head_dir(head)
+    records = read_index(layout.index)  # first: a missing index is the error to report, not a missing store
+    urls = {inp: layout.input_url(inp) for inp in spec.inputs}
+    videos = head.load(records, urls)
+    out_dir = layout.model_dir(spec.kind, spec.name)
     out_dir.mkdir(parents=True, exist_ok=True)
-    metrics = module.train_head(cfg, head_videos, out_dir)
-    publish_metrics(metrics, out_dir, layout.metrics / f"{head}.json")
-    publish_history(out_dir, layout.plots / "history" / f"{head}.json")
-    log.info("train %s: %s", head, ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
+    metrics = train_model(head, videos, out_dir)
+    publish_metrics(metrics, out_dir, layout.metrics / f"{spec.model_name}.json")
+    publish_history(out_dir, layout.plots / "history" / f"{spec.model_name}.json")
+    log.info("%s %s: %s", "train" if spec.kind == "head" else "fuse", name,
+             ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
+    return metrics

@@ -1,6 +1,7 @@
-"""DCMMOE: directed cross-modal mixture of experts over the unimodal heads' outputs.
+"""gated_moe: a gated mixture of directed cross-attention experts over three modalities' head outputs.
 
-The published DCMMOE (seed 1, `src_fusion_model`) stacks 5 post-LN Transformer layers in which the
+Derived from the published DCMMOE (seed 1, `src_fusion_model`; to be added as its own `dcmmoe`),
+which stacks 5 post-LN Transformer layers in which the
 face stream queries the behavior stream (Q = face, K/V = behavior). Its released code has no gating,
 so the mixture is ours: every *directed* pair target<-source is one expert (a cross-attention block
 in which the target's frames query the source's frames) and every modality also gets a self expert.
@@ -18,27 +19,34 @@ three modalities, 1 layer each is already ~9 attention layers of compute, which 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 from torch import nn
 
+from heads.fusion import FusionHead
+from heads.fusion_windows import FrameWindowing
 from heads.positional import sinusoidal_encoding
 from heads.postprocess import SmoothingConfig
-
-__all__ = [
-    "FusionMoEConfig",
-    "ModalityProjection",
-    "DirectedMoE",
-    "expert_names",
-    "sinusoidal_encoding",
-    "train_fusion",
-]
+from heads.train import TrainConfig
 
 
 @dataclass
-class FusionMoEConfig:
-    """DCMMOE settings; defaults are the published ones where they exist (seed-systems.md B4).
+class GatedMoETrainConfig(TrainConfig):
+    """Optimisation of gated_moe: the published face-head values (AdamW 1e-4 / wd 0.01, batch 8,
+    <= 100 epochs, early stopping 15); no progress bar (fusions train after the heads, logs stay short)."""
+
+    epochs: int = 100
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    batch_size: int = 8
+    early_stopping: int = 15
+    seed: int = 42
+    progress: bool = False
+
+
+@dataclass
+class GatedMoEConfig:
+    """gated_moe settings; defaults are the published DCMMOE ones where they exist (seed-systems.md B4).
 
     `pairs` lists directed (target, source) experts; None means every ordered pair of enabled
     modalities. `windows`/`hop` are in frames (published 400/150).
@@ -58,18 +66,10 @@ class FusionMoEConfig:
     use_pred: bool = True  # project [emb ; pred] (published) or emb only
     window: int = 400
     hop: int = 150
-    lr: float = 1e-4
-    weight_decay: float = 0.01
-    batch_size: int = 8
-    epochs: int = 100
-    patience: int = 15
     loss_weights: tuple[float, float] = (0.5, 0.5)
     mse_weight: float = 0.0
-    seed: int = 42
     smoothing: SmoothingConfig = field(default_factory=SmoothingConfig)
-    device: str = "auto"  # passed to heads.train.TrainConfig
-    progress: bool = False
-    max_minutes: float | None = None
+    train: GatedMoETrainConfig = field(default_factory=GatedMoETrainConfig)
 
     def resolved_pairs(self) -> list[tuple[str, str]]:
         """The directed (target, source) pairs, validated against `modalities`."""
@@ -81,14 +81,14 @@ class FusionMoEConfig:
             t, s = pair
             if t not in mods or s not in mods or t == s:
                 raise ValueError(
-                    f"FusionMoEConfig.pairs: ({t!r}, {s!r}) is not a directed pair of two different enabled "
+                    f"GatedMoEConfig.pairs: ({t!r}, {s!r}) is not a directed pair of two different enabled "
                     f"modalities {mods}; fix the fusion `pairs` parameter"
                 )
             out.append((t, s))
         return out
 
 
-def expert_names(cfg: FusionMoEConfig) -> list[str]:
+def expert_names(cfg: GatedMoEConfig) -> list[str]:
     """Expert names in gate order: self experts `m` first, then directed `target<-source`."""
     names = [f"{m}" for m in cfg.modalities] if cfg.self_experts else []
     return names + [f"{t}<-{s}" for t, s in cfg.resolved_pairs()]
@@ -156,7 +156,7 @@ class _MLPBlock(nn.Module):
 class Expert(nn.Module):
     """A stack of blocks; the target stream is the query and is updated residually (as published)."""
 
-    def __init__(self, target: str, source: str, cfg: FusionMoEConfig, kind: str = "attention") -> None:
+    def __init__(self, target: str, source: str, cfg: GatedMoEConfig, kind: str = "attention") -> None:
         super().__init__()
         self.target, self.source = target, source
         if kind == "attention":
@@ -164,7 +164,7 @@ class Expert(nn.Module):
         elif kind == "mlp":
             blocks = [_MLPBlock(cfg.d_model, cfg.ff_dim, cfg.dropout) for _ in range(cfg.expert_layers)]
         else:
-            raise ValueError(f"FusionMoEConfig.self_expert_kind={kind!r}: use 'attention' or 'mlp'")
+            raise ValueError(f"GatedMoEConfig.self_expert_kind={kind!r}: use 'attention' or 'mlp'")
         self.blocks = nn.ModuleList(blocks)
 
     def forward(self, h: dict[str, torch.Tensor], kpm: dict[str, torch.Tensor], pe: torch.Tensor) -> torch.Tensor:
@@ -175,7 +175,7 @@ class Expert(nn.Module):
         return x
 
 
-class DirectedMoE(nn.Module):
+class GatedMoEModel(nn.Module):
     """Directed cross-modal mixture of experts with a per-frame masked gate.
 
     Batch (a dict of tensors; B windows of L frames):
@@ -184,7 +184,7 @@ class DirectedMoE(nn.Module):
     Returns {"pred": [B, L, out], "emb": [B, L, d] (input of the output MLP), "gates": [B, L, E]}.
     """
 
-    def __init__(self, cfg: FusionMoEConfig) -> None:
+    def __init__(self, cfg: GatedMoEConfig) -> None:
         super().__init__()
         self.cfg = cfg
         self.modalities = list(cfg.modalities)
@@ -237,21 +237,29 @@ class DirectedMoE(nn.Module):
         return {"pred": self.head(fused), "emb": fused, "gates": gates}
 
 
-def train_fusion(cfg: FusionMoEConfig, inputs: Sequence, out_dir) -> dict:
-    """Train DCMMOE on `inputs` (list of `heads.fusion_data.FusionVideo`) and write `out_dir`.
+class GatedMoE(FusionHead):
+    """gated_moe behind the head contract: frame windows (published 400 / hop 150), no audio tokens."""
 
-    Writes out_dir/model.pt, history.json, outputs.zarr (pred smoothed, pred_raw, emb, gates,
-    t0, t1, valid per video for every split; expert names in the store attrs) and returns metrics.
-    """
-    from heads import fusion_data
+    name = "gated_moe"
 
-    return fusion_data.run_fusion(
-        strategy="moe",
-        build_model=lambda: DirectedMoE(cfg),
-        cfg=cfg,
-        videos=list(inputs),
-        out_dir=out_dir,
-        windowing=fusion_data.FrameWindowing(size=cfg.window, hop=cfg.hop),
-        streams=list(cfg.modalities),
-        gate_names=expert_names(cfg),
-    )
+    @property
+    def modalities(self) -> list[str]:
+        return list(self.cfg.modalities)
+
+    @property
+    def streams(self) -> list[str]:
+        return list(self.cfg.modalities)
+
+    @property
+    def windowing(self) -> FrameWindowing:
+        return FrameWindowing(size=self.cfg.window, hop=self.cfg.hop)
+
+    @property
+    def gate_names(self) -> list[str]:
+        return expert_names(self.cfg)
+
+    def check(self) -> None:
+        self.cfg.resolved_pairs()
+
+    def build_model(self, dims) -> GatedMoEModel:
+        return GatedMoEModel(self.cfg)

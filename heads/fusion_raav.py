@@ -1,4 +1,4 @@
-"""RAAV: reliability-aware audio-visual fusion (seed 1, `MultimodalFusionModelV4`; seed-systems.md B4).
+"""raav: reliability-aware audio-visual fusion (seed 1, `MultimodalFusionModelV4`; seed-systems.md B4).
 
 Visual streams (face, behavior) are fused per frame by a learned reliability gate: each stream's
 projection gets a gate-MLP logit plus a learnable log prior (face 0.85 / behavior 0.15 at init, so
@@ -13,23 +13,44 @@ test too, so the model is evaluated under the same conditions it was trained in.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 from torch import nn
 
-from heads.fusion_moe import ModalityProjection
+from heads.fusion import FusionHead
+from heads.fusion_gated_moe import ModalityProjection
+from heads.fusion_windows import AudioFilter, SecondsWindowing
 from heads.postprocess import SmoothingConfig
+from heads.train import TrainConfig
+from heads.windows import AudioTrustRule
 
-__all__ = ["RAAVConfig", "RAAV", "train_fusion"]
+
+@dataclass
+class RAAVTrainConfig(TrainConfig):
+    """Published RAAV optimisation (B4): AdamW 5e-5 / wd 0.01, batch 8, 50 epochs, early stopping 6.
+
+    `lr` 5e-5 is published for Aff-Wild2-sized data; small demos converge too slowly with it, so the
+    demo overrides it in params.yaml (`fuse.raav.train.lr`)."""
+
+    epochs: int = 50
+    lr: float = 5e-5
+    weight_decay: float = 0.01
+    batch_size: int = 8
+    early_stopping: int = 6
+    seed: int = 42
+    progress: bool = False
+
+
+def _raav_trust() -> AudioTrustRule:
+    """The published RAAV audio rule: mouth open >= 1 s and face coverage >= 0.8 in the window."""
+    return AudioTrustRule(min_open_fraction=0.0, min_open_seconds=1.0, min_face_coverage=0.8)
 
 
 @dataclass
 class RAAVConfig:
     """RAAV settings; defaults are the published ones (seed-systems.md B4).
 
-    `lr` 5e-5 is published for Aff-Wild2-sized data; small demos converge too slowly with it, so the
-    demo overrides it (params.yaml) -- see the stage. Windows are `window_s` seconds of label frames
+    Windows are `window_s` seconds of label frames
     with `hop_s` overlap; audio tokens are masked per window by the filter thresholds below.
     """
 
@@ -48,21 +69,12 @@ class RAAVConfig:
     use_pred: bool = True
     window_s: float = 4.0
     hop_s: float = 2.0
-    min_open_s: float = 1.0
-    min_face_coverage: float = 0.8
+    audio_trust: AudioTrustRule = field(default_factory=_raav_trust)  # the rule the audio head applies too
     mask_audio_splits: tuple[str, ...] = ("train", "validation", "test")
-    lr: float = 5e-5
-    weight_decay: float = 0.01
-    batch_size: int = 8
-    epochs: int = 50
-    patience: int = 6
     loss_weights: tuple[float, float] = (0.7, 0.3)
     mse_weight: float = 0.01
-    seed: int = 42
     smoothing: SmoothingConfig = field(default_factory=SmoothingConfig)
-    device: str = "auto"  # passed to heads.train.TrainConfig
-    progress: bool = False
-    max_minutes: float | None = None
+    train: RAAVTrainConfig = field(default_factory=RAAVTrainConfig)
 
     def __post_init__(self) -> None:
         if len(self.priors) != len(self.visual):
@@ -79,7 +91,7 @@ class RAAVConfig:
         return list(self.visual) + ([self.audio] if self.audio else [])
 
 
-class RAAV(nn.Module):
+class RAAVModel(nn.Module):
     """Reliability-gated visual fusion + audio latents + one temporal Transformer layer.
 
     Batch: `x_<m>` [B, L, D_m], `valid_<m>` [B, L] for each visual m; `mask` [B, L] (real frames);
@@ -151,32 +163,33 @@ class RAAV(nn.Module):
         return {"pred": self.head(z), "emb": z, "gates": gates}
 
 
-def train_fusion(cfg: RAAVConfig, inputs: Sequence, out_dir) -> dict:
-    """Train RAAV on `inputs` (list of `heads.fusion_data.FusionVideo`) and write `out_dir`.
+class RAAV(FusionHead):
+    """raav behind the head contract: windows in seconds, audio tokens masked by the shared trust rule."""
 
-    Writes out_dir/model.pt, history.json, outputs.zarr (pred smoothed, pred_raw, emb, gates [F, 2]
-    visual weights, audio_mask [F] share of covering windows whose audio was masked, t0, t1, valid)
-    and returns the metrics dict.
-    """
-    from heads import fusion_data
+    name = "raav"
 
-    windowing = fusion_data.SecondsWindowing(
-        window_s=cfg.window_s, hop_s=cfg.hop_s, audio=cfg.audio,
-        audio_filter=fusion_data.AudioFilter(cfg.min_open_s, cfg.min_face_coverage, tuple(cfg.mask_audio_splits)),
-    )
-    return fusion_data.run_fusion(
-        strategy="reliability",
-        build_model=lambda: RAAV(cfg),
-        cfg=cfg,
-        videos=list(inputs),
-        out_dir=out_dir,
-        windowing=windowing,
-        streams=list(cfg.visual),
-        gate_names=list(cfg.visual),
-    )
+    @property
+    def modalities(self) -> list[str]:
+        return list(self.cfg.modalities)
+
+    @property
+    def streams(self) -> list[str]:
+        return list(self.cfg.visual)
+
+    @property
+    def windowing(self) -> SecondsWindowing:
+        return SecondsWindowing(window_s=self.cfg.window_s, hop_s=self.cfg.hop_s, audio=self.cfg.audio,
+                                audio_filter=AudioFilter(self.cfg.audio_trust, tuple(self.cfg.mask_audio_splits)))
+
+    @property
+    def gate_names(self) -> list[str]:
+        return list(self.cfg.visual)
+
+    def build_model(self, dims) -> RAAVModel:
+        return RAAVModel(self.cfg)
 
 
-def prior_weights(model: RAAV) -> list[float]:
+def prior_weights(model: RAAVModel) -> list[float]:
     """Current prior share per visual stream (softmax of the log priors), for logs and reports."""
     return [float(x) for x in torch.softmax(model.log_prior.detach(), 0)]
 

@@ -1,0 +1,169 @@
+"""What every fusion shares behind the head contract: inputs from head outputs, windows, predict.
+
+A fusion is a `heads.contract.Head` whose records are `FusionVideo`s (the heads' outputs on the
+label grid) and whose bank is a `WindowSet`. Subclasses (heads.fusion_gated_moe, heads.fusion_raav)
+supply only the model, the windowing and which streams/gates they have; the training itself is
+the one driver (`heads.train.train_model`). Predictions are the published rule: overlapping
+windows averaged per frame, then per-dimension smoothing (`pred`; the unsmoothed `pred_raw`, the
+gate weights and -- for a model with audio context -- the share of masked-audio windows are kept).
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, ClassVar, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from heads.contract import Head
+from heads.fusion_inputs import FusionVideo, load_fusion_inputs
+from heads.fusion_windows import WindowSet, build_windows
+from heads.losses import ccc_loss
+from heads.outputs import HeadOutput
+from heads.postprocess import smooth
+from heads.windows import overlap_add
+
+PREDICT_BATCH = 16  # windows per inference batch
+
+
+class FusionHead(Head):
+    """Common part of both fusions; `cfg` carries `use_pred`, `loss_weights`, `mse_weight`, `smoothing`, `train`."""
+
+    kind: ClassVar[str] = "fusion"
+    fill_missing: ClassVar[bool] = True
+    select_array: ClassVar[str] = "pred_raw"
+
+    # ------------------------------------------------------------- what a fusion says about itself
+    @property
+    @abc.abstractmethod
+    def modalities(self) -> list[str]:
+        """Every head output the fusion reads (per-frame streams plus audio context)."""
+
+    @property
+    @abc.abstractmethod
+    def streams(self) -> list[str]:
+        """Per-frame streams the model reads as `x_<m>` / `valid_<m>`."""
+
+    @property
+    @abc.abstractmethod
+    def windowing(self) -> Any:
+        """A windowing (`heads.fusion_windows`) with `windows(video)` and its `audio` stream name or None."""
+
+    @property
+    @abc.abstractmethod
+    def gate_names(self) -> list[str]:
+        """Names of the gate columns the model returns, in order."""
+
+    # ------------------------------------------------------------- the contract
+    def load(self, records: Sequence, urls: Mapping[str, str]) -> list[FusionVideo]:
+        audio = "audio" if "audio" in self.modalities else None
+        return load_fusion_inputs(records, {m: urls[f"heads/{m}"] for m in self.modalities},
+                                  reliability_url=urls.get("features/reliability"), audio=audio)
+
+    def prepare(self, videos: Sequence[FusionVideo]) -> dict[str, Any]:
+        """Inference windows of each split, cut once: {split: (video ids, WindowSet)}.
+
+        Keyed by split, not by video: a fusion batches windows across the videos of one split (the
+        frame tables are concatenated), exactly as it is validated.
+        """
+        out = {}
+        for split in dict.fromkeys(v.split for v in videos):
+            vs = [v for v in videos if v.split == split]
+            out[split] = (tuple(v.video_id for v in vs), build_windows(vs, self.streams, self.windowing, self.cfg.use_pred))
+        return out
+
+    def dims(self, inputs: Mapping[str, Any]) -> dict[str, int]:
+        return {}  # lazy projections take the head widths at the first batch (and from the checkpoint)
+
+    def build_bank(self, videos, inputs, dims) -> tuple[WindowSet, dict]:
+        train = [v for v in videos if v.split == "train"]
+        ws = build_windows(train, self.streams, self.windowing, self.cfg.use_pred, train=True)
+        return _Bank(ws), {}
+
+    def targets(self, video: FusionVideo) -> tuple[np.ndarray, np.ndarray]:
+        f = video.num_frames
+        if video.labels is None or video.label_valid is None:
+            return np.zeros((f, 2), np.float32), np.zeros(f, bool)
+        return video.labels, video.label_valid
+
+    def materialize(self, model: nn.Module, bank) -> None:
+        with torch.no_grad():  # materialise LazyLinear before the loop builds its optimizer
+            model(bank.gather(torch.arange(min(2, len(bank)))))
+
+    def loss(self):
+        cfg = self.cfg
+
+        def loss_fn(model: nn.Module, batch: dict) -> torch.Tensor:
+            pred = model(batch)["pred"]
+            return ccc_loss(pred, batch["y"], batch["y_valid"] & batch["mask"], weights=cfg.loss_weights,
+                            mse_weight=cfg.mse_weight)
+        return loss_fn
+
+    @torch.no_grad()
+    def predict(self, model, videos, inputs, dims, device) -> dict[str, HeadOutput]:
+        """Windows of each split (from `prepare` when it covers the same videos), run, averaged, smoothed."""
+        model.eval()
+        out: dict[str, HeadOutput] = {}
+        for split in dict.fromkeys(v.split for v in videos):
+            vs = [v for v in videos if v.split == split]
+            ids, ws = inputs.get(split, ((), None))
+            if ids != tuple(v.video_id for v in vs):
+                ws = build_windows(vs, self.streams, self.windowing, self.cfg.use_pred)
+            out.update(self._predict_windows(model, vs, ws, device))
+        return out
+
+    def output_attrs(self) -> dict:
+        return {"gate_names": list(self.gate_names)}
+
+    def summary(self) -> dict:
+        return {"fusion": self.name, "gate_names": list(self.gate_names)}
+
+    # ------------------------------------------------------------- inference on one split's windows
+    def _predict_windows(self, model: nn.Module, videos: Sequence[FusionVideo], ws: WindowSet,
+                         device) -> dict[str, HeadOutput]:
+        outs: dict[str, list] = {"pred": [], "emb": [], "gates": []}
+        for i in range(0, len(ws.spans), PREDICT_BATCH):
+            b = ws.batch(torch.arange(i, min(i + PREDICT_BATCH, len(ws.spans))))
+            o = model({k: v.to(device) for k, v in b.items()})
+            for key in outs:
+                outs[key].extend(o[key].float().cpu().numpy())
+        result = {}
+        for k, v in enumerate(videos):
+            sel = np.flatnonzero(ws.video_of == k)
+            wins = [ws.spans[i] for i in sel]
+            f = v.num_frames
+            if not wins:
+                dims = {key: (outs[key][0].shape[-1] if outs[key] else 1) for key in outs}
+                z = {key: np.zeros((f, dims[key]), np.float32) for key in outs}
+                result[v.video_id] = HeadOutput(z["pred"], z["emb"], np.zeros(f, bool),
+                                                {"pred_raw": z["pred"], "gates": z["gates"]})
+                continue
+            per = {key: overlap_add([outs[key][i] for i in sel], wins, f) for key in outs}
+            present = np.zeros(f, bool)
+            for m in ws.modalities + ([ws.audio] if ws.audio else []):
+                if m in v.valid:
+                    present |= v.valid[m]
+            valid = present & np.isfinite(per["pred"]).all(1)
+            aux = {}
+            if ws.audio_kept is not None:
+                masked = [np.full(e - s, 0.0 if bool(ws.audio_kept[i]) else 1.0) for i, (s, e) in zip(sel, wins)]
+                aux["audio_mask"] = overlap_add(masked, wins, f)[:, 0]
+            smoothed = smooth(per["pred"], valid, self.cfg.smoothing)
+            result[v.video_id] = HeadOutput(smoothed, per["emb"], valid, {"pred_raw": per["pred"], "gates": per["gates"]},
+                                            aux)
+        return result
+
+
+class _Bank:
+    """A training `WindowSet` seen through the contract's `Bank` protocol."""
+
+    def __init__(self, ws: WindowSet) -> None:
+        self.ws = ws
+
+    def __len__(self) -> int:
+        return len(self.ws.spans)
+
+    def gather(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.ws.batch(idx)

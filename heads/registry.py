@@ -1,0 +1,86 @@
+"""The one list of trainable models: name -> where it lives, its config, its kind and its inputs.
+
+Why one registry: the CLI's choices, the train/fuse stages, evaluation, the report, export and
+inference all enumerate the same models; reading them from here means adding a model is one
+module plus one entry, and no listing can fall out of step. Importing this module is cheap (no
+torch): modules and config classes are imported only when a spec is used.
+
+`inputs` name what a model reads, as paths under data/: `features/<modality>` (an extraction
+stage's store) or `heads/<head>` (a head's outputs.zarr). dvc.yaml lists the same data deps.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any, Literal
+
+Kind = Literal["head", "fusion"]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One registry entry: a head or fusion module, its config class and `Head` class, what it reads."""
+
+    name: str                  # registry name: CLI argument, params key, data/<heads|fusion>/<name>
+    kind: Kind
+    module: str                # e.g. "heads.face_temporal"
+    config: str                # config dataclass in `module` (it nests a `train:` TrainConfig block)
+    head: str                  # the heads.contract.Head subclass in `module`
+    inputs: tuple[str, ...]    # "features/<modality>" | "heads/<head>"
+
+    @property
+    def model_name(self) -> str:
+        """Name of the model's metrics, plots and predictions: the head name, or `fusion_<name>`."""
+        return self.name if self.kind == "head" else f"fusion_{self.name}"
+
+    @property
+    def params_section(self) -> str:
+        """Its params.yaml section: `train.<name>` for heads, `fuse.<name>` for fusions."""
+        return f"{'train' if self.kind == 'head' else 'fuse'}.{self.name}"
+
+    def config_class(self) -> type:
+        return getattr(importlib.import_module(self.module), self.config)
+
+    def build(self, cfg: Any):
+        """The `Head` of this model for a built config."""
+        return getattr(importlib.import_module(self.module), self.head)(cfg)
+
+
+_HEAD_OUTPUTS = ("heads/face", "heads/behavior", "heads/audio", "features/reliability")
+
+REGISTRY: dict[str, ModelSpec] = {s.name: s for s in (
+    ModelSpec("face", "head", "heads.face_temporal", "FaceTemporalConfig", "FaceTemporal", ("features/face",)),
+    ModelSpec("behavior", "head", "heads.behavior_temporal", "BehaviorTemporalConfig", "BehaviorTemporal",
+              ("features/behavior",)),
+    ModelSpec("audio", "head", "heads.audio_pooling", "AudioPoolingConfig", "AudioPooling",
+              ("features/audio", "features/reliability")),
+    ModelSpec("gated_moe", "fusion", "heads.fusion_gated_moe", "GatedMoEConfig", "GatedMoE", _HEAD_OUTPUTS),
+    ModelSpec("raav", "fusion", "heads.fusion_raav", "RAAVConfig", "RAAV", _HEAD_OUTPUTS),
+)}
+
+HEADS: tuple[str, ...] = tuple(n for n, s in REGISTRY.items() if s.kind == "head")
+FUSIONS: tuple[str, ...] = tuple(n for n, s in REGISTRY.items() if s.kind == "fusion")
+DEFAULT_MODEL = "fusion_gated_moe"   # predict's choice when nothing was evaluated yet
+
+
+def spec(name: str, kind: Kind | None = None) -> ModelSpec:
+    """The entry `name` (optionally of one kind); a ValueError lists the known names."""
+    s = REGISTRY.get(name)
+    if s is None or (kind is not None and s.kind != kind):
+        known = [n for n, x in REGISTRY.items() if kind is None or x.kind == kind]
+        raise ValueError(f"unknown {kind or 'model'} {name!r}; known: {', '.join(known)}")
+    return s
+
+
+def by_model_name(model_name: str) -> ModelSpec:
+    """The entry whose `model_name` (metrics / predict name, e.g. `fusion_raav`) is `model_name`."""
+    for s in REGISTRY.values():
+        if s.model_name == model_name:
+            return s
+    raise ValueError(f"unknown model {model_name!r}; known: {', '.join(model_names())}")
+
+
+def model_names() -> list[str]:
+    """Every model's metrics / predict name, heads first."""
+    return [s.model_name for s in REGISTRY.values()]
