@@ -30,8 +30,16 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from extractors.audio import MediaCache, weights_fingerprint
-from extractors.base import BackgroundStream, ExtractorError, hf_load_error, inference, register, torch_device
+from extractors.base import (
+    BackgroundStream,
+    ExtractorError,
+    MediaCache,
+    hf_load_error,
+    inference,
+    register,
+    torch_device,
+    weights_fingerprint,
+)
 from pipeline.records import Video
 
 SCHEMA = 1

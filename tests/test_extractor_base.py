@@ -220,3 +220,29 @@ def test_extract_one_is_the_engine_independent_unit(tmp_path: Path) -> None:
     extract_one(ext, video, store)
     assert FeatureStore.open(store.url).is_complete("solo")
     assert store.todo([video], source=ext.source) == []  # the source fingerprint was recorded
+
+
+# ------------------------------------------------------------------- extractors stand side by side
+EXTRACTOR_MODULES = ("face", "audio", "behavior", "reliability")
+SIBLINGS = {f"extractors.{m}" for m in (*EXTRACTOR_MODULES, "demo_models")}
+
+
+def _imported_modules(path: Path) -> set[str]:
+    """Every module a file imports, at any depth (function-level imports included)."""
+    import ast
+
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+            names.update(f"{node.module}.{a.name}" for a in node.names)  # `from extractors import face`
+    return names
+
+
+@pytest.mark.parametrize("module", EXTRACTOR_MODULES)
+def test_extractors_import_no_sibling(module: str) -> None:
+    path = Path(__file__).resolve().parents[1] / "extractors" / f"{module}.py"
+    assert not (_imported_modules(path) & SIBLINGS), f"extractors/{module}.py imports a sibling extractor"
+
