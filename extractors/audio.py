@@ -64,7 +64,7 @@ class AudioConfig:
     normalize: bool = True  # per-clip z-normalisation of the waveform (over the real samples)
     keep_lower_layers: int = 0  # k > 0: also store hidden_states[-(k+1)] (input of the top k layers) as `lower`
     device: str = "auto"
-    bf16: bool = True  # autocast on CUDA only
+    bf16: bool = True  # autocast on CUDA only; execution only, not in the fingerprint
     cache_size: int = 2  # media files whose results are memoised (left/right pairs are adjacent)
     vad_backend: str = "auto"  # extractors.vad.voice_activity backend: auto | energy | silero
 
@@ -179,7 +179,8 @@ class SpeechSSLExtractor:
 
     # -------------------------------------------------------------------------------- protocol
     def fingerprint(self) -> dict:
-        """Everything that changes the stored numbers (not batch size, device, cache)."""
+        """Everything that changes the stored numbers; execution settings (device, bf16, batch size,
+        cache) do not belong here, so a store written on a GPU is reused on a CPU."""
         c = self.cfg
         fp = {
             "extractor": self.name,
@@ -192,7 +193,6 @@ class SpeechSSLExtractor:
             "overlap_seconds": c.overlap_seconds,
             "normalize": c.normalize,
             "keep_lower_layers": c.keep_lower_layers,
-            "bf16": c.bf16,
             "vad_backend": self.vad_backend,
         }
         return fp

@@ -246,3 +246,51 @@ def test_extractors_import_no_sibling(module: str) -> None:
     path = Path(__file__).resolve().parents[1] / "extractors" / f"{module}.py"
     assert not (_imported_modules(path) & SIBLINGS), f"extractors/{module}.py imports a sibling extractor"
 
+
+# ---------------------------------------------------------------- fingerprints: features, not hardware
+EXECUTION_FIELDS = {"device", "bf16", "batch_size", "cpu_batch_size", "cpu_freeze", "queue_batches", "cache_size",
+                    "attn_implementation"}
+# one field per built-in extractor that changes its numbers
+FEATURE_CHANGE = {"grada": {"image_size": 128}, "speech_ssl": {"chunk_seconds": 10.0},
+                  "qwen3vl": {"frame_long_side": 224}, "reliability": {"thumb": 32}}
+
+
+def _builtin_extractors() -> list[str]:
+    from extractors.base import _BUILTIN_MODULES, _import_builtin_extractors
+
+    _import_builtin_extractors()
+    return sorted(n for n, cls in REGISTRY.items() if cls.__module__ in _BUILTIN_MODULES)
+
+
+def _other_value(value: object) -> object:
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int):
+        return value + 3
+    return {"auto": "cpu", "sdpa": "eager"}.get(value, "cpu")
+
+
+@pytest.mark.parametrize("name", _builtin_extractors())
+def test_fingerprint_and_store_url_ignore_execution_fields(name: str, tmp_path: Path) -> None:
+    """A store written on a GPU (bf16, big batches) is the store a CPU laptop reads."""
+    import dataclasses
+
+    from pipeline.stages.extract import config_class
+    from pipeline.store import store_url
+
+    cls = REGISTRY[name]
+    base = config_class(cls)()
+    execution = {f.name: _other_value(getattr(base, f.name)) for f in dataclasses.fields(base)
+                 if f.name in EXECUTION_FIELDS}
+    assert name in FEATURE_CHANGE, f"add a feature-changing field of {name!r} to FEATURE_CHANGE"
+
+    def fp_url(cfg: object) -> tuple[dict, str]:
+        ext = cls(cfg)
+        fp = ext.fingerprint()
+        return fp, store_url(str(tmp_path), ext.modality, ext.name, fp)
+
+    ref = fp_url(base)
+    assert fp_url(dataclasses.replace(base, **execution)) == ref, f"{name}: execution fields {sorted(execution)}"
+    assert not (set(ref[0]) & EXECUTION_FIELDS)
+    changed = fp_url(dataclasses.replace(base, **FEATURE_CHANGE[name]))
+    assert changed[0] != ref[0] and changed[1] != ref[1]
