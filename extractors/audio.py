@@ -24,21 +24,28 @@ Why it looks like this:
   (`cache_size` files), so the second id of a pair costs a dictionary lookup and no model pass (the
   engine processes ids in sorted order, so a pair is adjacent). When both ids are prefetched before
   the first is computed, the track is decoded twice but still encoded once.
-- **Voice activity** (`vad`, one probability per row) comes from `extractors.reliability.voice_activity`
-  on this model's grid. It runs in prepare() (worker threads) so it overlaps the model; calls are
-  serialised because silero-vad's TorchScript model is a stateful process-wide singleton.
+- **Voice activity** (`vad`, one probability per row) comes from `extractors.vad` on this model's
+  grid. It runs in prepare() (worker threads) so it overlaps the model; each thread has its own
+  silero-vad model, because that TorchScript model is stateful.
 """
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from extractors.base import ExtractorError, hf_load_error, inference, register, torch_device
+from extractors.base import (
+    ExtractorError,
+    MediaCache,
+    hf_load_error,
+    inference,
+    register,
+    torch_device,
+    weights_fingerprint,
+)
+from extractors.vad import VAD_BACKENDS, resolve_vad_backend, voice_activity_rows
 from pipeline.records import Video
 
 SCHEMA = 1
@@ -57,9 +64,9 @@ class AudioConfig:
     normalize: bool = True  # per-clip z-normalisation of the waveform (over the real samples)
     keep_lower_layers: int = 0  # k > 0: also store hidden_states[-(k+1)] (input of the top k layers) as `lower`
     device: str = "auto"
-    bf16: bool = True  # autocast on CUDA only
+    bf16: bool = True  # autocast on CUDA only; execution only, not in the fingerprint
     cache_size: int = 2  # media files whose results are memoised (left/right pairs are adjacent)
-    vad_backend: str = "auto"  # extractors.reliability.voice_activity backend: auto | energy | silero
+    vad_backend: str = "auto"  # extractors.vad.voice_activity backend: auto | energy | silero
 
 
 # ------------------------------------------------------------------------------------ frame grid
@@ -129,68 +136,6 @@ def zscore(audio: np.ndarray) -> np.ndarray:
     return ((audio - mean) / np.sqrt(std * std + 1e-7)).astype(np.float32)
 
 
-def resample_to_rows(values: np.ndarray, times: np.ndarray, row_times: np.ndarray) -> np.ndarray:
-    """Linear interpolation of a per-time signal onto row centres (edges held)."""
-    if values.size == 0 or row_times.size == 0:
-        return np.zeros(row_times.shape, dtype=np.float32)
-    return np.interp(row_times, times, values).astype(np.float32)
-
-
-def voice_activity_rows(audio: np.ndarray, sample_rate: int, hop: int, receptive: int, rows: int,
-                        backend: str) -> np.ndarray:
-    """Voice-activity probability per row from `extractors.reliability.voice_activity`.
-
-    The reliability module owns VAD (one implementation for the audio filter, fusion and this `vad`
-    array); it is asked for rows on this model's grid (hop/window in seconds). Its row count follows
-    1 + (L - win) // hop while a conv stack floors per layer, so the two can differ by a row at the
-    end: then the probabilities are interpolated onto our row centres.
-    """
-    from extractors.reliability import voice_activity
-
-    prob = voice_activity(audio, sample_rate, hop=hop / sample_rate, win=receptive / sample_rate, backend=backend)
-    prob = np.asarray(prob, dtype=np.float32).reshape(-1)
-    if len(prob) == rows:
-        return np.clip(prob, 0.0, 1.0)
-    centres = (np.arange(rows) * hop + receptive / 2) / sample_rate
-    src = (np.arange(len(prob)) * hop + receptive / 2) / sample_rate
-    return np.clip(resample_to_rows(prob, src, centres), 0.0, 1.0)
-
-
-class MediaCache:
-    """A small thread-safe LRU of computed store arrays keyed by `Video.media_key`.
-
-    Why: `_left`/`_right` ids share one media file; for features of the whole file (audio, and the
-    behavior VLM, which sees the whole frame as in the published pipeline) the second id must not
-    pay for a second model pass. Hits return copies, so callers may modify their arrays.
-    """
-
-    def __init__(self, size: int):
-        self.size = max(0, int(size))
-        self._items: OrderedDict[str, dict[str, np.ndarray]] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def __contains__(self, key: str) -> bool:
-        with self._lock:
-            return key in self._items
-
-    def get(self, key: str) -> dict[str, np.ndarray] | None:
-        with self._lock:
-            hit = self._items.get(key)
-            if hit is None:
-                return None
-            self._items.move_to_end(key)
-            return {k: v.copy() for k, v in hit.items()}
-
-    def put(self, key: str, arrays: dict[str, np.ndarray]) -> None:
-        if self.size == 0:
-            return
-        with self._lock:
-            self._items[key] = {k: v.copy() for k, v in arrays.items()}
-            self._items.move_to_end(key)
-            while len(self._items) > self.size:
-                self._items.popitem(last=False)
-
-
 # ------------------------------------------------------------------------------------ extractor
 @dataclass
 class _Prepared:
@@ -218,8 +163,6 @@ class SpeechSSLExtractor:
         self._kernel: tuple[int, ...] = ()
         self._stride: tuple[int, ...] = ()
         self._cache = MediaCache(self.cfg.cache_size)
-        from extractors.reliability import resolve_vad_backend
-
         self.vad_backend = resolve_vad_backend(self.cfg.vad_backend)  # the one used goes in the fingerprint
 
     def _check_config(self) -> None:
@@ -229,14 +172,15 @@ class SpeechSSLExtractor:
                 f"audio: need chunk_seconds > overlap_seconds >= 0, got chunk_seconds={c.chunk_seconds}, "
                 f"overlap_seconds={c.overlap_seconds}; fix the audio params"
             )
-        if c.vad_backend not in ("auto", "energy", "silero"):
-            raise ExtractorError(f"audio vad_backend {c.vad_backend!r}: use 'auto', 'energy' or 'silero'")
+        if c.vad_backend not in VAD_BACKENDS:
+            raise ExtractorError(f"audio vad_backend {c.vad_backend!r}: use one of {', '.join(VAD_BACKENDS)}")
         if c.batch_size < 1 or c.keep_lower_layers < 0:
             raise ExtractorError(f"audio: batch_size must be >= 1 and keep_lower_layers >= 0, got {c}")
 
     # -------------------------------------------------------------------------------- protocol
     def fingerprint(self) -> dict:
-        """Everything that changes the stored numbers (not batch size, device, cache)."""
+        """Everything that changes the stored numbers; execution settings (device, bf16, batch size,
+        cache) do not belong here, so a store written on a GPU is reused on a CPU."""
         c = self.cfg
         fp = {
             "extractor": self.name,
@@ -249,7 +193,6 @@ class SpeechSSLExtractor:
             "overlap_seconds": c.overlap_seconds,
             "normalize": c.normalize,
             "keep_lower_layers": c.keep_lower_layers,
-            "bf16": c.bf16,
             "vad_backend": self.vad_backend,
         }
         return fp
@@ -400,26 +343,3 @@ class SpeechSSLExtractor:
         top = out.last_hidden_state.float().cpu().numpy()
         low = out.hidden_states[-(k + 1)].float().cpu().numpy() if k else None
         return top, low
-
-
-def weights_fingerprint(model: str) -> dict | None:
-    """Content fingerprint of a local checkpoint (file or folder), None for a hub id (its revision
-    identifies it). Hashes names, sizes and the first/last MiB of each file but not mtimes, so a demo
-    checkpoint rewritten with the same seed keeps its fingerprint and the cache stays valid."""
-    import hashlib
-    from pathlib import Path
-
-    root = Path(model)
-    if not root.exists():
-        return None
-    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
-    h = hashlib.sha1()
-    for f in files:
-        size = f.stat().st_size
-        h.update(f"{f.relative_to(root) if f != root else f.name}:{size}".encode())
-        with open(f, "rb") as fh:
-            h.update(fh.read(1 << 20))
-            if size > 2 << 20:
-                fh.seek(size - (1 << 20))
-                h.update(fh.read())
-    return {"sha1": h.hexdigest(), "files": len(files)}

@@ -13,6 +13,9 @@ Why it looks like this:
   message) in `<store_root>/<modality>/<name>.failures.json`, logged, and the other videos continue; the
   caller (a stage) exits non-zero when `RunReport.failed` is not empty. Config/model problems are
   `ExtractorError`s raised by `load()` before any video is touched.
+- **Shared identity and memoising.** `weights_fingerprint` names a local checkpoint by content (so
+  a store follows its weights, not its path), and `MediaCache` lets `_left`/`_right` ids that share
+  one media file share one model pass; both are used by several extractors, hence here.
 - **Incremental.** The store is keyed by the extractor fingerprint (`store_url`), and `todo()` skips
   videos whose group is complete and whose source fingerprint is unchanged, so a re-run is a no-op and a
   crashed run resumes where it stopped.
@@ -25,14 +28,16 @@ import logging
 import queue
 import threading
 import traceback
-from collections import deque
+from collections import OrderedDict, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 import torch
 
+from pipeline.files import sampled_digest
 from pipeline.records import Video
 
 log = logging.getLogger(__name__)
@@ -155,6 +160,54 @@ def inference(device: torch.device, bf16: bool) -> Iterator[None]:
     """`torch.inference_mode()` + `autocast_context`: the context every compute() runs its model in."""
     with torch.inference_mode(), autocast_context(device, bf16):
         yield
+
+
+# ------------------------------------------------------------------------- identity and memoising
+def weights_fingerprint(model: str) -> dict | None:
+    """Content fingerprint of a local checkpoint (file or folder), None for a hub id (its revision
+    identifies it). Hashes names, sizes and the first/last MiB of each file but not mtimes, so a demo
+    checkpoint rewritten with the same seed keeps its fingerprint and the cache stays valid."""
+    root = Path(model)
+    if not root.exists():
+        return None
+    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    named = [(str(f.relative_to(root)) if f != root else f.name, f) for f in files]
+    return {"sha1": sampled_digest(named), "files": len(files)}
+
+
+class MediaCache:
+    """A small thread-safe LRU of computed store arrays keyed by `Video.media_key`.
+
+    Why: `_left`/`_right` ids share one media file; for features of the whole file (audio, and the
+    behavior VLM, which sees the whole frame as in the published pipeline) the second id must not
+    pay for a second model pass. Hits return copies, so callers may modify their arrays.
+    """
+
+    def __init__(self, size: int):
+        self.size = max(0, int(size))
+        self._items: OrderedDict[str, dict[str, np.ndarray]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __contains__(self, key: str) -> bool:
+        with self._lock:
+            return key in self._items
+
+    def get(self, key: str) -> dict[str, np.ndarray] | None:
+        with self._lock:
+            hit = self._items.get(key)
+            if hit is None:
+                return None
+            self._items.move_to_end(key)
+            return {k: v.copy() for k, v in hit.items()}
+
+    def put(self, key: str, arrays: dict[str, np.ndarray]) -> None:
+        if self.size == 0:
+            return
+        with self._lock:
+            self._items[key] = {k: v.copy() for k, v in arrays.items()}
+            self._items.move_to_end(key)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
 
 
 # ------------------------------------------------------------------------------ streaming helpers

@@ -30,8 +30,16 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from extractors.audio import MediaCache, weights_fingerprint
-from extractors.base import BackgroundStream, ExtractorError, hf_load_error, inference, register, torch_device
+from extractors.base import (
+    BackgroundStream,
+    ExtractorError,
+    MediaCache,
+    hf_load_error,
+    inference,
+    register,
+    torch_device,
+    weights_fingerprint,
+)
 from pipeline.records import Video
 
 SCHEMA = 1
@@ -65,7 +73,7 @@ class BehaviorConfig:
     max_new_tokens: int = 0  # > 0 (or generate=True) -> greedy descriptions stored in `text`
     batch_size: int = 4  # segments per forward pass
     device: str = "auto"
-    bf16: bool = True  # bf16 weights on CUDA (published); fp32 on CPU
+    bf16: bool = True  # bf16 weights on CUDA (published); fp32 on CPU; execution only, not in the fingerprint
     attn_implementation: str = "sdpa"
     cap_pixels_per_frame: bool = True  # qwen-vl-utils' per-frame pixel cap (transformers' explicit choice)
     cache_size: int = 2  # media files whose results are memoised (left/right ids share one file)
@@ -199,6 +207,8 @@ class QwenVLBehaviorExtractor:
 
     # -------------------------------------------------------------------------------- protocol
     def fingerprint(self) -> dict:
+        """Everything that changes the stored numbers; execution settings (device, bf16, batch size,
+        cache) do not belong here, so a store written on a GPU is reused on a CPU."""
         c = self.cfg
         return {
             "extractor": self.name,
@@ -216,7 +226,6 @@ class QwenVLBehaviorExtractor:
             "cap_pixels_per_frame": c.cap_pixels_per_frame,
             "prompt": c.prompt,
             "new_tokens": self.new_tokens,
-            "bf16": c.bf16,
         }
 
     def load(self) -> None:

@@ -25,15 +25,13 @@ fixed-size chunks (`GradaFaceExtractor._freeze`; figures in bench/RESULTS.md).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
-import re
 import warnings
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -47,6 +45,8 @@ from extractors.base import (
     register,
     torch_device,
 )
+from extractors.face_detection import DETECTORS, FaceDetectorConfig, crop_files, iter_face_crops
+from pipeline.files import sha256_file
 from pipeline.records import Video
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,6 @@ log = logging.getLogger(__name__)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 SCHEMA = 1  # bump when the meaning/layout of this extractor's arrays changes
-CROP_NAME = re.compile(r"^(\d+)\.jpg$")
 _VARIANTS = {"b1": ("efficientnet_b1", 1280), "b4": ("efficientnet_b4", 1792)}
 
 
@@ -68,16 +67,7 @@ class FaceConfig:
         warning (pretrained downloads are impossible offline). hf: unused (the id/dir holds weights).
     variant: GRADA variant "b1" (published; 240 px) or "b4" (published with 380 px).
     source: "auto" (crops when the video has `crops_dir`, else detect) | "crops" | "detect".
-    detector: "opencv-haar" = OpenCV's shipped frontal-face Haar cascade. Chosen because it is offline
-        from PyPI with no weight download: facenet-pytorch (MTCNN) pins torch<2.3 / numpy<2, and
-        mediapipe downloads its models at run time. It is a plug-in: better detectors can be added to
-        `DETECTORS` without touching the rest.
-    detect_every_n: run the detector on every n-th frame and reuse the (smoothed) box in between.
-    smooth: weight of a new detection in the exponential box smoothing (1 = no smoothing).
-    margin: extra border around the detected box, as a fraction of its size, before squaring it.
-    detect_size: long side (px) of the downscaled frame the detector sees (speed; Haar is O(pixels)).
-        960 keeps faces of ~5 % of a 1080p frame above the cascade's 24 px template.
-    min_face: smallest face side accepted, as a fraction of the frame's short side.
+    detector: face detection and tracking for videos without crops (`FaceDetectorConfig`).
     max_frames: only the first `max_frames` frames (tests, benchmarks, smoke runs); None = all.
     device / bf16 / batch_size / queue_batches / cpu_freeze / cpu_batch_size: execution only; they are
         not in the fingerprint.
@@ -91,12 +81,7 @@ class FaceConfig:
     device: str = "auto"
     bf16: bool = True
     source: str = "auto"
-    detector: str = "opencv-haar"
-    detect_every_n: int = 5
-    smooth: float = 0.6
-    margin: float = 0.2
-    detect_size: int = 960
-    min_face: float = 0.04
+    detector: FaceDetectorConfig = field(default_factory=FaceDetectorConfig)
     max_frames: int | None = None
     store_heads: bool = True
     queue_batches: int = 3
@@ -110,9 +95,8 @@ class FaceConfig:
             raise ExtractorError(f"face variant {self.variant!r}: use one of {sorted(_VARIANTS)}")
         if self.source not in ("auto", "crops", "detect"):
             raise ExtractorError(f"face source {self.source!r}: use 'auto', 'crops' or 'detect'")
-        if self.detector not in DETECTORS:
-            raise ExtractorError(f"face detector {self.detector!r}: use one of {sorted(DETECTORS)}")
-        for key in ("image_size", "batch_size", "detect_every_n", "detect_size", "queue_batches"):
+        self.detector.validate("face")
+        for key in ("image_size", "batch_size", "queue_batches"):
             if int(getattr(self, key)) < 1:
                 raise ExtractorError(f"face {key} must be >= 1, got {getattr(self, key)}")
         if self.max_frames is not None and self.max_frames < 1:
@@ -160,14 +144,6 @@ class GradaEmbedder(nn.Module):
 
     def heads(self, emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.regression(emb), self.classifier(emb)
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _unwrap_state_dict(obj: Any, path: str) -> dict[str, torch.Tensor]:
@@ -326,85 +302,6 @@ def read_rgb(path: Path) -> torch.Tensor:
     return torch.from_numpy(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)).permute(2, 0, 1)
 
 
-# -------------------------------------------------------------------------------------- detection
-class HaarDetector:
-    """OpenCV's shipped frontal-face Haar cascade (no download). Returns the largest face or None.
-
-    One instance per video/thread: CascadeClassifier is not documented as thread-safe.
-    """
-
-    def __init__(self, cfg: FaceConfig):
-        import cv2
-
-        self.cv2 = cv2
-        if not hasattr(cv2, "CascadeClassifier"):  # OpenCV 5 moved Haar cascades out of the main wheel
-            raise ExtractorError(f"OpenCV {cv2.__version__} has no CascadeClassifier (removed in OpenCV 5): "
-                                 "pip install 'opencv-python-headless>=4.8,<5', or use face crops (source 'crops')")
-        path = os.path.join(cv2.data.haarcascades, "haarcascade_frontalface_default.xml")
-        self.cascade = cv2.CascadeClassifier(path)
-        if self.cascade.empty():
-            raise ExtractorError(f"{path}: cannot load OpenCV's Haar cascade; reinstall opencv-python-headless")
-        self.detect_size, self.min_face = cfg.detect_size, cfg.min_face
-
-    def __call__(self, rgb: np.ndarray) -> np.ndarray | None:
-        cv2 = self.cv2
-        h, w = rgb.shape[:2]
-        s = min(1.0, self.detect_size / max(h, w))
-        small = cv2.resize(rgb, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA) if s < 1 else rgb
-        gray = cv2.equalizeHist(cv2.cvtColor(small, cv2.COLOR_RGB2GRAY))
-        min_side = max(16, int(self.min_face * min(gray.shape)))
-        boxes = self.cascade.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5, minSize=(min_side, min_side))
-        if len(boxes) == 0:
-            return None
-        x, y, bw, bh = max(boxes, key=lambda b: b[2] * b[3])
-        return np.array([x, y, x + bw, y + bh], dtype=np.float64) / s
-
-
-DETECTORS: dict[str, Callable[[FaceConfig], Callable[[np.ndarray], np.ndarray | None]]] = {"opencv-haar": HaarDetector}
-
-
-class BoxTracker:
-    """Detect every n-th frame, smooth boxes exponentially, reuse the last box in between.
-
-    A failed detection ends the track: frames until the next successful detection have no face
-    (holding a stale box would embed background and call it a face).
-    """
-
-    def __init__(self, detect: Callable[[np.ndarray], np.ndarray | None], every_n: int, smooth: float):
-        self.detect, self.every_n, self.smooth = detect, every_n, smooth
-        self.box: np.ndarray | None = None
-
-    def __call__(self, index: int, rgb: np.ndarray) -> np.ndarray | None:
-        if index % self.every_n == 0:
-            det = self.detect(rgb)
-            if det is None:
-                self.box = None
-            elif self.box is None or box_iou(det, self.box) < 0.3:  # new track (or another person)
-                self.box = det
-            else:
-                self.box = self.smooth * det + (1.0 - self.smooth) * self.box
-        return self.box
-
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return float(inter / union) if union > 0 else 0.0
-
-
-def square_crop(rgb: np.ndarray, box: np.ndarray, margin: float) -> np.ndarray:
-    """Square crop around `box` enlarged by `margin`, clipped to the frame (HWC uint8)."""
-    x0, y0, x1, y1 = box
-    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-    half = max(x1 - x0, y1 - y0) * (1 + margin) / 2
-    h, w = rgb.shape[:2]
-    a, b = int(max(0, round(cx - half))), int(min(w, round(cx + half)))
-    c, d = int(max(0, round(cy - half))), int(min(h, round(cy + half)))
-    return rgb[c:max(d, c + 1), a:max(b, a + 1)]
-
-
 # --------------------------------------------------------------------------------------- extractor
 @dataclass
 class FacePrepared:
@@ -459,8 +356,7 @@ class GradaFaceExtractor:
         if c.backbone == "grada":
             fp["variant"] = c.variant
         if c.source != "crops":
-            fp["detector"] = {k: v for k, v in asdict(c).items()
-                              if k in ("detector", "detect_every_n", "smooth", "margin", "detect_size", "min_face")}
+            fp["detector"] = asdict(c.detector)
         return fp
 
     def source(self, video: Video) -> str:
@@ -496,7 +392,7 @@ class GradaFaceExtractor:
             model, self.mean, self.std = _hf_backbone(cfg.backbone[3:])
         self.weights_id()  # fail now on an unreadable file, not at fingerprint time
         if cfg.source == "detect":  # ("auto" needs it only for videos without crops: checked per video)
-            DETECTORS[cfg.detector](cfg)  # a detector that cannot load fails here, not once per video
+            DETECTORS[cfg.detector.name](cfg.detector)  # a detector that cannot load fails here, not once per video
         # channels_last on CPU too: oneDNN's depthwise convs are ~1.3x faster in NHWC (measured, B1 240 px)
         self.model = model.eval().to(self.device).to(memory_format=torch.channels_last)
         self._frozen = self._freeze() if self.device.type == "cpu" and self.cfg.cpu_freeze else None
@@ -560,7 +456,7 @@ class GradaFaceExtractor:
             raise VideoError(f"{video.media_path}: fps {video.fps} is not positive; re-index the dataset")
         info: dict = {}
         if self._use_crops(video):
-            files = self._crop_files(video)
+            files = crop_files(video)
             last = max(files) + 1 if files else 0
             n = max(int(video.num_frames), last)
             if self.cfg.max_frames:
@@ -574,22 +470,6 @@ class GradaFaceExtractor:
         stream = BackgroundStream(make, maxsize=self.cfg.queue_batches, name=f"face:{video.video_id}",
                                   torch_threads=1 if on_cpu else None)
         return FacePrepared(n, stream, info)
-
-    def _crop_files(self, video: Video) -> dict[int, Path]:
-        """0-based frame index -> crop file (`%05d.jpg`, 1-based names; a gap = no face)."""
-        if not video.crops_dir:
-            raise VideoError(f"{video.media_path}: face.source is 'crops' but video {video.video_id} has no "
-                             "crops_dir; set face.source to 'auto'/'detect' or provide cropped_aligned frames")
-        d = Path(video.crops_dir)
-        if not d.is_dir():
-            raise VideoError(f"{d}: crops folder of video {video.video_id} not found; restore it, or drop "
-                             "crops_dir from the index to use face detection")
-        files = {}
-        for p in d.iterdir():
-            m = CROP_NAME.match(p.name)
-            if m and int(m.group(1)) >= 1:
-                files[int(m.group(1)) - 1] = p
-        return dict(sorted(files.items()))
 
     def _finish(self, images: list[torch.Tensor]) -> torch.Tensor:
         """Worker-side preprocessing: letterbox (uint8); normalise here too unless the model is on CUDA."""
@@ -607,27 +487,11 @@ class GradaFaceExtractor:
             yield np.array([i for i, _ in chunk], dtype=np.int64), self._finish(images)
 
     def _detect_batches(self, video: Video, info: dict) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
-        from pipeline.media import iter_frames
-
-        track = BoxTracker(DETECTORS[self.cfg.detector](self.cfg), self.cfg.detect_every_n, self.cfg.smooth)
-        limit = self.cfg.max_frames
-        decoded = 0
-        for fb in iter_frames(video.media_path, batch_size=self.cfg.batch_size):
-            idx, crops = [], []
-            for img, i in zip(fb.images, fb.indices):
-                if limit is not None and i >= limit:
-                    break
-                box = track(int(i), img)
-                if box is not None:
-                    idx.append(int(i))
-                    crops.append(torch.from_numpy(np.ascontiguousarray(square_crop(img, box, self.cfg.margin))).permute(2, 0, 1))
-            decoded = int(fb.indices[-1]) + 1 if len(fb.indices) else decoded
-            if crops:
-                yield np.array(idx, dtype=np.int64), self._finish(crops)
-            if limit is not None and decoded >= limit:
-                decoded = min(decoded, limit)
-                break
-        info["decoded"] = decoded
+        for batch in iter_face_crops(video.media_path, self.cfg.detector, self.cfg.batch_size, self.cfg.max_frames):
+            info["decoded"] = batch.decoded
+            if batch.crops:
+                crops = [torch.from_numpy(np.ascontiguousarray(c)).permute(2, 0, 1) for c in batch.crops]
+                yield np.array(batch.indices, dtype=np.int64), self._finish(crops)
 
     def compute(self, video: Video, prepared: FacePrepared) -> dict[str, np.ndarray]:
         if self.model is None:

@@ -28,25 +28,22 @@ rolling-30 mean of the openness exceeds the video mean (pandas `rolling(30)`: th
 are closed, as in the released code); then, on the frame grid, closed gaps <= 0.15 s between open runs
 are filled and open blips <= 0.20 s are dropped. Frames without a face are closed.
 
-VAD: `voice_activity` (energy + spectral flatness with hysteresis, documented there) is always
-available; silero-vad's shipped TorchScript model is used when the package is installed
-(`vad_backend="auto"`). The fingerprint records the backend actually used.
+VAD: `extractors.vad.voice_activity` (energy + spectral flatness with hysteresis, or silero-vad's
+shipped TorchScript model when the package is installed, `vad_backend="auto"`). The fingerprint
+records the backend actually used.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import logging
-import os
-import threading
-import warnings
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable
+from dataclasses import asdict, dataclass, field
+from typing import Callable
 
 import numpy as np
 
 from extractors.base import ExtractorError, VideoError, register
+from extractors.face_detection import DETECTORS, FaceDetectorConfig, crop_files, iter_face_crops
+from extractors.vad import VAD_BACKENDS, resolve_vad_backend, silero_available, silero_model, vad_times, voice_activity
 from pipeline.records import Video
 
 log = logging.getLogger(__name__)
@@ -67,7 +64,7 @@ class ReliabilityConfig:
     rolling / rolling_min_periods: the published trailing rolling mean (None = window, as pandas).
     gap_fill_s / blip_s: fill closed gaps <= 0.15 s, then drop open blips <= 0.20 s.
     vad_*: audio rows at 20 ms hop / 25 ms window (the WavLM grid); backend "auto" | "energy" | "silero".
-    detector params: as FaceConfig (used only for videos without crops).
+    detector: face detection and tracking (`FaceDetectorConfig`), used only for videos without crops.
     """
 
     source: str = "auto"
@@ -83,12 +80,7 @@ class ReliabilityConfig:
     vad_hop: float = 0.02
     vad_win: float = 0.025
     vad_backend: str = "auto"
-    detector: str = "opencv-haar"
-    detect_every_n: int = 5
-    smooth: float = 0.6
-    margin: float = 0.2
-    detect_size: int = 960
-    min_face: float = 0.04
+    detector: FaceDetectorConfig = field(default_factory=FaceDetectorConfig)
     max_frames: int | None = None
 
     def validate(self) -> None:
@@ -96,8 +88,8 @@ class ReliabilityConfig:
             raise ExtractorError(f"reliability source {self.source!r}: use 'auto', 'crops' or 'detect'")
         if self.mouth_method not in MOUTH_METHODS:
             raise ExtractorError(f"reliability mouth_method {self.mouth_method!r}: use one of {sorted(MOUTH_METHODS)}")
-        if self.vad_backend not in ("auto", "energy", "silero"):
-            raise ExtractorError(f"reliability vad_backend {self.vad_backend!r}: use 'auto', 'energy' or 'silero'")
+        if self.vad_backend not in VAD_BACKENDS:
+            raise ExtractorError(f"reliability vad_backend {self.vad_backend!r}: use one of {', '.join(VAD_BACKENDS)}")
         if self.vad_backend == "silero" and not silero_available():
             raise ExtractorError("reliability vad_backend 'silero' but the silero-vad package is not installed; "
                                  "`pip install --no-deps silero-vad` or use vad_backend 'energy'")
@@ -106,6 +98,7 @@ class ReliabilityConfig:
             raise ExtractorError(f"reliability mouth_box {self.mouth_box}: need 0 <= x0 < x1 <= 1, 0 <= y0 < y1 <= 1")
         if self.rolling < 1 or self.vad_hop <= 0 or self.vad_win <= 0:
             raise ExtractorError("reliability rolling must be >= 1 and vad_hop/vad_win > 0")
+        self.detector.validate("reliability")
 
 
 # ----------------------------------------------------------------------------------- mouth opening
@@ -215,135 +208,6 @@ def mouth_open_rule(openness: np.ndarray, face: np.ndarray, fps: float, cfg: Rel
     return drop_blips(fill_gaps(raw_open, fps, cfg.gap_fill_s), fps, cfg.blip_s)
 
 
-# ---------------------------------------------------------------------------------- voice activity
-def _num_rows(n_samples: int, sr: int, hop: float, win: float) -> tuple[int, int, int]:
-    hop_n, win_n = max(1, round(hop * sr)), max(1, round(win * sr))
-    m = 0 if n_samples < win_n else 1 + (n_samples - win_n) // hop_n
-    return m, hop_n, win_n
-
-
-def vad_times(m: int, hop: float = 0.02, win: float = 0.025) -> tuple[np.ndarray, np.ndarray]:
-    t0 = np.arange(m, dtype=np.float64) * hop
-    return t0.astype(np.float32), (t0 + win).astype(np.float32)
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-x))
-
-
-def energy_flatness_vad(wave: np.ndarray, sr: int, hop: float = 0.02, win: float = 0.025,
-                        high: float = 0.6, low: float = 0.4, hangover: float = 0.1) -> np.ndarray:
-    """Speech probability per row from frame energy and spectral flatness, with hysteresis.
-
-    - energy: log power in dBFS of a Hann-windowed frame; threshold = noise floor (10th percentile of
-      the clip) + 10 dB, clipped to [-50, -30] dBFS, so a clip that is all speech (no floor) still passes
-      and a near-silent clip never does; soft score = sigmoid((E - thr) / 3 dB).
-    - spectral flatness (geometric / arithmetic mean power, 100-4000 Hz): voiced speech is harmonic
-      (flatness << 0.3), broadband noise is flat (~0.5): score = sigmoid((0.35 - F) / 0.08).
-    - p = e_score x (0.4 + 0.6 f_score): loud noise alone stays below 0.5.
-    - hysteresis: speech starts when p > high, ends when p < low for longer than `hangover` seconds
-      (word tails and unvoiced consonants are kept); the output is p pushed to the side of 0.5 given by
-      that state, so `prob > 0.5` is the hysteresis decision and the value keeps its gradation.
-    """
-    m, hop_n, win_n = _num_rows(int(wave.shape[0]), sr, hop, win)
-    if m == 0:
-        return np.zeros(0, np.float32)
-    x = np.asarray(wave, dtype=np.float32)
-    frames = np.lib.stride_tricks.as_strided(x, shape=(m, win_n), strides=(x.strides[0] * hop_n, x.strides[0]))
-    frames = frames * np.hanning(win_n).astype(np.float32)
-    energy_db = 10 * np.log10(np.mean(frames ** 2, axis=1) / 0.375 + 1e-12)  # /0.375: Hann power loss
-    spec = np.abs(np.fft.rfft(frames, axis=1)) ** 2
-    freqs = np.fft.rfftfreq(win_n, 1.0 / sr)
-    band = spec[:, (freqs >= 100) & (freqs <= 4000)] + 1e-12
-    flatness = np.exp(np.mean(np.log(band), axis=1)) / np.mean(band, axis=1)
-    thr = float(np.clip(np.percentile(energy_db, 10) + 10.0, -50.0, -30.0))
-    p = _sigmoid((energy_db - thr) / 3.0) * (0.4 + 0.6 * _sigmoid((0.35 - flatness) / 0.08))
-    return _hysteresis(p, high, low, max(0, round(hangover / hop))).astype(np.float32)
-
-
-def _hysteresis(p: np.ndarray, high: float, low: float, hang: int) -> np.ndarray:
-    state, quiet = False, 0
-    on = np.zeros(p.shape[0], bool)
-    for i, v in enumerate(p):
-        if not state and v > high:
-            state, quiet = True, 0
-        elif state:
-            quiet = quiet + 1 if v < low else 0
-            if quiet > hang:
-                state = False
-        on[i] = state
-    eps = 1e-3
-    return np.where(on, np.maximum(p, 0.5 + eps), np.minimum(p, 0.5 - eps))
-
-
-def silero_available() -> bool:
-    return importlib.util.find_spec("silero_vad") is not None
-
-
-# silero's TorchScript model is one stateful object (reset_states/audio_forward): concurrent calls on
-# one instance corrupt its state and can crash the process. Each thread (the engine's prepare workers)
-# therefore gets its own instance (~2 MB, loaded in ~0.1 s), so videos' VAD runs in parallel; it is the
-# largest part of audio preparation (~0.5 s per minute of audio on one core).
-_SILERO = threading.local()
-
-
-def _silero_model() -> Any:
-    """This thread's silero-vad model, loaded from the package's shipped TorchScript file directly:
-    importing the package would call torch.set_num_threads(1) for the whole process as a side effect."""
-    model = getattr(_SILERO, "model", None)
-    if model is None:
-        model = _SILERO.model = _load_silero()
-    return model
-
-
-def _load_silero() -> Any:
-    import torch
-
-    spec = importlib.util.find_spec("silero_vad")
-    path = os.path.join(os.path.dirname(spec.origin), "data", "silero_vad.jit")
-    if not os.path.isfile(path):
-        raise ExtractorError(f"{path}: silero-vad installed without its model file; reinstall silero-vad")
-    with warnings.catch_warnings():  # torch >= 2.10 flags jit.load as deprecated; the file is TorchScript
-        warnings.simplefilter("ignore", FutureWarning)
-        return torch.jit.load(path, map_location="cpu").eval()
-
-
-def silero_vad_probs(wave: np.ndarray, sr: int, hop: float = 0.02, win: float = 0.025) -> np.ndarray:
-    """silero-vad probabilities (32 ms chunks at 16 kHz) resampled to our rows by row centre."""
-    import torch
-
-    m, _, _ = _num_rows(int(wave.shape[0]), sr, hop, win)
-    if m == 0:
-        return np.zeros(0, np.float32)
-    if sr != 16000:
-        raise ValueError(f"silero-vad needs 16 kHz audio, got {sr}")
-    model = _silero_model()
-    with torch.inference_mode():
-        model.reset_states()
-        probs = model.audio_forward(torch.from_numpy(np.ascontiguousarray(wave, np.float32))[None], sr)[0].numpy()
-    centre = np.arange(m) * hop + win / 2
-    chunk = np.minimum((centre * sr / 512).astype(np.int64), probs.shape[0] - 1)
-    return probs[chunk].astype(np.float32)
-
-
-def voice_activity(wave: np.ndarray, sr: int, hop: float = 0.02, win: float = 0.025, backend: str = "energy") -> np.ndarray:
-    """Speech probability per audio row: row m covers [m*hop, m*hop + win) s; M = 1 + (L - win)//hop.
-
-    Stable signature, shared with the audio extractor's `vad` array. backend "energy" (default, always
-    available), "silero" (needs the silero-vad package) or "auto" (silero when installed).
-    """
-    chosen = resolve_vad_backend(backend)
-    if chosen == "silero":
-        return silero_vad_probs(wave, sr, hop, win)
-    return energy_flatness_vad(wave, sr, hop, win)
-
-
-def resolve_vad_backend(backend: str) -> str:
-    if backend == "auto":
-        return "silero" if silero_available() else "energy"
-    return backend
-
-
 # --------------------------------------------------------------------------------------- extractor
 @dataclass
 class ReliabilityPrepared:
@@ -366,8 +230,6 @@ class ReliabilityExtractor:
         self.vad_backend = resolve_vad_backend(self.cfg.vad_backend)
 
     def fingerprint(self) -> dict:
-        from dataclasses import asdict
-
         fp = {k: v for k, v in asdict(self.cfg).items() if k != "vad_backend"}
         fp.update(extractor=self.name, schema=SCHEMA, vad_backend=self.vad_backend)
         if self.vad_backend == "silero":
@@ -378,11 +240,9 @@ class ReliabilityExtractor:
 
     def load(self) -> None:
         if self.vad_backend == "silero":
-            _silero_model()
+            silero_model()
         if self.cfg.source == "detect":  # "auto" needs it only for videos without crops
-            from extractors.face import DETECTORS
-
-            DETECTORS[self.cfg.detector](self._face_cfg())  # fail now if the detector cannot load
+            DETECTORS[self.cfg.detector.name](self.cfg.detector)  # fail now if the detector cannot load
 
     def source(self, video: Video) -> str:
         """The crops folder when crops are used (its file list keys the cache), else the media file."""
@@ -390,13 +250,6 @@ class ReliabilityExtractor:
 
     def _use_crops(self, video: Video) -> bool:
         return self.cfg.source == "crops" or (self.cfg.source == "auto" and bool(video.crops_dir))
-
-    def _face_cfg(self) -> Any:
-        from extractors.face import FaceConfig
-
-        c = self.cfg
-        return FaceConfig(source="detect", detector=c.detector, detect_every_n=c.detect_every_n, smooth=c.smooth,
-                          margin=c.margin, detect_size=c.detect_size, min_face=c.min_face)
 
     def prepare(self, video: Video) -> ReliabilityPrepared:
         if video.fps <= 0:
@@ -414,13 +267,7 @@ class ReliabilityExtractor:
     def _crops_signals(self, video: Video) -> tuple[np.ndarray, np.ndarray]:
         import cv2
 
-        from extractors.face import CROP_NAME
-
-        if not video.crops_dir or not Path(video.crops_dir).is_dir():
-            raise VideoError(f"{video.crops_dir}: crops folder of video {video.video_id} not found; restore it, "
-                             "or drop crops_dir from the index to use face detection")
-        files = {int(m.group(1)) - 1: p for p in Path(video.crops_dir).iterdir()
-                 if (m := CROP_NAME.match(p.name)) and int(m.group(1)) >= 1}
+        files = crop_files(video)
         n = max([int(video.num_frames)] + [i + 1 for i in files])
         if self.cfg.max_frames:
             n = min(n, self.cfg.max_frames)
@@ -437,28 +284,16 @@ class ReliabilityExtractor:
     def _detect_signals(self, video: Video) -> tuple[np.ndarray, np.ndarray]:
         import cv2
 
-        from extractors.face import DETECTORS, BoxTracker, square_crop
-        from pipeline.media import iter_frames
-
-        fc = self._face_cfg()
-        track = BoxTracker(DETECTORS[fc.detector](fc), fc.detect_every_n, fc.smooth)
         limit = self.cfg.max_frames
         n = int(video.num_frames) if not limit else min(int(video.num_frames), limit)
         face, mouth = np.zeros(n, bool), np.full(n, np.nan)
-        for fb in iter_frames(video.media_path, batch_size=32):
-            for img, i in zip(fb.images, fb.indices):
-                i = int(i)
-                if limit is not None and i >= limit:
-                    break
-                if i >= face.shape[0]:  # more frames than the index says: extend
-                    face = np.r_[face, np.zeros(i + 1 - face.shape[0], bool)]
-                    mouth = np.r_[mouth, np.full(i + 1 - mouth.shape[0], np.nan)]
-                box = track(i, img)
-                if box is not None:
-                    face[i] = True
-                    mouth[i] = self._score(cv2.cvtColor(square_crop(img, box, fc.margin), cv2.COLOR_RGB2GRAY))
-            if limit is not None and len(fb.indices) and int(fb.indices[-1]) + 1 >= limit:
-                break
+        for batch in iter_face_crops(video.media_path, self.cfg.detector, batch_size=32, limit=limit):
+            if batch.decoded > face.shape[0]:  # more frames than the index says: extend
+                face = np.r_[face, np.zeros(batch.decoded - face.shape[0], bool)]
+                mouth = np.r_[mouth, np.full(batch.decoded - mouth.shape[0], np.nan)]
+            for i, crop in zip(batch.indices, batch.crops):
+                face[i] = True
+                mouth[i] = self._score(cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY))
         return face, mouth
 
     def _vad(self, video: Video) -> np.ndarray:

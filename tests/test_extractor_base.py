@@ -220,3 +220,113 @@ def test_extract_one_is_the_engine_independent_unit(tmp_path: Path) -> None:
     extract_one(ext, video, store)
     assert FeatureStore.open(store.url).is_complete("solo")
     assert store.todo([video], source=ext.source) == []  # the source fingerprint was recorded
+
+
+# ------------------------------------------------------------------- extractors stand side by side
+EXTRACTOR_MODULES = ("face", "audio", "behavior", "reliability")
+SIBLINGS = {f"extractors.{m}" for m in (*EXTRACTOR_MODULES, "demo_models")}
+
+
+def _imported_modules(path: Path) -> set[str]:
+    """Every module a file imports, at any depth (function-level imports included)."""
+    import ast
+
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+            names.update(f"{node.module}.{a.name}" for a in node.names)  # `from extractors import face`
+    return names
+
+
+@pytest.mark.parametrize("module", EXTRACTOR_MODULES)
+def test_extractors_import_no_sibling(module: str) -> None:
+    path = Path(__file__).resolve().parents[1] / "extractors" / f"{module}.py"
+    assert not (_imported_modules(path) & SIBLINGS), f"extractors/{module}.py imports a sibling extractor"
+
+
+# ---------------------------------------------------------------- fingerprints: features, not hardware
+EXECUTION_FIELDS = {"device", "bf16", "batch_size", "cpu_batch_size", "cpu_freeze", "queue_batches", "cache_size",
+                    "attn_implementation"}
+# one field per built-in extractor that changes its numbers
+FEATURE_CHANGE = {"grada": {"image_size": 128}, "speech_ssl": {"chunk_seconds": 10.0},
+                  "qwen3vl": {"frame_long_side": 224}, "reliability": {"thumb": 32}}
+
+
+def _builtin_extractors() -> list[str]:
+    from extractors.base import _BUILTIN_MODULES, _import_builtin_extractors
+
+    _import_builtin_extractors()
+    return sorted(n for n, cls in REGISTRY.items() if cls.__module__ in _BUILTIN_MODULES)
+
+
+def _other_value(value: object) -> object:
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int):
+        return value + 3
+    return {"auto": "cpu", "sdpa": "eager"}.get(value, "cpu")
+
+
+@pytest.mark.parametrize("name", _builtin_extractors())
+def test_fingerprint_and_store_url_ignore_execution_fields(name: str, tmp_path: Path) -> None:
+    """A store written on a GPU (bf16, big batches) is the store a CPU laptop reads."""
+    import dataclasses
+
+    from pipeline.stages.extract import config_class
+    from pipeline.store import store_url
+
+    cls = REGISTRY[name]
+    base = config_class(cls)()
+    execution = {f.name: _other_value(getattr(base, f.name)) for f in dataclasses.fields(base)
+                 if f.name in EXECUTION_FIELDS}
+    assert name in FEATURE_CHANGE, f"add a feature-changing field of {name!r} to FEATURE_CHANGE"
+
+    def fp_url(cfg: object) -> tuple[dict, str]:
+        ext = cls(cfg)
+        fp = ext.fingerprint()
+        return fp, store_url(str(tmp_path), ext.modality, ext.name, fp)
+
+    ref = fp_url(base)
+    assert fp_url(dataclasses.replace(base, **execution)) == ref, f"{name}: execution fields {sorted(execution)}"
+    assert not (set(ref[0]) & EXECUTION_FIELDS)
+    changed = fp_url(dataclasses.replace(base, **FEATURE_CHANGE[name]))
+    assert changed[0] != ref[0] and changed[1] != ref[1]
+
+
+# ------------------------------------------------------------------------ exact DVC deps of extraction
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _import_closure(*starts: str) -> set[str]:
+    """Repository files imported, transitively, by `starts` (empty package __init__ files left out)."""
+    todo, seen = [REPO / s for s in starts], set()
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        for name in _imported_modules(path):
+            parts = name.split(".")
+            for k in range(1, len(parts) + 1):
+                base = REPO.joinpath(*parts[:k])
+                for cand in (base.with_suffix(".py"), base / "__init__.py"):
+                    if cand.is_file() and cand.stat().st_size:
+                        todo.append(cand)
+    return {str(p.relative_to(REPO)) for p in seen}
+
+
+@pytest.mark.parametrize("modality", ["face", "audio", "behavior", "reliability"])
+def test_extract_stage_code_deps_are_the_import_closure(modality: str) -> None:
+    import yaml
+
+    from extractors.base import _import_builtin_extractors
+
+    _import_builtin_extractors()
+    name = yaml.safe_load((REPO / "params.yaml").read_text())["extract"][modality]["extractor"]
+    module = REGISTRY[name].__module__.replace(".", "/") + ".py"
+    stage = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"][f"extract_{modality}"]
+    listed = {d for d in stage["deps"] if d.endswith(".py")}
+    assert listed == _import_closure("pipeline/stages/extract.py", module)

@@ -12,16 +12,14 @@ from extractors.reliability import (
     ReliabilityConfig,
     ReliabilityExtractor,
     drop_blips,
-    energy_flatness_vad,
     fill_gaps,
     mouth_dark_extent,
     mouth_dark_fraction,
     mouth_open_rule,
-    silero_available,
-    vad_times,
-    voice_activity,
 )
+from extractors.vad import silero_available
 from pipeline.records import Video
+from tiny_models import voiced
 
 FPS = 20.0  # 0.05 s per frame: 0.15 s = 3 frames, 0.20 s = 4 frames
 
@@ -76,39 +74,6 @@ def test_mouth_statistic_sees_a_dark_opening() -> None:
     assert mouth_dark_extent(face, box, r) == 0.0
 
 
-def _voiced(sr: int, seconds: float, f0: float = 140.0) -> np.ndarray:
-    t = np.arange(int(sr * seconds)) / sr
-    harm = sum(np.sin(2 * np.pi * f0 * k * t) / k for k in range(1, 12))
-    syllables = 0.6 + 0.4 * np.sin(2 * np.pi * 4 * t)  # 4 Hz syllable envelope
-    return (0.1 * harm * syllables).astype(np.float32)
-
-
-def test_vad_silence_vs_voice() -> None:
-    sr = 16000
-    rng = np.random.default_rng(0)
-    silence = (rng.standard_normal(sr * 2) * 1e-4).astype(np.float32)
-    wave = np.r_[silence, _voiced(sr, 2.0), silence]
-    p = energy_flatness_vad(wave, sr)
-    m = 1 + (wave.size - 400) // 320
-    assert p.shape == (m,) and p.dtype == np.float32
-    t0, t1 = vad_times(m)
-    assert t0[1] == pytest.approx(0.02) and t1[0] == pytest.approx(0.025)
-    assert (p[(t0 > 2.1) & (t1 < 3.9)] > 0.5).mean() > 0.95
-    assert (p[t1 < 1.9] > 0.5).mean() < 0.02 and (p[t0 > 4.3] > 0.5).mean() < 0.02
-    assert (energy_flatness_vad(np.zeros(sr, np.float32), sr) < 0.5).all()
-    noise = (rng.standard_normal(sr * 2) * 0.1).astype(np.float32)  # loud broadband noise is not speech
-    assert (energy_flatness_vad(noise, sr) > 0.5).mean() < 0.1
-    assert voice_activity(np.zeros(100, np.float32), sr).shape == (0,)
-
-
-@pytest.mark.skipif(not silero_available(), reason="silero-vad not installed (optional)")
-def test_silero_backend_shape() -> None:
-    sr = 16000
-    wave = np.r_[np.zeros(sr, np.float32), _voiced(sr, 1.0)]
-    p = voice_activity(wave, sr, backend="silero")
-    assert p.shape == (1 + (wave.size - 400) // 320,) and np.all((p >= 0) & (p <= 1))
-
-
 def test_extractor_on_crops_and_audio(tmp_path: Path) -> None:
     """Crops with a gap + a video with audio: face/mouth per frame, vad per 20 ms row."""
     import av
@@ -122,7 +87,7 @@ def test_extractor_on_crops_and_audio(tmp_path: Path) -> None:
         cv2.imwrite(str(crops / f"{i:05d}.jpg"), img)
     media = tmp_path / "a.mp4"
     sr = 16000
-    wave = np.r_[np.zeros(sr // 2, np.float32), _voiced(sr, 0.5)]
+    wave = np.r_[np.zeros(sr // 2, np.float32), voiced(sr, 0.5)]
     with av.open(str(media), "w") as c:
         s = c.add_stream("aac", rate=sr)
         s.layout = "mono"
