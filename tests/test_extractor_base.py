@@ -295,38 +295,3 @@ def test_fingerprint_and_store_url_ignore_execution_fields(name: str, tmp_path: 
     changed = fp_url(dataclasses.replace(base, **FEATURE_CHANGE[name]))
     assert changed[0] != ref[0] and changed[1] != ref[1]
 
-
-# ------------------------------------------------------------------------ exact DVC deps of extraction
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _import_closure(*starts: str) -> set[str]:
-    """Repository files imported, transitively, by `starts` (empty package __init__ files left out)."""
-    todo, seen = [REPO / s for s in starts], set()
-    while todo:
-        path = todo.pop()
-        if path in seen:
-            continue
-        seen.add(path)
-        for name in _imported_modules(path):
-            parts = name.split(".")
-            for k in range(1, len(parts) + 1):
-                base = REPO.joinpath(*parts[:k])
-                for cand in (base.with_suffix(".py"), base / "__init__.py"):
-                    if cand.is_file() and cand.stat().st_size:
-                        todo.append(cand)
-    return {str(p.relative_to(REPO)) for p in seen}
-
-
-@pytest.mark.parametrize("modality", ["face", "audio", "behavior", "reliability"])
-def test_extract_stage_code_deps_are_the_import_closure(modality: str) -> None:
-    import yaml
-
-    from extractors.base import _import_builtin_extractors
-
-    _import_builtin_extractors()
-    name = yaml.safe_load((REPO / "params.yaml").read_text())["extract"][modality]["extractor"]
-    module = REGISTRY[name].__module__.replace(".", "/") + ".py"
-    stage = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"][f"extract_{modality}"]
-    listed = {d for d in stage["deps"] if d.endswith(".py")}
-    assert listed == _import_closure("pipeline/stages/extract.py", module)
