@@ -328,6 +328,7 @@ class GradaFaceExtractor:
         self.model: nn.Module | None = None
         self._frozen: torch.jit.ScriptModule | None = None
         self._fuse = False  # whether `_frozen` was built (and must run) with oneDNN Graph fusion
+        self._checked = False  # whether `_frozen` was compared with eager on real input yet
         self.device: torch.device | None = None
         self.mean, self.std = IMAGENET_MEAN, IMAGENET_STD
         self._weights_sha: str | None = None
@@ -415,30 +416,29 @@ class GradaFaceExtractor:
         """
         if self.cfg.backbone.startswith("hf:"):
             return None
-        size = self.cfg.image_size
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            example = torch.randn((self.cfg.cpu_chunk, 3, size, size)).contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode():
-            expected = self.model(example)
-        for fuse in (True, False):  # a torch build or CPU where fusion fails or differs runs unfused
+        for fuse in (True, False):  # a torch build or CPU where fusion fails runs unfused
             try:
-                with warnings.catch_warnings(), torch.inference_mode(), onednn_fusion(fuse):
-                    warnings.simplefilter("ignore")  # TorchScript deprecation/tracer notices
-                    frozen = torch.jit.freeze(torch.jit.trace(self.model, example, check_trace=False))
-                    for _ in range(3):  # the profiling executor optimises the graph on its first calls
-                        got = frozen(example)
-                if not torch.allclose(got, expected, rtol=1e-3, atol=1e-4):
-                    raise RuntimeError(f"frozen outputs differ from eager by {(got - expected).abs().max():.2e}")
-                self._fuse = fuse
+                frozen = self._trace(fuse)
+                self._fuse, self._checked = fuse, False
                 return frozen
             except Exception as e:  # noqa: BLE001 - any failure here only costs speed
                 log.info("face model on CPU: frozen%s path unavailable (%s)", " + oneDNN-fused" if fuse else "", e)
         return None
 
-    def _backbone(self, x: torch.Tensor) -> torch.Tensor:
-        if self._frozen is None:
-            return self.model(x)
+    def _trace(self, fuse: bool) -> torch.jit.ScriptModule:
+        """Trace, freeze and warm up the model at the fixed chunk shape (values are checked later)."""
+        size = self.cfg.image_size
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            example = torch.randn((self.cfg.cpu_chunk, 3, size, size)).contiguous(memory_format=torch.channels_last)
+        with warnings.catch_warnings(), torch.inference_mode(), onednn_fusion(fuse):
+            warnings.simplefilter("ignore")  # TorchScript deprecation/tracer notices
+            frozen = torch.jit.freeze(torch.jit.trace(self.model, example, check_trace=False))
+            for _ in range(3):  # the profiling executor optimises the graph on its first calls
+                frozen(example)
+        return frozen
+
+    def _run_frozen(self, x: torch.Tensor) -> torch.Tensor:
         step = self.cfg.cpu_chunk
         outs = []
         with onednn_fusion(self._fuse):
@@ -449,6 +449,40 @@ class GradaFaceExtractor:
                     chunk = torch.cat([chunk, chunk.new_zeros((step - n, *chunk.shape[1:]))])
                 outs.append(self._frozen(chunk.contiguous(memory_format=torch.channels_last))[:n])
         return torch.cat(outs)
+
+    def _check_frozen(self, x: torch.Tensor) -> None:
+        """Compare the frozen model with eager on the first real images; fall back where they differ.
+
+        The check runs on real input because that is where the numbers must agree: on white noise
+        a (demo-calibrated) EfficientNet saturates its Tanh, and the last-bit differences between
+        oneDNN's kernels on different CPUs (seen on AMD EPYC) flip whole outputs there, while on
+        face crops the same models agree to ~3e-5. Fused -> unfused -> eager, each only on mismatch.
+        """
+        self._checked = True
+        sample = x[: self.cfg.cpu_chunk]
+        expected = self.model(sample)
+        while self._frozen is not None:
+            got = self._run_frozen(sample)
+            if torch.allclose(got, expected, rtol=1e-3, atol=1e-4):
+                return
+            diff = (got - expected).abs().max().item()
+            if self._fuse:
+                log.info("face model on CPU: oneDNN-fused outputs differ from eager by %.2e; running unfused", diff)
+                try:
+                    self._frozen, self._fuse = self._trace(False), False
+                    continue
+                except Exception as e:  # noqa: BLE001 - only costs speed
+                    log.info("face model on CPU: unfused frozen path unavailable (%s)", e)
+            else:
+                log.info("face model on CPU: frozen outputs differ from eager by %.2e; running eager", diff)
+            self._frozen = None
+
+    def _backbone(self, x: torch.Tensor) -> torch.Tensor:
+        if self._frozen is not None and not self._checked:
+            self._check_frozen(x)
+        if self._frozen is None:
+            return self.model(x)
+        return self._run_frozen(x)
 
     # -- per video
     def prepare(self, video: Video) -> FacePrepared:

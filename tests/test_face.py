@@ -276,6 +276,35 @@ def test_cpu_freeze_falls_back_when_fusion_fails(tmp_path: Path, weights: Path, 
     np.testing.assert_allclose(_run(frozen, video)["emb"], _run(eager, video)["emb"], atol=2e-3)
 
 
+def test_cpu_freeze_checks_values_on_real_input(tmp_path: Path, weights: Path, monkeypatch) -> None:
+    """Where the fused model's numbers differ from eager on the first real images (a CPU whose
+    kernels round differently), the extractor runs unfused, or eager when that differs too, and
+    stores eager's embeddings."""
+    crops = _crops(tmp_path / "c", [1, 2, 3, 4, 5])
+    video = Video("v", str(tmp_path / "v.mp4"), 10.0, 5, 0.5, False, "train", crops_dir=str(crops))
+    eager = GradaFaceExtractor(_cfg(weights, cpu_freeze=False))
+    eager.load()
+    reference = _run(eager, video)["emb"]
+    real_trace = GradaFaceExtractor._trace
+
+    def off_by_one(self, fuse: bool):
+        frozen = real_trace(self, fuse)
+        return (lambda x: frozen(x) + 1.0) if fuse else frozen
+
+    monkeypatch.setattr(GradaFaceExtractor, "_trace", off_by_one)
+    unfused = GradaFaceExtractor(_cfg(weights, cpu_batch_size=2))
+    unfused.load()
+    assert unfused._fuse is True
+    np.testing.assert_allclose(_run(unfused, video)["emb"], reference, atol=2e-3)
+    assert unfused._frozen is not None and unfused._fuse is False
+
+    monkeypatch.setattr(GradaFaceExtractor, "_trace", lambda self, fuse: (lambda x: real_trace(self, fuse)(x) - 1.0))
+    fallback = GradaFaceExtractor(_cfg(weights, cpu_batch_size=2))
+    fallback.load()
+    np.testing.assert_allclose(_run(fallback, video)["emb"], reference, atol=2e-3)
+    assert fallback._frozen is None
+
+
 def test_cpu_chunk_scales_with_the_pixel_count() -> None:
     """4 images at the published 240 px, more for smaller inputs, never below 1 or above 32;
     an explicit `cpu_batch_size` wins, and a negative one is rejected."""
