@@ -18,13 +18,9 @@ Why these choices:
   (~280 vs ~600-800 MB/s); blosc-lz4+shuffle saved nothing. Embeddings are essentially incompressible
   and training wants a whole split in RAM fast. Strings (behavior descriptions) are zstd-compressed:
   they are small and compress well.
-- *A direct reader for our own layout* (`_read_local_fast`): zarr-python spends ~1-2 ms opening each
-  array (metadata parsing, codec pipeline objects) and copies every chunk twice; with ~600 videos x 4
-  arrays that overhead dominated a whole-split read (< 30 % of `np.load`). For local stores whose
-  array metadata is exactly the plain layout written here (sharding_indexed -> bytes, index at the
-  end), `read_many` reads the shard index and `readinto()`s each inner chunk straight into the
-  output array, per the Zarr v3 sharding spec. Anything else (remote URLs, strings, foreign codecs)
-  goes through zarr-python. The files remain ordinary Zarr v3: any Zarr reader can open them.
+- *A direct reader for our own layout* (`pipeline.shard_reader`): for local stores, `read_many`
+  bypasses zarr-python for the plain numeric arrays written here; see that module for why and when.
+  The files remain ordinary Zarr v3: any Zarr reader can open them.
 """
 
 from __future__ import annotations
@@ -50,6 +46,7 @@ from zarr.core.sync import sync
 from zarr.storage import FsspecStore, LocalStore
 
 from pipeline.records import Video
+from pipeline.shard_reader import read_shard, shard_layout
 
 SCHEMA_VERSION = 1
 REQUIRED_ARRAYS = ("t0", "t1", "valid")
@@ -290,75 +287,6 @@ async def _write_group(store: Any, video_id: str, arrays: dict[str, np.ndarray],
     await group.update_attributes({"complete": True})  # LAST: marks the group as usable
 
 
-# ---------------------------------------------------------------------------------------- fast reader
-
-_SIMPLE_DTYPES = {
-    "bool": "|b1", "int8": "|i1", "uint8": "|u1", "int16": "<i2", "uint16": "<u2", "int32": "<i4",
-    "uint32": "<u4", "int64": "<i8", "uint64": "<u8", "float16": "<f2", "float32": "<f4", "float64": "<f8",
-}
-_MISSING = np.uint64(2**64 - 1)
-
-
-def _fast_layout(meta: dict) -> dict | None:
-    """The plain layout `_create_array` writes for numeric arrays, or None if this array differs."""
-    try:
-        dtype = _SIMPLE_DTYPES.get(meta["data_type"]) if isinstance(meta["data_type"], str) else None
-        (codec,) = meta["codecs"]
-        cfg = codec["configuration"]
-        (inner,) = cfg["codecs"]
-        idx_names = [c["name"] for c in cfg["index_codecs"]]
-        ok = (
-            dtype is not None
-            and codec["name"] == "sharding_indexed"
-            and inner["name"] == "bytes"
-            and inner.get("configuration", {}).get("endian", "little") == "little"
-            and cfg.get("index_location", "end") == "end"
-            and idx_names in (["bytes"], ["bytes", "crc32c"])
-            and meta["chunk_key_encoding"] == {"name": "default", "configuration": {"separator": "/"}}
-            and not meta.get("storage_transformers")
-        )
-        shape = list(meta["shape"])
-        shard = list(meta["chunk_grid"]["configuration"]["chunk_shape"])
-        chunk = list(cfg["chunk_shape"])
-        ok = ok and len(shape) >= 1 and shard[1:] == shape[1:] == chunk[1:] and shard[0] >= shape[0]
-    except (KeyError, TypeError, ValueError):
-        return None
-    if not ok:
-        return None
-    return {"dtype": np.dtype(dtype), "shape": tuple(shape), "chunk_rows": chunk[0], "n_chunks": shard[0] // chunk[0],
-            "crc": len(idx_names) == 2, "fill": meta.get("fill_value")}
-
-
-def _read_local_fast(array_dir: str, layout: dict) -> np.ndarray:
-    """Read one single-shard array straight into its output (one copy, GIL released during reads)."""
-    shape, dtype = layout["shape"], layout["dtype"]
-    out = np.empty(shape, dtype=dtype)
-    if out.size == 0:
-        return out
-    shard_path = os.path.join(array_dir, "c", *(["0"] * len(shape)))
-    flat = out.reshape(shape[0], -1).view(np.uint8).reshape(shape[0], -1)
-    row_bytes = flat.shape[1]
-    index_bytes = layout["n_chunks"] * 16 + (4 if layout["crc"] else 0)
-    with open(shard_path, "rb") as f:
-        f.seek(-index_bytes, os.SEEK_END)
-        index = np.frombuffer(f.read(index_bytes)[: layout["n_chunks"] * 16], dtype="<u8").reshape(-1, 2)
-        for j, (offset, nbytes) in enumerate(index):
-            r0 = j * layout["chunk_rows"]
-            r1 = min(r0 + layout["chunk_rows"], shape[0])
-            if r0 >= r1:
-                break
-            if offset == _MISSING:
-                out[r0:r1] = layout["fill"] if layout["fill"] is not None else 0
-                continue
-            if nbytes < (r1 - r0) * row_bytes:
-                raise OSError(f"{shard_path}: inner chunk {j} is {nbytes} bytes, expected >= {(r1 - r0) * row_bytes}")
-            f.seek(int(offset))
-            view = memoryview(flat[r0:r1]).cast("B")
-            if f.readinto(view) != len(view):
-                raise OSError(f"{shard_path}: truncated shard (inner chunk {j})")
-    return out
-
-
 # ---------------------------------------------------------------------------------------- FeatureStore
 
 
@@ -559,11 +487,11 @@ class FeatureStore:
             array_dir = os.path.join(str(self._store.root), video_id, name)
             try:
                 with open(os.path.join(array_dir, "zarr.json"), "rb") as f:
-                    layout = _fast_layout(json.load(f))
+                    layout = shard_layout(json.load(f))
             except (OSError, ValueError):
                 layout = None
             if layout is not None:
-                return _read_local_fast(array_dir, layout)
+                return read_shard(array_dir, layout)
         arr = zarr.open_array(self._store, path=f"{video_id}/{name}", mode="r", zarr_format=3)
         out = arr[...]
         # zarr returns numpy StringDType/object for strings: give callers plain fixed-width str arrays.
