@@ -31,7 +31,6 @@ import json
 import math
 import os
 import shutil
-import tempfile
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
@@ -45,6 +44,7 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 from zarr.storage import FsspecStore, LocalStore
 
+from pipeline.files import atomic_output, atomic_write_text
 from pipeline.records import Video
 from pipeline.shard_reader import read_shard, shard_layout
 
@@ -532,7 +532,7 @@ def write_failures(path: str | os.PathLike, failures: list[dict]) -> None:
     bad = [f for f in failures if not {"video_id", "file", "error"} <= set(f)]
     if bad:
         raise StoreError(f"{path}: failure records need video_id, file and error keys, got {bad[:2]}")
-    _atomic_write_text(Path(path), json.dumps(sorted(failures, key=lambda f: f["video_id"]), indent=1) + "\n")
+    atomic_write_text(path, json.dumps(sorted(failures, key=lambda f: f["video_id"]), indent=1) + "\n")
 
 
 def read_failures(path: str | os.PathLike) -> list[dict]:
@@ -547,14 +547,6 @@ def read_failures(path: str | os.PathLike) -> list[dict]:
     if not isinstance(data, list):
         raise StoreError(f"{path}: expected a JSON list of failures; delete it and re-run the stage")
     return data
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def prune_stores(dir: str | os.PathLike, keep: str) -> list[str]:
@@ -574,7 +566,7 @@ def write_current(dir: str | os.PathLike, url: str) -> None:
     so a moved or cloned checkout still resolves it)."""
     dir = Path(dir)
     value = str(url) if _is_remote(url) else os.path.relpath(os.path.abspath(_local_path(url)), os.path.abspath(dir))
-    _atomic_write_text(dir / "current.json", json.dumps({"store": value}, indent=1) + "\n")
+    atomic_write_text(dir / "current.json", json.dumps({"store": value}, indent=1) + "\n")
 
 
 def read_current(dir: str | os.PathLike) -> str:
@@ -696,10 +688,7 @@ def export_h5(url: str, out_path: str | os.PathLike, storage_options: dict | Non
     import h5py
 
     fs = FeatureStore.open(url, storage_options)
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(out_path.name + ".tmp")
-    with h5py.File(tmp, "w") as h5:
+    with atomic_output(out_path) as tmp, h5py.File(tmp, "w") as h5:
         _copy_attrs(h5.attrs, fs.attrs)
         for vid in fs.video_ids():
             video = fs.read_video(vid)
@@ -710,7 +699,6 @@ def export_h5(url: str, out_path: str | os.PathLike, storage_options: dict | Non
                     g.create_dataset(name, data=arr.astype(object), dtype=h5py.string_dtype("utf-8"))
                 else:
                     g.create_dataset(name, data=arr)
-    os.replace(tmp, out_path)
 
 
 def _copy_attrs(target: Any, attrs: dict) -> None:
