@@ -8,6 +8,8 @@ Per video it writes t0, t1 (float32), valid (bool) and emb [N, D] (float16, tanh
 incompressible like real embeddings) with realistic, varied lengths summing to --frames, both as a
 Zarr store (pipeline.store) and as .npy files. Reads are timed twice and the *second (warm page cache)*
 figures are reported: dropping the page cache needs root, so cold-disk reads are not measured.
+The `read_many` row goes through `pipeline.shard_reader` (the store's direct reader for local
+files); `read_many(fast=False)` is zarr-python's own reader, kept as the comparison.
 
     .venv/bin/python bench/store_bench.py                    # full size: ~1.5 GB each, check `df -h /tmp`
     .venv/bin/python bench/store_bench.py --frames 200000    # quick mode (~100 MB, seconds)

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.files import atomic_write_text
+
 __all__ = [
     "VA_INVALID",
     "EXPR_INVALID",
@@ -131,8 +133,12 @@ def _parse(path: Path, lines: list[str], columns: int, dtype) -> np.ndarray:
     return out
 
 
-def read_va(path: str | Path) -> FrameLabels:
-    """Parse a VA file. Values outside [-1, 1] (other than the -5 sentinel) or NaN are errors."""
+def read_va(path: str | Path, dtype: type = np.float32) -> FrameLabels:
+    """Parse a VA file. Values outside [-1, 1] (other than the -5 sentinel) or NaN are errors.
+
+    `dtype` float64 keeps the file's values exactly (the synthetic generator re-writes real
+    label files and must not shift a value across a rounding boundary); training uses float32.
+    """
     p = Path(path)
     lines = _read_lines(p, VA_HEADER)
     values = _parse(p, lines, 2, np.float64)
@@ -142,7 +148,7 @@ def read_va(path: str | Path) -> FrameLabels:
         row = int(np.argmax(bad.any(axis=1)))
         raise LabelError(p, row + 2, f"value out of range [-1, 1] (and not -5): `{lines[row]}`")
     valid = ~sentinel.any(axis=1)
-    return FrameLabels("va", values.astype(np.float32), valid)
+    return FrameLabels("va", values.astype(dtype), valid)
 
 
 def read_expr(path: str | Path) -> FrameLabels:
@@ -179,17 +185,17 @@ def count_label_lines(path: str | Path) -> int:
 
 
 def _write(path: str | Path, header: str, body: list[str]) -> None:
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + ".tmp")
-    tmp.write_text(header + "\n" + "".join(line + "\n" for line in body))
-    tmp.replace(p)  # atomic: a crash never leaves a half-written label file behind
+    """Atomic (files.atomic_write_text): a crash never leaves a half-written label file behind."""
+    atomic_write_text(path, header + "\n" + "".join(line + "\n" for line in body))
 
 
-def write_va(path: str | Path, values: np.ndarray, valid: np.ndarray | None = None) -> None:
+def write_va(path: str | Path, values: np.ndarray, valid: np.ndarray | None = None,
+             decimals: int | None = None) -> None:
     """Write a VA file; rows with valid=False are written as `-5,-5`.
 
-    `%.9g` round-trips float32 exactly, so read_va(write_va(x)) == x for valid rows.
+    `%.9g` round-trips float32 exactly, so read_va(write_va(x)) == x for valid rows. `decimals`
+    writes fixed-point values rounded to that many places instead (`0.500`, as the synthetic demo
+    and the Aff-Wild2 releases do).
     """
     values = np.asarray(values, dtype=np.float64).reshape(-1, 2)
     valid = np.ones(len(values), bool) if valid is None else np.asarray(valid, bool).reshape(-1)
@@ -198,7 +204,11 @@ def write_va(path: str | Path, values: np.ndarray, valid: np.ndarray | None = No
     vals = values[valid]
     if not np.all((vals >= -1.0) & (vals <= 1.0)):
         raise ValueError(f"{path}: valid VA values must lie in [-1, 1]; clip them before writing")
-    body = [f"{v:.9g},{a:.9g}" if ok else "-5,-5" for (v, a), ok in zip(values.tolist(), valid.tolist(), strict=True)]
+    if decimals is not None:
+        values = np.round(values, decimals) + 0.0  # + 0.0 turns -0.0 into 0.0
+    spec = ".9g" if decimals is None else f".{decimals}f"
+    body = [f"{v:{spec}},{a:{spec}}" if ok else "-5,-5"
+            for (v, a), ok in zip(values.tolist(), valid.tolist(), strict=True)]
     _write(path, ",".join(VA_HEADER), body)
 
 

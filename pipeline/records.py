@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable
 
+from pipeline.files import atomic_write_json
+
 SPLITS = ("train", "validation", "test")
 TASKS = ("va", "expr")
 
@@ -60,12 +62,7 @@ def write_index(videos: Iterable[Video], path: str | Path, warnings: Iterable[st
     each video stays visible after the log scrolled away.
     """
     records = sorted((v.to_dict() for v in videos), key=lambda r: r["video_id"])
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    payload = {"videos": records, "warnings": sorted(warnings)}
-    tmp.write_text(json.dumps(payload, indent=1, sort_keys=True) + "\n")
-    tmp.replace(path)
+    atomic_write_json(path, {"videos": records, "warnings": sorted(warnings)}, indent=1)
 
 
 def read_index(path: str | Path) -> list[Video]:

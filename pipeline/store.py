@@ -18,13 +18,9 @@ Why these choices:
   (~280 vs ~600-800 MB/s); blosc-lz4+shuffle saved nothing. Embeddings are essentially incompressible
   and training wants a whole split in RAM fast. Strings (behavior descriptions) are zstd-compressed:
   they are small and compress well.
-- *A direct reader for our own layout* (`_read_local_fast`): zarr-python spends ~1-2 ms opening each
-  array (metadata parsing, codec pipeline objects) and copies every chunk twice; with ~600 videos x 4
-  arrays that overhead dominated a whole-split read (< 30 % of `np.load`). For local stores whose
-  array metadata is exactly the plain layout written here (sharding_indexed -> bytes, index at the
-  end), `read_many` reads the shard index and `readinto()`s each inner chunk straight into the
-  output array, per the Zarr v3 sharding spec. Anything else (remote URLs, strings, foreign codecs)
-  goes through zarr-python. The files remain ordinary Zarr v3: any Zarr reader can open them.
+- *A direct reader for our own layout* (`pipeline.shard_reader`): for local stores, `read_many`
+  bypasses zarr-python for the plain numeric arrays written here; see that module for why and when.
+  The files remain ordinary Zarr v3: any Zarr reader can open them.
 """
 
 from __future__ import annotations
@@ -35,7 +31,6 @@ import json
 import math
 import os
 import shutil
-import tempfile
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
@@ -49,7 +44,9 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 from zarr.storage import FsspecStore, LocalStore
 
+from pipeline.files import atomic_output, atomic_write_text
 from pipeline.records import Video
+from pipeline.shard_reader import read_shard, shard_layout
 
 SCHEMA_VERSION = 1
 REQUIRED_ARRAYS = ("t0", "t1", "valid")
@@ -290,75 +287,6 @@ async def _write_group(store: Any, video_id: str, arrays: dict[str, np.ndarray],
     await group.update_attributes({"complete": True})  # LAST: marks the group as usable
 
 
-# ---------------------------------------------------------------------------------------- fast reader
-
-_SIMPLE_DTYPES = {
-    "bool": "|b1", "int8": "|i1", "uint8": "|u1", "int16": "<i2", "uint16": "<u2", "int32": "<i4",
-    "uint32": "<u4", "int64": "<i8", "uint64": "<u8", "float16": "<f2", "float32": "<f4", "float64": "<f8",
-}
-_MISSING = np.uint64(2**64 - 1)
-
-
-def _fast_layout(meta: dict) -> dict | None:
-    """The plain layout `_create_array` writes for numeric arrays, or None if this array differs."""
-    try:
-        dtype = _SIMPLE_DTYPES.get(meta["data_type"]) if isinstance(meta["data_type"], str) else None
-        (codec,) = meta["codecs"]
-        cfg = codec["configuration"]
-        (inner,) = cfg["codecs"]
-        idx_names = [c["name"] for c in cfg["index_codecs"]]
-        ok = (
-            dtype is not None
-            and codec["name"] == "sharding_indexed"
-            and inner["name"] == "bytes"
-            and inner.get("configuration", {}).get("endian", "little") == "little"
-            and cfg.get("index_location", "end") == "end"
-            and idx_names in (["bytes"], ["bytes", "crc32c"])
-            and meta["chunk_key_encoding"] == {"name": "default", "configuration": {"separator": "/"}}
-            and not meta.get("storage_transformers")
-        )
-        shape = list(meta["shape"])
-        shard = list(meta["chunk_grid"]["configuration"]["chunk_shape"])
-        chunk = list(cfg["chunk_shape"])
-        ok = ok and len(shape) >= 1 and shard[1:] == shape[1:] == chunk[1:] and shard[0] >= shape[0]
-    except (KeyError, TypeError, ValueError):
-        return None
-    if not ok:
-        return None
-    return {"dtype": np.dtype(dtype), "shape": tuple(shape), "chunk_rows": chunk[0], "n_chunks": shard[0] // chunk[0],
-            "crc": len(idx_names) == 2, "fill": meta.get("fill_value")}
-
-
-def _read_local_fast(array_dir: str, layout: dict) -> np.ndarray:
-    """Read one single-shard array straight into its output (one copy, GIL released during reads)."""
-    shape, dtype = layout["shape"], layout["dtype"]
-    out = np.empty(shape, dtype=dtype)
-    if out.size == 0:
-        return out
-    shard_path = os.path.join(array_dir, "c", *(["0"] * len(shape)))
-    flat = out.reshape(shape[0], -1).view(np.uint8).reshape(shape[0], -1)
-    row_bytes = flat.shape[1]
-    index_bytes = layout["n_chunks"] * 16 + (4 if layout["crc"] else 0)
-    with open(shard_path, "rb") as f:
-        f.seek(-index_bytes, os.SEEK_END)
-        index = np.frombuffer(f.read(index_bytes)[: layout["n_chunks"] * 16], dtype="<u8").reshape(-1, 2)
-        for j, (offset, nbytes) in enumerate(index):
-            r0 = j * layout["chunk_rows"]
-            r1 = min(r0 + layout["chunk_rows"], shape[0])
-            if r0 >= r1:
-                break
-            if offset == _MISSING:
-                out[r0:r1] = layout["fill"] if layout["fill"] is not None else 0
-                continue
-            if nbytes < (r1 - r0) * row_bytes:
-                raise OSError(f"{shard_path}: inner chunk {j} is {nbytes} bytes, expected >= {(r1 - r0) * row_bytes}")
-            f.seek(int(offset))
-            view = memoryview(flat[r0:r1]).cast("B")
-            if f.readinto(view) != len(view):
-                raise OSError(f"{shard_path}: truncated shard (inner chunk {j})")
-    return out
-
-
 # ---------------------------------------------------------------------------------------- FeatureStore
 
 
@@ -559,11 +487,11 @@ class FeatureStore:
             array_dir = os.path.join(str(self._store.root), video_id, name)
             try:
                 with open(os.path.join(array_dir, "zarr.json"), "rb") as f:
-                    layout = _fast_layout(json.load(f))
+                    layout = shard_layout(json.load(f))
             except (OSError, ValueError):
                 layout = None
             if layout is not None:
-                return _read_local_fast(array_dir, layout)
+                return read_shard(array_dir, layout)
         arr = zarr.open_array(self._store, path=f"{video_id}/{name}", mode="r", zarr_format=3)
         out = arr[...]
         # zarr returns numpy StringDType/object for strings: give callers plain fixed-width str arrays.
@@ -604,7 +532,7 @@ def write_failures(path: str | os.PathLike, failures: list[dict]) -> None:
     bad = [f for f in failures if not {"video_id", "file", "error"} <= set(f)]
     if bad:
         raise StoreError(f"{path}: failure records need video_id, file and error keys, got {bad[:2]}")
-    _atomic_write_text(Path(path), json.dumps(sorted(failures, key=lambda f: f["video_id"]), indent=1) + "\n")
+    atomic_write_text(path, json.dumps(sorted(failures, key=lambda f: f["video_id"]), indent=1) + "\n")
 
 
 def read_failures(path: str | os.PathLike) -> list[dict]:
@@ -619,14 +547,6 @@ def read_failures(path: str | os.PathLike) -> list[dict]:
     if not isinstance(data, list):
         raise StoreError(f"{path}: expected a JSON list of failures; delete it and re-run the stage")
     return data
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def prune_stores(dir: str | os.PathLike, keep: str) -> list[str]:
@@ -646,7 +566,7 @@ def write_current(dir: str | os.PathLike, url: str) -> None:
     so a moved or cloned checkout still resolves it)."""
     dir = Path(dir)
     value = str(url) if _is_remote(url) else os.path.relpath(os.path.abspath(_local_path(url)), os.path.abspath(dir))
-    _atomic_write_text(dir / "current.json", json.dumps({"store": value}, indent=1) + "\n")
+    atomic_write_text(dir / "current.json", json.dumps({"store": value}, indent=1) + "\n")
 
 
 def read_current(dir: str | os.PathLike) -> str:
@@ -768,10 +688,7 @@ def export_h5(url: str, out_path: str | os.PathLike, storage_options: dict | Non
     import h5py
 
     fs = FeatureStore.open(url, storage_options)
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(out_path.name + ".tmp")
-    with h5py.File(tmp, "w") as h5:
+    with atomic_output(out_path) as tmp, h5py.File(tmp, "w") as h5:
         _copy_attrs(h5.attrs, fs.attrs)
         for vid in fs.video_ids():
             video = fs.read_video(vid)
@@ -782,7 +699,6 @@ def export_h5(url: str, out_path: str | os.PathLike, storage_options: dict | Non
                     g.create_dataset(name, data=arr.astype(object), dtype=h5py.string_dtype("utf-8"))
                 else:
                     g.create_dataset(name, data=arr)
-    os.replace(tmp, out_path)
 
 
 def _copy_attrs(target: Any, attrs: dict) -> None:

@@ -18,6 +18,7 @@ import zarr
 
 import pipeline.store as store_mod
 from pipeline.records import Video
+from pipeline.shard_reader import shard_layout
 from pipeline.store import (
     FeatureStore,
     StoreError,
@@ -367,5 +368,5 @@ def test_foreign_layout_falls_back_to_zarr(fs: FeatureStore) -> None:
     got = fs.read_many(["v1"])["v1"]
     np.testing.assert_array_equal(got["zipped"], np.arange(5000))
     assert "zarr.1234.partial" not in got and fs.video_ids() == ["v1"]
-    assert store_mod._fast_layout(json.loads((Path(fs.url) / "v1" / "zipped" / "zarr.json").read_text())) is None
-    assert store_mod._fast_layout(json.loads((Path(fs.url) / "v1" / "emb" / "zarr.json").read_text())) is not None
+    assert shard_layout(json.loads((Path(fs.url) / "v1" / "zipped" / "zarr.json").read_text())) is None
+    assert shard_layout(json.loads((Path(fs.url) / "v1" / "emb" / "zarr.json").read_text())) is not None

@@ -60,7 +60,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.labels import EXPR_CLASSES, EXPR_INVALID, VA_HEADER
+from pipeline.labels import EXPR_CLASSES, read_va, write_expr, write_va
 
 __all__ = ["DemoConfig", "generate", "MANIFEST_NAME", "expr_from_va"]
 
@@ -302,20 +302,6 @@ def _plan_synthetic(cfg: DemoConfig) -> list[_Media]:
     return plan
 
 
-def _read_real_va(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Values [F,2] and validity [F] of a real VA file (header checked; -5 = invalid)."""
-    with open(path) as fh:
-        header = fh.readline().strip().lower().replace(" ", "")
-        if header != ",".join(VA_HEADER):
-            raise ValueError(f"{path}: first line must be `valence,arousal`, got `{header}`; "
-                             "point labels_from at a VA_Estimation_Challenge folder")
-        values = np.loadtxt(fh, delimiter=",", ndmin=2, dtype=np.float64)
-    if values.shape[0] == 0 or values.shape[1] != 2:
-        raise ValueError(f"{path}: expected one `valence,arousal` line per frame, got shape {values.shape}")
-    valid = ~np.any(values <= -5.0 + 1e-6, axis=1)
-    return values, valid
-
-
 def _fill_invalid(x: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """Interpolate over invalid frames so there is something to render there."""
     if valid.all():
@@ -384,7 +370,10 @@ def _plan_from_labels(cfg: DemoConfig, labels_dir: Path) -> list[_Media]:
         members = sorted(groups[name], key=lambda sp: (_split_pair_id(sp[1].stem)[1] or "left") != "left")
         persons = []
         for k, (split, path) in enumerate(members):
-            values, valid = _read_real_va(path)
+            real = read_va(path, dtype=np.float64)  # float64: the values are re-written as read
+            if not len(real):
+                raise ValueError(f"{path}: no `valence,arousal` lines; point labels_from at a VA_Estimation_Challenge folder")
+            values, valid = real.values, real.valid
             side = _split_pair_id(path.stem)[1]
             if len(members) > 1 and side is None:
                 side = "left"  # Aff-Wild2 sometimes leaves the left person unsuffixed
@@ -432,13 +421,6 @@ def expr_from_va(valence: np.ndarray, arousal: np.ndarray) -> np.ndarray:
     return cls
 
 
-def _format_va(v: np.ndarray, a: np.ndarray, valid: np.ndarray) -> str:
-    v = np.round(v, 3) + 0.0  # + 0.0 turns -0.0 into 0.0
-    a = np.round(a, 3) + 0.0
-    body = [f"{x:.3f},{y:.3f}" if ok else "-5,-5" for x, y, ok in zip(v.tolist(), a.tolist(), valid.tolist())]
-    return ",".join(VA_HEADER) + "\n" + "".join(line + "\n" for line in body)
-
-
 def _write_labels(root: Path, person: _Person) -> dict[str, str]:
     """Write the VA and EXPR files of one id; EXPR is -1 exactly where VA is -5."""
     n = person.label_lines
@@ -446,11 +428,8 @@ def _write_labels(root: Path, person: _Person) -> dict[str, str]:
     sub = SPLIT_DIRS[person.split]
     va_path = root / VA_DIR / sub / f"{person.video_id}.txt"
     expr_path = root / EXPR_DIR / sub / f"{person.video_id}.txt"
-    va_path.parent.mkdir(parents=True, exist_ok=True)
-    expr_path.parent.mkdir(parents=True, exist_ok=True)
-    va_path.write_text(_format_va(v, a, valid))
-    cls = np.where(valid, expr_from_va(np.round(v, 3), np.round(a, 3)), EXPR_INVALID)
-    expr_path.write_text(",".join(EXPR_CLASSES) + "\n" + "".join(f"{c}\n" for c in cls.tolist()))
+    write_va(va_path, np.stack([v, a], axis=1), valid, decimals=3)
+    write_expr(expr_path, expr_from_va(np.round(v, 3), np.round(a, 3)), valid)
     return {"va": str(va_path.relative_to(root)), "expr": str(expr_path.relative_to(root))}
 
 

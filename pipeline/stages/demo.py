@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 from pipeline.config import build_config, load_params
+from pipeline.stages import check_stage_params
 
 log = logging.getLogger(__name__)
 
@@ -16,6 +17,7 @@ def generate_data(params_path: Path, out: Path | None = None, labels_from: Path 
     from pipeline.datasets import synthetic
 
     params = load_params(params_path)
+    check_stage_params(params)
     preset = params.get("demo.preset", "default")
     presets = {"default": synthetic.DemoConfig.default, "tiny": synthetic.DemoConfig.tiny}
     if preset not in presets:
@@ -50,6 +52,7 @@ def write_models(params_path: Path, out: Path | None = None) -> None:
     from extractors import demo_models
 
     params = load_params(params_path)
+    check_stage_params(params)
     out_dir = Path(out or params.section("demo_models.out"))
     crops = params.get("demo_models.calibration_crops")
     images = calibration_crops(Path(crops), int(params.get("demo_models.calibration_count", 64))) if crops else None

@@ -3,30 +3,27 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 from pathlib import Path
 
 from pipeline.config import load_params
+from pipeline.files import sha256_file
 from pipeline.records import Video, write_index
-from pipeline.stages import Layout
+from pipeline.stages import Layout, check_stage_params
 
 log = logging.getLogger(__name__)
 
 
-def _file_sha1(path: str) -> str:
-    return hashlib.sha1(Path(path).read_bytes()).hexdigest()
-
-
 def with_label_hashes(video: Video) -> Video:
     """Record each label file's hash so the index (the heads' only label dep) changes with them."""
-    return dataclasses.replace(video, label_hashes={task: _file_sha1(p) for task, p in video.labels.items()})
+    return dataclasses.replace(video, label_hashes={task: sha256_file(p) for task, p in video.labels.items()})
 
 
 def run(params_path: Path, adapter: str | None = None, root: Path | None = None, out: Path | None = None) -> None:
     from pipeline.datasets import build_index
 
     params = load_params(params_path)
+    check_stage_params(params)
     adapter = adapter or params.section("dataset.adapter")
     root = Path(root or params.section("dataset.root"))
     out = Path(out or params.get("dataset.index") or Layout().index)

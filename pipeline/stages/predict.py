@@ -241,14 +241,14 @@ def write_outputs(video: Video, prediction: "VideoPrediction", out: Path) -> dic
 
 def write_csv(path: Path, cols: dict) -> None:
     """Plain CSV, 6 decimals; NaN (no prediction) as an empty cell."""
+    from pipeline.files import atomic_output
+
     names = list(cols)
-    tmp = path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_output(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(names)
         for row in zip(*(cols[n] for n in names)):
             w.writerow([_cell(n, x) for n, x in zip(names, row)])
-    tmp.replace(path)
 
 
 def _cell(name: str, x) -> str:
