@@ -52,10 +52,14 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
-def _run_stage(fn, *args, **kwargs) -> None:
-    """Run a stage; turn the errors users can fix into one clear line and a non-zero exit."""
+def _run_stage(fn, params_path: Path, *args, **kwargs) -> None:
+    """Check the whole params file, then run a stage; turn the errors users can fix into one
+    clear line and a non-zero exit."""
+    from pipeline.stages.schema import check_params_file
+
     try:
-        fn(*args, **kwargs)
+        check_params_file(params_path)
+        fn(params_path, *args, **kwargs)
     except _user_errors() as exc:
         raise UserError(str(exc)) from exc
 
@@ -93,9 +97,9 @@ def main(ctx: click.Context, verbose: int, quiet: int, params_path: Path) -> Non
 @click.pass_context
 def demo_data(ctx: click.Context, out: Path | None, labels_from: Path | None) -> None:
     """Generate the synthetic demo dataset (params section `demo`)."""
-    from pipeline.stages import demo
+    from pipeline.stages import demo_data as demo_data_stage
 
-    _run_stage(demo.generate_data, ctx.obj["params_path"], out=out, labels_from=labels_from)
+    _run_stage(demo_data_stage.run, ctx.obj["params_path"], out=out, labels_from=labels_from)
 
 
 @main.command("demo-models")
@@ -104,9 +108,9 @@ def demo_data(ctx: click.Context, out: Path | None, labels_from: Path | None) ->
 @click.pass_context
 def demo_models(ctx: click.Context, out: Path | None) -> None:
     """Write tiny random-initialised checkpoints of the real encoder classes (fixed seeds)."""
-    from pipeline.stages import demo
+    from pipeline.stages import demo_models as demo_models_stage
 
-    _run_stage(demo.write_models, ctx.obj["params_path"], out=out)
+    _run_stage(demo_models_stage.run, ctx.obj["params_path"], out=out)
 
 
 # --------------------------------------------------------------------------- data

@@ -61,7 +61,7 @@ def shipped() -> dict:
 
 
 def schema() -> Schema:
-    from pipeline.stages import params_schema
+    from pipeline.stages.schema import params_schema
 
     return params_schema()
 

@@ -71,7 +71,7 @@ def cwd(path: Path) -> Iterator[None]:
 def project(tmp_path_factory) -> Path:
     import torch
 
-    from pipeline.stages import demo, extract, fuse, index, train
+    from pipeline.stages import demo_data, demo_models, extract, fuse, index, train
 
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("predict") / "project"
@@ -79,8 +79,8 @@ def project(tmp_path_factory) -> Path:
     params = root / "params.yaml"
     params.write_text(yaml.safe_dump(PARAMS))
     with cwd(root):
-        demo.generate_data(params)
-        demo.write_models(params)
+        demo_data.run(params)
+        demo_models.run(params)
         index.run(params)
         for m in MODALITIES:
             extract.run(params, m)

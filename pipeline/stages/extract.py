@@ -15,7 +15,7 @@ from typing import Any
 
 from pipeline.config import Params, ParamsError, build_config, load_params
 from pipeline.records import read_index
-from pipeline.stages import Layout, StageFailed, check_stage_params
+from pipeline.stages import Layout, StageFailed
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,6 @@ def run(params_path: Path, modality: str) -> None:
     from pipeline.store import prune_stores
 
     params = load_params(params_path)
-    check_stage_params(params)
     layout = Layout()
     extractor = build_extractor(params, modality)
     videos = read_index(layout.index)

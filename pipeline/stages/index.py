@@ -9,7 +9,7 @@ from pathlib import Path
 from pipeline.config import load_params
 from pipeline.files import sha256_file
 from pipeline.records import Video, write_index
-from pipeline.stages import Layout, check_stage_params
+from pipeline.stages import Layout
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +23,6 @@ def run(params_path: Path, adapter: str | None = None, root: Path | None = None,
     from pipeline.datasets import build_index
 
     params = load_params(params_path)
-    check_stage_params(params)
     adapter = adapter or params.section("dataset.adapter")
     root = Path(root or params.section("dataset.root"))
     out = Path(out or params.get("dataset.index") or Layout().index)

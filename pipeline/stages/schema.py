@@ -1,0 +1,62 @@
+"""The whole params.yaml schema, checked by the CLI before any stage command starts.
+
+Every section and key is checked at once, so a typo anywhere fails in seconds with the file and
+the key named, not after an hour of extraction. The schema is read from the registries of every
+layer (extractors, heads, dataset adapters), which is why it lives apart from the stage modules:
+a stage's DVC deps are the import closure of its own module, and importing every registry there
+would make each stage depend on every extractor and head.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from pathlib import Path
+
+from pipeline.config import Schema, check_params, load_params
+
+
+def params_schema() -> Schema:
+    """The whole-file params schema from the registries: extractors (registry name -> config
+    class), dataset adapters (name -> their options), every head and fusion (`train.<head>`,
+    `fuse.<fusion>` -> its config class), the splits, the model names, and the demo's and the
+    evaluate/report configs."""
+    from extractors.base import REGISTRY, _import_builtin_extractors
+    from heads.registry import REGISTRY as MODELS
+    from heads.postprocess import LateFusionConfig
+    from pipeline.datasets import ADAPTERS
+    from pipeline.datasets.synthetic import DemoConfig
+    from pipeline.evaluate import EvalConfig
+    from pipeline.records import SPLITS
+    from pipeline.report import ReportConfig
+    from pipeline.stages.extract import config_class
+
+    _import_builtin_extractors()
+    sections = {"demo.overrides": DemoConfig, "evaluate": EvalConfig, "evaluate.late_fusion": LateFusionConfig,
+                "report": ReportConfig}
+    sections.update({s.params_section: s.config_class() for s in MODELS.values()})
+    return Schema(
+        sections=sections,
+        extractors={name: config_class(cls) for name, cls in REGISTRY.items()},
+        adapters={name: adapter_options(cls) for name, cls in ADAPTERS.items()},
+        splits=SPLITS,
+        models=tuple(s.model_name for s in MODELS.values()),
+    )
+
+
+def check_params_file(path: Path) -> None:
+    """Check the whole params file before a stage starts (see `pipeline.config.check_params`)."""
+    check_params(load_params(path), params_schema())
+
+
+def adapter_options(adapter: type) -> type:
+    """The options dataclass of a dataset adapter: its init fields other than `root`.
+
+    `dataset.root` is a key of its own, so `dataset.options` holds only the rest; deriving the
+    class from the adapter keeps one definition of each option (type and default).
+    """
+    hints = typing.get_type_hints(adapter)
+    fields = [(f.name, hints[f.name], dataclasses.field(default=f.default) if f.default is not dataclasses.MISSING
+               else dataclasses.field(default_factory=f.default_factory))  # type: ignore[arg-type]
+              for f in dataclasses.fields(adapter) if f.init and f.name != "root"]
+    return dataclasses.make_dataclass(f"{adapter.__name__}Options", fields)
