@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import SUBPROCESS_TIMEOUT
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,7 +35,7 @@ def _env() -> dict[str, str]:
 
 def sh(cwd: Path, *args: str) -> str:
     """Run a command; on failure show its output (the stage's own error message) in the test report."""
-    proc = subprocess.run(args, cwd=cwd, env=_env(), capture_output=True, text=True)
+    proc = subprocess.run(args, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT)
     output = proc.stdout + proc.stderr
     if proc.returncode != 0:
         raise AssertionError(f"`{' '.join(args)}` failed ({proc.returncode}):\n{output[-6000:]}")
@@ -55,7 +56,7 @@ def copy_project(dest: Path) -> None:
     """Copy the files git would commit (tracked and untracked-not-ignored), nothing built."""
     listed = subprocess.run(
         ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=REPO_ROOT, capture_output=True, text=True, check=True,
+        cwd=REPO_ROOT, capture_output=True, text=True, check=True, timeout=60,
     ).stdout.splitlines()
     for rel in listed:
         src = REPO_ROOT / rel
