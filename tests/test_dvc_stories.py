@@ -22,6 +22,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 TINY_OVERLAY = Path(__file__).with_name("params.tiny.yaml")
 
+# Stage names (renamed by the heads refactor: train_face -> train@face): edit here after the merge.
+TRAIN_FACE_STAGE = "train_face"
+EXTRACT_PREFIX = "extract_"
+
 
 def _env() -> dict[str, str]:
     env = dict(os.environ)
@@ -115,6 +119,21 @@ def test_b_fusion_param_reruns_only_fusion(built) -> None:
     assert ran_stages(output) == {"fuse@moe", "evaluate", "report"}, output
     sh(project, "git", "add", "-A")
     sh(project, "git", "commit", "-qm", "moe seed")
+
+
+def test_b2_face_train_param_reruns_face_training_not_extraction(built) -> None:
+    """Editing a `train.face` key re-runs the face training (and what reads it), never an encoder."""
+    project = built["project"]
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["train"]["face"]["train"]["seed"] = int(params["train"]["face"]["train"].get("seed", 0)) + 1
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    output = sh(project, "dvc", "repro")
+    ran = ran_stages(output)
+    assert TRAIN_FACE_STAGE in ran, output
+    assert not {s for s in ran if s.startswith(EXTRACT_PREFIX)}, output
+    assert not {s for s in ran if s.startswith("train") and s != TRAIN_FACE_STAGE}, output
+    sh(project, "git", "add", "-A")
+    sh(project, "git", "commit", "-qm", "face seed")
 
 
 def test_c_teammate_pulls_and_recomputes_nothing(built) -> None:
