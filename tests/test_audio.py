@@ -120,7 +120,6 @@ def test_left_right_share_one_extraction(models, media):
 
 
 def test_left_right_through_engine(models, media, tmp_path):
-    pytest.importorskip("pipeline.store")
     from extractors.base import run_extraction
     from pipeline.store import FeatureStore
 

@@ -142,7 +142,6 @@ def test_video_metadata_timestamps_reach_the_prompt(qwen):
 
 
 def test_through_engine_stores_text(qwen, clips, tmp_path):
-    pytest.importorskip("pipeline.store")
     from extractors.base import run_extraction
     from pipeline.store import FeatureStore
 

@@ -16,10 +16,14 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import SUBPROCESS_TIMEOUT
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 TINY_OVERLAY = Path(__file__).with_name("params.tiny.yaml")
+
+TRAIN_FACE_STAGE = "train@face"
+EXTRACT_PREFIX = "extract_"
 
 
 def _env() -> dict[str, str]:
@@ -34,7 +38,7 @@ def _env() -> dict[str, str]:
 
 def sh(cwd: Path, *args: str) -> str:
     """Run a command; on failure show its output (the stage's own error message) in the test report."""
-    proc = subprocess.run(args, cwd=cwd, env=_env(), capture_output=True, text=True)
+    proc = subprocess.run(args, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT)
     output = proc.stdout + proc.stderr
     if proc.returncode != 0:
         raise AssertionError(f"`{' '.join(args)}` failed ({proc.returncode}):\n{output[-6000:]}")
@@ -55,7 +59,7 @@ def copy_project(dest: Path) -> None:
     """Copy the files git would commit (tracked and untracked-not-ignored), nothing built."""
     listed = subprocess.run(
         ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=REPO_ROOT, capture_output=True, text=True, check=True,
+        cwd=REPO_ROOT, capture_output=True, text=True, check=True, timeout=60,
     ).stdout.splitlines()
     for rel in listed:
         src = REPO_ROOT / rel
@@ -115,6 +119,21 @@ def test_b_fusion_param_reruns_only_fusion(built) -> None:
     assert ran_stages(output) == {"fuse@gated_moe", "evaluate", "report"}, output
     sh(project, "git", "add", "-A")
     sh(project, "git", "commit", "-qm", "gated_moe seed")
+
+
+def test_b2_face_train_param_reruns_face_training_not_extraction(built) -> None:
+    """Editing a `train.face` key re-runs the face training (and what reads it), never an encoder."""
+    project = built["project"]
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["train"]["face"]["train"]["seed"] = int(params["train"]["face"]["train"].get("seed", 0)) + 1
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    output = sh(project, "dvc", "repro")
+    ran = ran_stages(output)
+    assert TRAIN_FACE_STAGE in ran, output
+    assert not {s for s in ran if s.startswith(EXTRACT_PREFIX)}, output
+    assert not {s for s in ran if s.startswith("train") and s != TRAIN_FACE_STAGE}, output
+    sh(project, "git", "add", "-A")
+    sh(project, "git", "commit", "-qm", "face seed")
 
 
 def test_c_teammate_pulls_and_recomputes_nothing(built) -> None:

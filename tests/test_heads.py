@@ -131,12 +131,24 @@ def test_face_head_overfits_and_writes_outputs(tmp_path):
     assert "val_ccc_mean" in hist[0]
 
 
+def majority_f1(videos) -> float:
+    """Validation macro F1 of always predicting the most frequent training class."""
+    from heads.losses import macro_f1
+
+    def labels(split):
+        return np.concatenate([v.labels.values[v.labels.valid] for v in videos if v.split == split])
+
+    majority = np.bincount(labels("train")).argmax()
+    true = labels("validation")
+    return float(macro_f1(np.full_like(true, majority), true))
+
+
 def test_face_head_expr_path_gives_f1(tmp_path):
     videos = make_videos("face", task="expr")
     cfg = FaceTemporalConfig(task="expr", window=64, hop=32, d_model=32, layers=1, heads=2, ff=32, dropout=0.0,
                              head_dim=16, train=tiny_train(epochs=4))
     metrics = train_model(FaceTemporal(cfg), videos, tmp_path)
-    assert 0.0 <= metrics["f1"] <= 1.0 and metrics["f1"] > 0.2   # 4 classes present -> chance ~0.125
+    assert metrics["f1"] > majority_f1(videos) + 0.2, metrics   # the class is learnable from the features
     check_outputs(tmp_path, videos, 8, 16)
     assert "val_f1" in json.loads((tmp_path / "history.json").read_text())[0]
 
@@ -249,7 +261,7 @@ def test_expr_path_behavior_and_audio(tmp_path, head):
     else:
         cfg = AudioPoolingConfig(task="expr", attn_dim=8, head_hidden=16, train=tiny_train(epochs=2))
         metrics = train_model(AudioPooling(cfg), videos, tmp_path)
-    assert 0.0 <= metrics["f1"] <= 1.0
+    assert metrics["f1"] > majority_f1(videos) + 0.1, metrics
     check_outputs(tmp_path, videos, 8, 16)
 
 

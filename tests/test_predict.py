@@ -68,11 +68,12 @@ def cwd(path: Path) -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory) -> Path:
+def project(tmp_path_factory) -> Iterator[Path]:
     import torch
 
     from pipeline.stages import demo_data, demo_models, extract, fuse, index, train
 
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("predict") / "project"
     root.mkdir()
@@ -88,7 +89,8 @@ def project(tmp_path_factory) -> Path:
             train.run(params, h)
         for fusion in ("gated_moe", "raav"):
             fuse.run(params, fusion)
-    return root
+    yield root
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
