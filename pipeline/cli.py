@@ -228,31 +228,30 @@ def store() -> None:
     """Inspect, check and export feature stores."""
 
 
+def _store_call(fn_name: str, *args):
+    """Run `pipeline.store.<fn_name>`; a StoreError (it names the store and the fix) exits non-zero."""
+    from pipeline import store as store_lib
+
+    try:
+        return getattr(store_lib, fn_name)(*args)
+    except store_lib.StoreError as exc:
+        raise UserError(str(exc)) from exc
+
+
 @store.command("info")
 @click.argument("url")
 def store_info(url: str) -> None:
     """Summarise a store: attributes, videos, arrays, size on disk."""
     import json
 
-    from pipeline import store as store_lib
-
-    try:
-        info = store_lib.store_info(url)
-    except store_lib.StoreError as exc:
-        raise UserError(str(exc)) from exc
-    click.echo(json.dumps(info, indent=2, default=str))
+    click.echo(json.dumps(_store_call("store_info", url), indent=2, default=str))
 
 
 @store.command("verify")
 @click.argument("url")
 def store_verify(url: str) -> None:
     """Check a store's integrity; exit non-zero and list the problems if any."""
-    from pipeline import store as store_lib
-
-    try:
-        problems = store_lib.verify(url)
-    except store_lib.StoreError as exc:
-        raise UserError(str(exc)) from exc
+    problems = _store_call("verify", url)
     if problems:
         for problem in problems:
             click.echo(problem, err=True)
@@ -265,12 +264,7 @@ def store_verify(url: str) -> None:
 @click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
 def store_export_h5(url: str, out: Path) -> None:
     """Export the complete videos of a store to one HDF5 file."""
-    from pipeline import store as store_lib
-
-    try:
-        store_lib.export_h5(url, out)
-    except store_lib.StoreError as exc:
-        raise UserError(str(exc)) from exc
+    _store_call("export_h5", url, out)
     click.echo(f"wrote {out}")
 
 

@@ -74,7 +74,7 @@ def sampled_digest(files: Iterable[tuple[str, Path]], edge: int = MIB) -> str:
         h.update(f"{name}:{size}".encode())
         with open(f, "rb") as fh:
             h.update(fh.read(edge))
-            if size > 2 * edge:
-                fh.seek(size - edge)
+            if size > edge:  # the last `edge` bytes, or all the rest of a file under 2 * edge
+                fh.seek(max(edge, size - edge))
                 h.update(fh.read())
     return h.hexdigest()

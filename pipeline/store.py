@@ -44,7 +44,7 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 from zarr.storage import FsspecStore, LocalStore
 
-from pipeline.files import atomic_output, atomic_write_text
+from pipeline.files import atomic_output, atomic_write_text, sampled_digest
 from pipeline.records import Video
 from pipeline.shard_reader import read_shard, shard_layout
 
@@ -56,7 +56,6 @@ HALF_PRECISION_ARRAYS = ("emb", "emb_mean", "lower")
 ROW_ARRAYS = ("t0", "t1", "valid") + HALF_PRECISION_ARRAYS
 RESERVED_GROUP_ATTRS = ("complete", "source")
 TARGET_CHUNK_BYTES = 2 * 1024 * 1024  # inner chunk size: 4096 rows of 256-d fp16
-_MIB = 1024 * 1024
 _SCAN_CONCURRENCY = 64
 _READ_THREADS = 4
 
@@ -91,13 +90,8 @@ def source_fingerprint(path_or_dir: str | os.PathLike) -> dict:
     if not path.is_file():
         raise StoreError(f"{path}: source not found; check the dataset index (`affcache index`) points at existing media")
     st = path.stat()
-    digest = hashlib.sha1()
-    with open(path, "rb") as f:
-        digest.update(f.read(_MIB))
-        if st.st_size > _MIB:
-            f.seek(max(_MIB, st.st_size - _MIB))
-            digest.update(f.read(_MIB))
-    return {"kind": "file", "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha1": digest.hexdigest()}
+    digest = sampled_digest([("", path)])
+    return {"kind": "file", "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha1": digest}
 
 
 def _dir_fingerprint(path: Path) -> dict:

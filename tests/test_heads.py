@@ -133,7 +133,7 @@ def test_face_head_overfits_and_writes_outputs(tmp_path):
 
 def majority_f1(videos) -> float:
     """Validation macro F1 of always predicting the most frequent training class."""
-    from heads.losses import macro_f1
+    from pipeline.metrics import macro_f1
 
     def labels(split):
         return np.concatenate([v.labels.values[v.labels.valid] for v in videos if v.split == split])

@@ -162,11 +162,39 @@ def _ext_rank(name: str) -> int:
     return VIDEO_EXTS.index(ext) if ext in VIDEO_EXTS else len(VIDEO_EXTS)
 
 
+def video_record(vid: str, info, split: str, root: Path, labels: dict[str, str], label_frames: dict[str, int]) -> Video:
+    """The `Video` of one annotation id: what the container says (`info`, from `probe_many`), its
+    split, its crops folder under `root` and its label files."""
+    return Video(
+        video_id=vid,
+        media_path=info.path,
+        fps=info.fps,
+        num_frames=info.num_frames,
+        duration=info.duration,
+        has_audio=info.has_audio,
+        split=split,
+        crops_dir=find_crops(root, vid),
+        labels=labels,
+        label_frames=dict(label_frames),
+    )
+
+
 # --------------------------------------------------------------------------- adapter
 
 
 @dataclass
-class AffWild2Adapter:
+class AdapterOptions:
+    """The options every adapter takes (see `AffWild2Adapter` for their meaning)."""
+
+    root: str | Path
+    skip_missing: bool = False
+    workers: int = 4
+    progress: bool | None = None
+    warnings: list[str] = field(default_factory=list, init=False)
+
+
+@dataclass
+class AffWild2Adapter(AdapterOptions):
     """Index an Aff-Wild2-shaped tree. Call `build()`; read `warnings` afterwards.
 
     Options:
@@ -179,13 +207,8 @@ class AffWild2Adapter:
       workers / progress: probing thread pool size; tqdm bar (None = when more than a few files).
     """
 
-    root: str | Path
     tasks: Sequence[str] = TASKS
-    skip_missing: bool = False
     test_labels: bool = False
-    workers: int = 4
-    progress: bool | None = None
-    warnings: list[str] = field(default_factory=list, init=False)
 
     name = "affwild2"
 
@@ -266,18 +289,7 @@ class AffWild2Adapter:
             message = mismatch_message(vid, label_frames[task], info.num_frames, task)
             if message:
                 note(self.warnings, message)
-        return Video(
-            video_id=vid,
-            media_path=info.path,
-            fps=info.fps,
-            num_frames=info.num_frames,
-            duration=info.duration,
-            has_audio=info.has_audio,
-            split=split,
-            crops_dir=find_crops(root, vid),
-            labels=labels,
-            label_frames=dict(label_frames),
-        )
+        return video_record(vid, info, split, root, labels, label_frames)
 
     def _split(self, vid: str, annotations: dict[str, dict[str, _Annotation]]) -> str:
         """VA's split folder wins over EXPR's (VA is the primary task); a conflict is reported."""

@@ -14,18 +14,19 @@ predictions can be made for it). Label files are parsed here so a bad one fails 
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline import media
 from pipeline.datasets.affwild2 import (
+    AdapterOptions,
     CROPS_DIR,
     VIDEO_EXTS,
     DatasetError,
     _prunable,
-    find_crops,
     note,
     probe_many,
+    video_record,
 )
 from pipeline.labels import mismatch_message, read_va
 from pipeline.records import SPLITS, Video
@@ -75,19 +76,14 @@ def find_videos(root: Path, recursive: bool = True) -> dict[str, Path]:
 
 
 @dataclass
-class FolderAdapter:
+class FolderAdapter(AdapterOptions):
     """Index a plain folder of videos. Call `build()`; read `warnings` afterwards.
 
     skip_missing: an unreadable video becomes a warning (left out) instead of an error.
     """
 
-    root: str | Path
     recursive: bool = True
     labeled_split: str = "train"
-    skip_missing: bool = False
-    workers: int = 4
-    progress: bool | None = None
-    warnings: list[str] = field(default_factory=list, init=False)
 
     name = "folder"
 
@@ -128,18 +124,7 @@ class FolderAdapter:
         split = splits.get(vid) or (self.labeled_split if labels else "test")
         if split != "test" and not labels:
             note(self.warnings, f"{vid}: split {split!r} but no label file {label_path.name}; it cannot be trained on")
-        return Video(
-            video_id=vid,
-            media_path=info.path,
-            fps=info.fps,
-            num_frames=info.num_frames,
-            duration=info.duration,
-            has_audio=info.has_audio,
-            split=split,
-            crops_dir=find_crops(root, vid),
-            labels=labels,
-            label_frames=label_frames,
-        )
+        return video_record(vid, info, split, root, labels, label_frames)
 
 
 __all__ = ["FolderAdapter", "read_splits", "find_videos", "SPLITS_FILE", "CROPS_DIR"]
