@@ -28,6 +28,26 @@ from heads.windows import overlap_add
 PREDICT_BATCH = 16  # windows per inference batch
 
 
+
+class ModalityProjection(nn.Module):
+    """[emb ; pred] -> d_model, LayerNorm, dropout; missing frames are zeroed *after* projection.
+
+    Zeroing after projection only keeps padding finite: every consumer also receives the validity
+    mask and never treats those zeros as data. LazyLinear because each head's embedding width is
+    known only when its store is read.
+    """
+
+    def __init__(self, d_model: int, dropout: float) -> None:
+        super().__init__()
+        self.proj = nn.LazyLinear(d_model)
+        self.norm = nn.LayerNorm(d_model)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        h = self.drop(self.norm(self.proj(x)))
+        return h * valid.unsqueeze(-1).to(h.dtype)
+
+
 class FusionHead(Head):
     """Common part of both fusions; `cfg` carries `use_pred`, `loss_weights`, `mse_weight`, `smoothing`, `train`."""
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from heads.fusion import FusionHead
+from heads.fusion import FusionHead, ModalityProjection
 from heads.fusion_windows import FrameWindowing
 from heads.positional import sinusoidal_encoding
 from heads.postprocess import SmoothingConfig
@@ -92,25 +92,6 @@ def expert_names(cfg: GatedMoEConfig) -> list[str]:
     """Expert names in gate order: self experts `m` first, then directed `target<-source`."""
     names = [f"{m}" for m in cfg.modalities] if cfg.self_experts else []
     return names + [f"{t}<-{s}" for t, s in cfg.resolved_pairs()]
-
-
-class ModalityProjection(nn.Module):
-    """[emb ; pred] -> d_model, LayerNorm, dropout; missing frames are zeroed *after* projection.
-
-    Zeroing after projection only keeps padding finite: every consumer also receives the validity
-    mask and never treats those zeros as data. LazyLinear because each head's embedding width is
-    known only when its store is read.
-    """
-
-    def __init__(self, d_model: int, dropout: float) -> None:
-        super().__init__()
-        self.proj = nn.LazyLinear(d_model)
-        self.norm = nn.LayerNorm(d_model)
-        self.drop = nn.Dropout(dropout)
-
-    def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        h = self.drop(self.norm(self.proj(x)))
-        return h * valid.unsqueeze(-1).to(h.dtype)
 
 
 def safe_key_padding_mask(valid: torch.Tensor) -> torch.Tensor:

@@ -17,8 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from heads.fusion import FusionHead
-from heads.fusion_gated_moe import ModalityProjection
+from heads.fusion import FusionHead, ModalityProjection
 from heads.fusion_windows import AudioFilter, SecondsWindowing
 from heads.postprocess import SmoothingConfig
 from heads.train import TrainConfig

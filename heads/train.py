@@ -3,8 +3,8 @@
 Why one loop: seeding, AdamW, plateau schedule, ABAW-style early stopping, best-epoch checkpoint,
 bf16 autocast on CUDA and the per-epoch JSON log must behave identically for face, behavior, audio
 and fusion heads, or their numbers are not comparable. `fit` takes only a model, a `Batches`
-sampler over in-RAM tensors, a loss function and a validation function; `train_model` (the one
-driver, at the end) builds those from any `heads.contract.Head`, then writes outputs and metrics.
+sampler over in-RAM tensors, a loss function and a validation function; `heads.driver.train_model`
+(the one driver) builds those from any `heads.contract.Head`, then writes outputs and metrics.
 
 Data contract: tensors are built ONCE per run from the in-RAM features; a batch is an index
 gather on those tensors (`Batches`), never a store read. `fit` times data vs compute separately
@@ -20,16 +20,12 @@ import random
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator, Sequence
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
-
-if TYPE_CHECKING:
-    from heads.contract import Head
-
 
 @dataclass
 class TrainConfig:
@@ -216,68 +212,3 @@ def fit(model: nn.Module, train_batches: Batches, loss_fn: Callable[[nn.Module, 
     torch.save({"state_dict": model.state_dict(), "best_epoch": best_epoch, "best_metric": best,
                 "metric": metric, "train_config": asdict(cfg), **(checkpoint_extra or {})}, out_dir / "model.pt")
     return history
-
-
-# --------------------------------------------------------------------------------------------
-# The one training driver: every head and fusion goes through here (heads.contract.Head).
-# --------------------------------------------------------------------------------------------
-
-
-def train_model(head: "Head", videos: Sequence, out_dir: str | Path) -> dict:
-    """Train `head` on the train split, select on validation, write model/history/outputs; metrics.
-
-    Order matters for reproducibility: torch is seeded before the model is built (and `fit`
-    re-seeds before the first batch), so a run repeats exactly. Writes out_dir/model.pt (weights,
-    config, dims, registry name), history.json, outputs.zarr (every split) and metrics.json.
-    Returns the validation metrics of the final (best) model plus the bank statistics, the
-    unsmoothed figures (`raw`/`smoothed`) of a model that smooths, best epoch and wall time.
-    """
-    from heads.outputs import score, write_outputs
-
-    out_dir = Path(out_dir)
-    tcfg = head.train_config
-    torch.manual_seed(tcfg.seed)
-    videos = list(videos)
-    if not any(v.split == "train" for v in videos):
-        raise ValueError(f"{head.name}: no training video among the inputs; check the index splits")
-    inputs = head.prepare(videos)
-    dims = head.dims(inputs)
-    model = head.build_model(dims)
-    bank, stats = head.build_bank(videos, inputs, dims)
-    head.materialize(model, bank)
-    device = resolve_device(tcfg.device)
-    val_videos = [v for v in videos if v.split == "validation"]
-    val_targets = {v.video_id: head.targets(v) for v in val_videos}
-
-    def val_fn(m: nn.Module) -> dict:
-        if not val_videos:
-            return {}
-        outputs = head.predict(m, val_videos, inputs, dims, next(m.parameters()).device)
-        return score(val_targets, outputs, head.task, head.fill_missing, head.select_array)
-
-    t0 = time.perf_counter()
-    batches = Batches(len(bank), tcfg.batch_size, bank.gather, seed=tcfg.seed)
-    history = fit(model, batches, head.loss(), val_fn, tcfg, out_dir, metric=head.metric,
-                  param_groups=head.param_groups(model),
-                  checkpoint_extra={"model": head.name, "config": _jsonable(head.cfg), "dims": dict(dims),
-                                    **head.output_attrs()})
-    train_s = time.perf_counter() - t0
-    model.eval()
-    outputs = head.predict(model, videos, inputs, dims, device)
-    write_outputs(out_dir, head.name, type(head).kind, videos, outputs, _jsonable(head.cfg), head.task,
-                  head.output_attrs())
-    metrics = score(val_targets, outputs, head.task, head.fill_missing) or {}
-    if outputs and all("pred_raw" in o.extras for o in outputs.values()):
-        raw = score(val_targets, outputs, head.task, head.fill_missing, "pred_raw")
-        metrics = {**metrics, "raw": raw, "smoothed": dict(metrics)}
-    best = max(history, key=lambda r: r.get(f"val_{head.metric}", -math.inf)) if history else {}
-    metrics.update(stats)
-    metrics.update({"best_epoch": best.get("epoch"), "epochs": len(history), "train_seconds": round(train_s, 2),
-                    **head.summary()})
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float) + "\n")
-    return metrics
-
-
-def _jsonable(cfg) -> dict:
-    """A config dataclass as plain JSON types (tuples -> lists), as the checkpoint and store keep it."""
-    return json.loads(json.dumps(asdict(cfg), default=str))

@@ -12,7 +12,8 @@ from heads.fusion_gated_moe import GatedMoE, GatedMoEConfig, GatedMoEModel, Gate
 from heads.fusion_inputs import FusionVideo, tokens_from_frames
 from heads.fusion_raav import RAAV, RAAVConfig, RAAVModel, RAAVTrainConfig, prior_weights
 from heads.fusion_windows import AudioFilter, SecondsWindowing, build_windows
-from heads.train import TrainConfig, train_model
+from heads.driver import train_model
+from heads.train import TrainConfig
 from heads.windows import AudioTrustRule
 
 MODS = ["face", "behavior", "audio"]

@@ -14,7 +14,8 @@ from heads.audio_pooling import AudioPooling, AudioPoolingConfig, SpeechTopLayer
 from heads.behavior_temporal import BehaviorTemporal, BehaviorTemporalConfig
 from heads.data import HeadVideo, frame_targets
 from heads.face_temporal import FaceTemporal, FaceTemporalConfig
-from heads.train import TrainConfig, train_model
+from heads.driver import train_model
+from heads.train import TrainConfig
 from heads.windows import AudioTrustRule, frame_windows
 from pipeline.metrics import ccc_numpy
 from pipeline.labels import FrameLabels

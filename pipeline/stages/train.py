@@ -40,7 +40,7 @@ def publish_history(out_dir: Path, plot_path: Path) -> None:
 def run(params_path: Path, name: str, kind: str = "head") -> dict:
     """Train registry model `name` of `kind` through the one driver; returns its metrics."""
     from heads import registry
-    from heads.train import train_model
+    from heads.driver import train_model
 
     spec = registry.spec(name, kind)  # type: ignore[arg-type]
     params = load_params(params_path)

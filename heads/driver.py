@@ -1,0 +1,79 @@
+"""The one training driver: every head and fusion trains through `train_model`.
+
+It asks a `heads.contract.Head` for its inputs, bank, model and loss, runs the one `fit` loop of
+`heads.train`, then predicts every split with the best model and writes the outputs and metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from heads.contract import Head
+from heads.outputs import score, write_outputs
+from heads.train import Batches, fit, resolve_device
+
+
+def train_model(head: Head, videos: Sequence, out_dir: str | Path) -> dict:
+    """Train `head` on the train split, select on validation, write model/history/outputs; metrics.
+
+    Order matters for reproducibility: torch is seeded before the model is built (and `fit`
+    re-seeds before the first batch), so a run repeats exactly. Writes out_dir/model.pt (weights,
+    config, dims, registry name), history.json, outputs.zarr (every split) and metrics.json.
+    Returns the validation metrics of the final (best) model plus the bank statistics, the
+    unsmoothed figures (`raw`/`smoothed`) of a model that smooths, best epoch and wall time.
+    """
+    out_dir = Path(out_dir)
+    tcfg = head.train_config
+    torch.manual_seed(tcfg.seed)
+    videos = list(videos)
+    if not any(v.split == "train" for v in videos):
+        raise ValueError(f"{head.name}: no training video among the inputs; check the index splits")
+    inputs = head.prepare(videos)
+    dims = head.dims(inputs)
+    model = head.build_model(dims)
+    bank, stats = head.build_bank(videos, inputs, dims)
+    head.materialize(model, bank)
+    device = resolve_device(tcfg.device)
+    val_videos = [v for v in videos if v.split == "validation"]
+    val_targets = {v.video_id: head.targets(v) for v in val_videos}
+
+    def val_fn(m: nn.Module) -> dict:
+        if not val_videos:
+            return {}
+        outputs = head.predict(m, val_videos, inputs, dims, next(m.parameters()).device)
+        return score(val_targets, outputs, head.task, head.fill_missing, head.select_array)
+
+    t0 = time.perf_counter()
+    batches = Batches(len(bank), tcfg.batch_size, bank.gather, seed=tcfg.seed)
+    history = fit(model, batches, head.loss(), val_fn, tcfg, out_dir, metric=head.metric,
+                  param_groups=head.param_groups(model),
+                  checkpoint_extra={"model": head.name, "config": _jsonable(head.cfg), "dims": dict(dims),
+                                    **head.output_attrs()})
+    train_s = time.perf_counter() - t0
+    model.eval()
+    outputs = head.predict(model, videos, inputs, dims, device)
+    write_outputs(out_dir, head.name, type(head).kind, videos, outputs, _jsonable(head.cfg), head.task,
+                  head.output_attrs())
+    metrics = score(val_targets, outputs, head.task, head.fill_missing) or {}
+    if outputs and all("pred_raw" in o.extras for o in outputs.values()):
+        raw = score(val_targets, outputs, head.task, head.fill_missing, "pred_raw")
+        metrics = {**metrics, "raw": raw, "smoothed": dict(metrics)}
+    best = max(history, key=lambda r: r.get(f"val_{head.metric}", -math.inf)) if history else {}
+    metrics.update(stats)
+    metrics.update({"best_epoch": best.get("epoch"), "epochs": len(history), "train_seconds": round(train_s, 2),
+                    **head.summary()})
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float) + "\n")
+    return metrics
+
+
+def _jsonable(cfg) -> dict:
+    """A config dataclass as plain JSON types (tuples -> lists), as the checkpoint and store keep it."""
+    return json.loads(json.dumps(asdict(cfg), default=str))
