@@ -36,15 +36,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from extractors.base import (
-    ExtractorError,
-    MediaCache,
-    hf_load_error,
-    inference,
-    register,
-    torch_device,
-    weights_fingerprint,
-)
+from extractors.base import ExtractorError, MediaCache, hf_load_error, inference
+from extractors.base import register, torch_device, weights_fingerprint
 from extractors.vad import VAD_BACKENDS, resolve_vad_backend, voice_activity_rows
 from pipeline.records import Video
 

@@ -30,16 +30,8 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from extractors.base import (
-    BackgroundStream,
-    ExtractorError,
-    MediaCache,
-    hf_load_error,
-    inference,
-    register,
-    torch_device,
-    weights_fingerprint,
-)
+from extractors.base import BackgroundStream, ExtractorError, MediaCache, hf_load_error, inference
+from extractors.base import register, torch_device, weights_fingerprint
 from pipeline.records import Video
 
 SCHEMA = 1
