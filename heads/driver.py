@@ -68,7 +68,8 @@ def train_model(head: Head, videos: Sequence, out_dir: str | Path) -> dict:
         metrics = {**metrics, "raw": raw, "smoothed": dict(metrics)}
     best = max(history, key=lambda r: r.get(f"val_{head.metric}", -math.inf)) if history else {}
     metrics.update(stats)
-    metrics.update({"best_epoch": best.get("epoch"), "epochs": len(history), "train_seconds": round(train_s, 2),
+    metrics.update({"best_epoch": best.get("epoch"), "epochs": len(history),
+                    "stopped": history[-1].get("stopped") if history else None, "train_seconds": round(train_s, 2),
                     **head.summary()})
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float) + "\n")
     return metrics

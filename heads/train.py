@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import math
 import random
 import time
@@ -26,6 +27,8 @@ import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
+
+log = logging.getLogger(__name__)
 
 @dataclass
 class TrainConfig:
@@ -42,7 +45,7 @@ class TrainConfig:
     seed: int = 42
     device: str = "auto"           # "auto" -> cuda if available else cpu
     bf16: bool = True              # autocast bf16, applied on CUDA only
-    max_minutes: float | None = None
+    max_minutes: float | None = None  # wall-clock safety cap: results then depend on machine load
     ema_decay: float = 0.0         # > 0: validate and checkpoint an EMA of the weights (audio: 0.998)
     max_steps_per_epoch: int | None = None  # cap (benchmarks, smoke runs); None = full epoch
     progress: bool = True
@@ -121,7 +124,9 @@ def fit(model: nn.Module, train_batches: Batches, loss_fn: Callable[[nn.Module, 
     `val_fn(model)` returns the ABAW-style validation metrics (e.g. `va_score` or `expr_score` dict);
     when there is no validation data it may return {} and the last epoch is kept.
     Writes out_dir/history.json every epoch and out_dir/model.pt at the end; the model is left
-    holding the best weights. Returns the history (one dict per epoch).
+    holding the best weights. Returns the history (one dict per epoch); the last row's `stopped`
+    says why training ended (`epochs`, `early_stopping`, or `max_minutes`, which is also logged as
+    a warning, since a wall-clock cap makes the result depend on the machine's load).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -138,6 +143,7 @@ def fit(model: nn.Module, train_batches: Batches, loss_fn: Callable[[nn.Module, 
     best, best_state, best_epoch, bad_epochs = -math.inf, None, -1, 0
     t_start = time.perf_counter()
     out_of_time = False
+    stopped = "epochs"  # why training ended: epochs | early_stopping | max_minutes
 
     for epoch in range(cfg.epochs):
         model.train()
@@ -203,12 +209,21 @@ def fit(model: nn.Module, train_batches: Batches, loss_fn: Callable[[nn.Module, 
             shown = f"{metric}={score:.4f}" if not math.isnan(score) else "no validation"
             tqdm.write(f"epoch {epoch}: train_loss={row['train_loss']:.4f} {shown} lr={row['lr']:.2e}")
         if val and bad_epochs >= cfg.early_stopping:
+            stopped = "early_stopping"
             break
         if out_of_time:
+            stopped = "max_minutes"
+            log.warning("training stopped by the wall-clock cap max_minutes=%s after %d epoch(s): the result "
+                        "depends on this machine's speed and load; remove the cap for a reproducible run",
+                        cfg.max_minutes, epoch + 1)
             break
+
+    if history:
+        history[-1]["stopped"] = stopped
+        (out_dir / "history.json").write_text(json.dumps(history, indent=1))
 
     if best_state is not None:
         model.load_state_dict(best_state)
     torch.save({"state_dict": model.state_dict(), "best_epoch": best_epoch, "best_metric": best,
-                "metric": metric, "train_config": asdict(cfg), **(checkpoint_extra or {})}, out_dir / "model.pt")
+                "metric": metric, "stopped": stopped, "train_config": asdict(cfg), **(checkpoint_extra or {})}, out_dir / "model.pt")
     return history

@@ -296,3 +296,31 @@ def test_published_training_defaults_survive_partial_overrides():
     assert (a.train.lr, a.train.ema_decay, a.train.plateau_factor, a.backbone_lr) == (2e-4, 0.998, 0.5, 5e-6)
     f = FaceTemporalConfig()
     assert (f.window, f.hop, f.layers, f.train.lr, f.train.early_stopping, f.train.seed) == (400, 150, 5, 1e-4, 15, 42)
+
+
+def test_fit_records_why_training_stopped(tmp_path, caplog):
+    """The last history row says why training ended; a wall-clock cap is also a logged warning,
+    since it makes the result depend on the machine's load."""
+    import logging
+
+    from heads.train import Batches, fit
+
+    torch.manual_seed(0)
+    x, y = torch.randn(32, 4), torch.randn(32, 1)
+    model = torch.nn.Linear(4, 1)
+    batches = Batches(32, 8, lambda idx: {"x": x[idx], "y": y[idx]}, seed=0)
+
+    def loss_fn(m, b):
+        return torch.nn.functional.mse_loss(m(b["x"]), b["y"])
+
+    def run(name, cfg):
+        history = fit(model, batches, loss_fn, lambda m: {"ccc_mean": 0.5}, cfg, tmp_path / name)
+        assert json.loads((tmp_path / name / "history.json").read_text()) == json.loads(json.dumps(history))
+        return history
+
+    assert run("all", TrainConfig(epochs=3, early_stopping=99, seed=0))[-1]["stopped"] == "epochs"
+    assert run("early", TrainConfig(epochs=9, early_stopping=2, seed=0))[-1]["stopped"] == "early_stopping"
+    with caplog.at_level(logging.WARNING, logger="heads.train"):
+        history = run("capped", TrainConfig(epochs=9, max_minutes=0.0, seed=0))
+    assert len(history) == 1 and history[-1]["stopped"] == "max_minutes"
+    assert "max_minutes" in caplog.text

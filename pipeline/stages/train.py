@@ -55,6 +55,7 @@ def run(params_path: Path, name: str, kind: str = "head") -> dict:
     metrics = train_model(head, videos, out_dir)
     publish_metrics(metrics, out_dir, layout.metrics / f"{spec.model_name}.json")
     publish_history(out_dir, layout.plots / "history" / f"{spec.model_name}.json")
-    log.info("%s %s: %s", "train" if spec.kind == "head" else "fuse", name,
-             ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
+    log.info("%s %s: %s; stopped by %s after %s epochs (best epoch %s)", "train" if spec.kind == "head" else "fuse",
+             name, ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float)),
+             metrics.get("stopped"), metrics.get("epochs"), metrics.get("best_epoch"))
     return metrics
