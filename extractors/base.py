@@ -120,8 +120,19 @@ def get_extractor(name: str, cfg: Any) -> Extractor:
     return REGISTRY[name](cfg)
 
 
+def looks_like_local_path(model: str) -> bool:
+    """Whether `model` names a folder rather than a hub id (`org/name`): an absolute or explicitly
+    relative path, more than two segments, or a first segment that exists here."""
+    if model.startswith(("/", "./", "../", "~")) or model.count("/") > 1:
+        return True
+    return "/" in model and Path(model.split("/")[0]).is_dir()
+
+
 def hf_load_error(kind: str, model: str, revision: str | None, err: Exception, local_example: str) -> str:
     """The message for a Hugging Face checkpoint that cannot be loaded: what failed, how to run offline."""
+    if looks_like_local_path(model) and not Path(model).expanduser().exists():
+        return (f"{kind} model {model!r}: folder not found (relative to {Path.cwd()}); write it with "
+                f"save_pretrained ({local_example}), or set `model` to a Hugging Face hub id")
     first = str(err).splitlines()[0] if str(err) else ""
     return (
         f"{kind} model {model!r} (revision {revision or 'default'}) could not be loaded: "

@@ -152,6 +152,18 @@ def test_bad_model_id_fails_before_any_video(monkeypatch, tmp_path):
     assert touched == []
 
 
+@pytest.mark.parametrize("model", ["data/models/nowhere/wavlm", "./wavlm-local", "/no/such/folder"])
+def test_missing_local_model_folder_says_folder_not_found(monkeypatch, tmp_path, model):
+    """A path that names a folder (not a hub `org/name` id) and does not exist is reported as a
+    missing folder, not as a hub id that could not be downloaded."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    with pytest.raises(ExtractorError, match="folder not found") as err:
+        SpeechSSLExtractor(AudioConfig(model=model, device="cpu")).load()
+    assert model in str(err.value) and "HF_HUB_OFFLINE" not in str(err.value)
+
+
 def test_wav2vec2_with_task_head_loads_as_base(tmp_path):
     """PDEM-style checkpoints (wav2vec2 + a custom head) load through AutoModel as the base model."""
     from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2ForSequenceClassification
