@@ -171,13 +171,17 @@ class VideoPrediction:
     gate_names: list[str] = field(default_factory=list)
 
     def columns(self) -> dict[str, np.ndarray]:
-        """frame, time, valence, arousal, <model>_valence/_arousal..., gate_<expert>...; NaN = no prediction."""
+        """frame, time, valence, arousal, <model>_valence/_arousal..., gate_<expert>...; NaN = no prediction.
+
+        Every valence/arousal column is clipped to [-1, 1], the labels' range (a head's raw output
+        can overshoot it), so the per-model columns compare with the main one on the same scale.
+        """
         cols: dict[str, np.ndarray] = {"frame": np.arange(self.num_frames),
                                        "time": np.arange(self.num_frames) / self.fps}
-        main = _masked(self.pred, self.valid)
+        main = np.clip(_masked(self.pred, self.valid), -1.0, 1.0)
         cols["valence"], cols["arousal"] = main[:, 0], main[:, 1]
         for name, (p, ok) in self.per_model.items():
-            m = _masked(p, ok)
+            m = np.clip(_masked(p, ok), -1.0, 1.0)
             cols[f"{name}_valence"], cols[f"{name}_arousal"] = m[:, 0], m[:, 1]
         if self.gates is not None:
             g = _masked(self.gates, self.valid)

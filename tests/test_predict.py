@@ -286,3 +286,16 @@ def test_features_of_another_width_are_refused(project) -> None:
                                                         "valid": np.ones(n, bool)})
     with pytest.raises(ModelLoadError, match="extract.face"):
         predict_head(head, [video])
+
+
+def test_every_va_column_is_clipped_to_the_label_range():
+    from heads.inference import VideoPrediction
+
+    pred = np.array([[1.3, -0.2], [0.1, -1.22], [0.0, 0.0]], np.float32)
+    vp = VideoPrediction("v", 10.0, 3, "fusion_gated_moe", pred, np.array([True, True, False]),
+                         per_model={"face": (pred * 1.1, np.ones(3, bool))})
+    cols = vp.columns()
+    for name in ("valence", "arousal", "face_valence", "face_arousal"):
+        finite = cols[name][np.isfinite(cols[name])]
+        assert finite.min() >= -1.0 and finite.max() <= 1.0, name
+    assert cols["valence"][0] == 1.0 and cols["face_arousal"][1] == -1.0 and np.isnan(cols["valence"][2])
