@@ -57,9 +57,10 @@ class FusionHead(Head):
 
     # ------------------------------------------------------------- what a fusion says about itself
     @property
-    @abc.abstractmethod
     def modalities(self) -> list[str]:
-        """Every head output the fusion reads (per-frame streams plus audio context)."""
+        """Every head output the fusion reads (per-frame streams plus audio context): its config's
+        `modalities`."""
+        return list(self.cfg.modalities)
 
     @property
     @abc.abstractmethod

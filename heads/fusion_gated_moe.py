@@ -224,10 +224,6 @@ class GatedMoE(FusionHead):
     name = "gated_moe"
 
     @property
-    def modalities(self) -> list[str]:
-        return list(self.cfg.modalities)
-
-    @property
     def streams(self) -> list[str]:
         return list(self.cfg.modalities)
 

@@ -168,10 +168,6 @@ class RAAV(FusionHead):
     name = "raav"
 
     @property
-    def modalities(self) -> list[str]:
-        return list(self.cfg.modalities)
-
-    @property
     def streams(self) -> list[str]:
         return list(self.cfg.visual)
 
