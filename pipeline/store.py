@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import math
 import os
 import shutil
@@ -47,6 +48,8 @@ from zarr.storage import FsspecStore, LocalStore
 from pipeline.files import atomic_output, atomic_write_text, sampled_digest
 from pipeline.records import Video
 from pipeline.shard_reader import read_shard, shard_layout
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 REQUIRED_ARRAYS = ("t0", "t1", "valid")
@@ -167,6 +170,27 @@ async def _get_json(store: Any, key: str) -> dict | None:
         return json.loads(buf.to_bytes())
     except ValueError:
         return None
+
+
+async def _root_metadata(store: Any, url: str) -> dict | None:
+    """The store's root `zarr.json`: None when there is none, a StoreError naming the store and the
+    recovery when it is there but damaged (a truncated write, bytes overwritten)."""
+    try:
+        buf = await store.get("zarr.json", prototype=default_buffer_prototype())
+    except FileNotFoundError:
+        return None
+    if buf is None:
+        return None
+    try:
+        meta = json.loads(buf.to_bytes().decode("utf-8"))
+        if not isinstance(meta, dict) or meta.get("node_type") != "group":
+            raise ValueError("not the metadata of a Zarr group")
+    except ValueError as exc:
+        raise StoreError(
+            f"{url}/zarr.json: the store's root metadata is damaged ({exc}); its video groups are untouched. "
+            "Re-run the extraction stage: it rewrites the root metadata from its configuration and keeps "
+            "every complete video (or restore the store with `dvc checkout`)") from None
+    return meta
 
 
 async def _gather_limited(coros: Iterable, limit: int = _SCAN_CONCURRENCY) -> list:
@@ -305,8 +329,19 @@ class FeatureStore:
         """
         url = str(url)
         store = _make_store(url, storage_options, read_only=False)
-        existing = sync(_get_json(store, "zarr.json"))
         fp_hash = fingerprint_hash(fingerprint)
+        repair = False
+        try:
+            existing = sync(_root_metadata(store, url))
+        except StoreError:
+            if fp_hash[:8] not in url.rstrip("/").rsplit("/", 1)[-1]:
+                raise
+            # The store's name carries this configuration's fingerprint, so its root metadata can be
+            # rewritten from the configuration; every video group keeps its own metadata and flag.
+            log.warning("%s: root metadata damaged; rewriting it from this extractor's configuration "
+                        "(video groups are kept)", url)
+            sync(store.delete("zarr.json"))
+            existing, repair = None, True
         if existing is not None:
             root_attrs = existing.get("attributes", {})
             if "schema_version" not in root_attrs:
@@ -336,7 +371,8 @@ class FeatureStore:
         }
         _json_or_error(url, "root attrs", root_attrs)
         try:
-            zarr.open_group(store, mode="w-", attributes=root_attrs, zarr_format=3)
+            # "w-" refuses a store that holds anything; a repaired one keeps its video groups
+            zarr.open_group(store, mode="a" if repair else "w-", attributes=root_attrs, zarr_format=3)
         except Exception:  # noqa: BLE001 - another worker created it first: validate theirs instead
             if sync(_get_json(store, "zarr.json")) is None:
                 raise
@@ -349,8 +385,8 @@ class FeatureStore:
         """Open an existing store for reading (StoreError if there is none)."""
         url = str(url)
         store = _make_store(url, storage_options, read_only=False)
-        root = sync(_get_json(store, "zarr.json"))
-        if root is None or root.get("node_type") != "group":
+        root = sync(_root_metadata(store, url))
+        if root is None:
             raise StoreError(f"{url}: no feature store here; run the extraction stage first (or check the path/URL)")
         attrs = root.get("attributes", {})
         if "schema_version" not in attrs:

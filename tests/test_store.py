@@ -370,3 +370,38 @@ def test_foreign_layout_falls_back_to_zarr(fs: FeatureStore) -> None:
     assert "zarr.1234.partial" not in got and fs.video_ids() == ["v1"]
     assert shard_layout(json.loads((Path(fs.url) / "v1" / "zipped" / "zarr.json").read_text())) is None
     assert shard_layout(json.loads((Path(fs.url) / "v1" / "emb" / "zarr.json").read_text())) is not None
+
+
+def _one_video_store(url: str, fp: dict) -> FeatureStore:
+    fs = FeatureStore.create(url, extractor="grada", fingerprint=fp)
+    fs.write_video("v1", {"emb": np.ones((3, 4), np.float16), "t0": np.zeros(3, np.float32),
+                          "t1": np.ones(3, np.float32), "valid": np.ones(3, bool)})
+    return fs
+
+
+@pytest.mark.parametrize("garbage", [b"\x00garbage{", b'{"node_type": "array"', b"[1, 2]", b"\xff\xfe"])
+def test_damaged_root_metadata_is_named_and_repaired_without_losing_videos(tmp_path, garbage):
+    """Garbage in a store's root zarr.json: verify names the store and the recovery (not 'no store
+    here'); the next extraction of the same configuration rewrites the root and keeps every video."""
+    from pipeline.store import store_url, verify
+
+    fp = {"model": "x"}
+    url = store_url(str(tmp_path), "face", "grada", fp)
+    _one_video_store(url, fp)
+    (Path(url) / "zarr.json").write_bytes(garbage)
+    with pytest.raises(StoreError, match="root metadata is damaged") as err:
+        verify(url)
+    assert url in str(err.value) and "Re-run the extraction stage" in str(err.value)
+    again = FeatureStore.create(url, extractor="grada", fingerprint=fp)
+    assert again.is_complete("v1") and verify(url) == []
+
+
+def test_damaged_root_of_a_store_not_named_by_its_fingerprint_is_an_error(tmp_path):
+    """Without the fingerprint in its name nothing says which configuration wrote the store: no
+    rewrite, a StoreError naming it (never zarr's FileExistsError)."""
+    url = str(tmp_path / "custom.zarr")
+    _one_video_store(url, {"model": "x"})
+    (Path(url) / "zarr.json").write_bytes(b"not json")
+    with pytest.raises(StoreError, match="custom.zarr/zarr.json: the store's root metadata is damaged"):
+        FeatureStore.create(url, extractor="grada", fingerprint={"model": "x"})
+    assert (Path(url) / "v1").is_dir()
