@@ -202,7 +202,7 @@ def export(ctx: click.Context, model: str | None, split: str, template: Path | N
 
 
 @main.command("predict")
-@click.argument("videos", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("videos", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("data/predictions"),
               show_default=True, help="Folder for per-video CSV files, plots and the features cache of new videos.")
 @click.option("--model", default=None,
@@ -210,7 +210,8 @@ def export(ctx: click.Context, model: str | None, split: str, template: Path | N
                    "else the best model on validation).")
 @click.pass_context
 def predict(ctx: click.Context, videos: tuple[Path, ...], out: Path, model: str | None) -> None:
-    """Run the extractors (cached or fresh) and the trained models on new videos.
+    """Run the extractors (cached or fresh) and the trained models on new videos (files, or
+    folders: every video file below them; files that share a name get distinct ids).
 
     Writes <out>/<video>.csv (frame, time, valence, arousal, per-head columns, gate weights) and
     <out>/<video>.png per video; a video that fails is reported and the others still run.

@@ -194,6 +194,24 @@ def test_corrupt_file_is_reported_and_the_others_predicted(first_run, project, i
     assert [f["video_id"] for f in report["failed"]] == ["broken"]
 
 
+def test_a_folder_predicts_every_video_and_same_names_get_distinct_ids(first_run, project, inputs) -> None:
+    """A folder argument stands for every video below it; two files named alike in different
+    folders are both predicted, each under its own id, instead of aborting the run."""
+    folder = project.parent / "batch"
+    for sub in ("a", "b"):
+        (folder / sub).mkdir(parents=True)
+        shutil.copy(inputs["silent"], folder / sub / "clip.mp4")
+    out = project.parent / "batch_out"
+    result = predict(project, [folder], out)
+    assert result.exit_code == 0, result.output
+    csvs = sorted(p.name for p in out.glob("clip*.csv"))
+    assert len(csvs) == 2 and all(name.startswith("clip-") for name in csvs), csvs
+    report = json.loads((out / "predict_report.json").read_text())
+    assert sorted(report["outputs"]) == [name[:-4] for name in csvs]
+    again = predict(project, [folder], out)  # ids are stable: the same two files, nothing new
+    assert again.exit_code == 0 and sorted(p.name for p in out.glob("clip*.csv")) == csvs
+
+
 def predict_with_model(project: Path, model: str, video: Path, out: Path):
     """`affcache predict` with a params file whose `predict.model` is `model`."""
     name = f"params_{model}.yaml"

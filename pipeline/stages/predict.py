@@ -19,6 +19,7 @@ exits non-zero at the end.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import logging
 import math
@@ -59,7 +60,7 @@ def run(params_path: Path, videos: list[Path], out: Path, model: str | None = No
     out = Path(out)
     predictor = load_model(params, layout, model)
     report = PredictReport(model=predictor.model)
-    records = probe_videos(videos, report)
+    records = probe_videos(expand_inputs(videos), report)
     urls = extract(params, layout, stores_needed(predictor), records, out / "features", report) if records else {}
     usable = [v for v in records if has_any_head_input(v, predictor.modalities, report)]
     if usable:
@@ -131,25 +132,53 @@ def choose_model(params: Params, layout: Layout, model: str | None = None) -> st
 # --------------------------------------------------------------------------- records
 
 
+def expand_inputs(paths: list[Path]) -> list[Path]:
+    """Files as given; a folder stands for every video file below it (sorted, so runs repeat)."""
+    from pipeline.datasets.affwild2 import VIDEO_EXTS
+
+    files: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in VIDEO_EXTS)
+            if not found:
+                raise StageFailed(f"{p}: no video files ({', '.join(VIDEO_EXTS)}) in this folder")
+            files += found
+        else:
+            files.append(p)
+    return list(dict.fromkeys(files))
+
+
+def video_ids(paths: list[Path]) -> dict[Path, str]:
+    """The id of each file: its stem, or, where files share a stem, the stem plus 6 hex digits of
+    the file's absolute path (stable across runs), so every file keeps its own CSV and cache."""
+    by_stem: dict[str, list[Path]] = {}
+    for p in paths:
+        by_stem.setdefault(p.stem, []).append(p)
+    ids = {}
+    for stem, group in by_stem.items():
+        for p in group:
+            digest = hashlib.sha1(str(p.resolve()).encode()).hexdigest()[:6]
+            ids[p] = stem if len(group) == 1 else f"{stem}-{digest}"
+        if len(group) > 1:
+            log.info("predict: %d files named %r get distinct ids: %s", len(group), stem,
+                     ", ".join(f"{p} -> {ids[p]}" for p in group))
+    return ids
+
+
 def probe_videos(paths: list[Path], report: PredictReport) -> list[Video]:
-    """One `Video` per readable file (id = stem); unreadable files go to `report.failed`."""
+    """One `Video` per readable file (see `video_ids`); unreadable files go to `report.failed`."""
     from pipeline.media import MediaError, probe
 
-    seen: dict[str, Path] = {}
-    for p in paths:
-        if p.stem in seen:
-            raise StageFailed(f"{p}: video id {p.stem!r} is also the id of {seen[p.stem]} (ids are file stems); "
-                              "rename one of them")
-        seen[p.stem] = p
+    ids = video_ids(paths)
     records = []
     for p in paths:
         try:
             info = probe(p)
         except MediaError as exc:
-            report.failed.append({"video_id": p.stem, "file": str(p), "stage": "probe", "error": str(exc)})
+            report.failed.append({"video_id": ids[p], "file": str(p), "stage": "probe", "error": str(exc)})
             log.error("predict: %s", exc)
             continue
-        records.append(Video(video_id=p.stem, media_path=str(Path(p).resolve()), fps=info.fps,
+        records.append(Video(video_id=ids[p], media_path=str(Path(p).resolve()), fps=info.fps,
                              num_frames=info.num_frames, duration=info.duration, has_audio=info.has_audio,
                              split="test"))
     return records
