@@ -34,14 +34,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from heads.contract import Head
+from heads.contract import TASK_OUTPUTS, Head
 from heads.data import HeadVideo, frame_targets, load_head_videos, reliability_on_grid
 from heads.losses import ccc_loss
 from heads.outputs import HeadOutput
 from heads.train import TrainConfig
 from heads.windows import AudioTrustRule, frame_windows, overlap_add
 
-NUM_OUT = {"va": 2, "expr": 8}
 
 
 @dataclass
@@ -163,7 +162,7 @@ class AudioPoolingModel(nn.Module):
         self.pre = nn.Sequential(nn.LayerNorm(2 * in_dim), nn.Dropout(cfg.dropout),
                                  nn.Linear(2 * in_dim, cfg.head_hidden), nn.GELU())
         self.drop = nn.Dropout(cfg.dropout)
-        self.out = nn.Linear(cfg.head_hidden, NUM_OUT[cfg.task])
+        self.out = nn.Linear(cfg.head_hidden, TASK_OUTPUTS[cfg.task])
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         b, nb, r, d = x.shape
@@ -332,7 +331,7 @@ def predict_video(model, video: HeadVideo, data: AudioVideoData, cfg: AudioPooli
     f = video.num_frames
     nb = len(data.bin_start)
     hop = int(round(cfg.hop_s / cfg.bin_s))
-    empty = HeadOutput(np.zeros((f, NUM_OUT[cfg.task]), np.float32), np.zeros((f, cfg.head_hidden), np.float32),
+    empty = HeadOutput(np.zeros((f, TASK_OUTPUTS[cfg.task]), np.float32), np.zeros((f, cfg.head_hidden), np.float32),
                        np.zeros(f, bool))
     if data.x is None or nb == 0 or data.bin_count.sum() == 0:
         return empty
@@ -387,9 +386,8 @@ class AudioPooling(Head[AudioPoolingConfig]):
         return self.cfg.lower_feature if self.cfg.finetune_top_k > 0 else self.cfg.feature
 
     def check(self) -> None:
+        super().check()
         cfg = self.cfg
-        if cfg.task not in NUM_OUT:
-            raise ValueError(f"AudioPoolingConfig.task must be 'va' or 'expr', got {cfg.task!r}")
         hop = cfg.hop_s / cfg.bin_s
         if abs(hop - round(hop)) > 1e-6 or hop < 1:
             raise ValueError(f"AudioPoolingConfig: hop_s={cfg.hop_s} must be a multiple of window_s/bins={cfg.bin_s}")

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from heads.contract import Head
+from heads.contract import TASK_OUTPUTS, Head
 from heads.data import HeadVideo, SequenceBank, frame_targets, load_head_videos, predict_windows
 from heads.losses import window_task_loss
 from heads.outputs import HeadOutput
@@ -35,7 +35,6 @@ from heads.train import TrainConfig
 from heads.windows import frame_windows, segments_to_frames
 from pipeline.labels import fill_nearest
 
-NUM_OUT = {"va": 2, "expr": 8}
 
 
 @dataclass
@@ -103,7 +102,7 @@ class BehaviorTemporalModel(nn.Module):
         self.blocks = nn.ModuleList(MambaBlock(mcfg, i, cfg.dropout) for i in range(cfg.layers))
         self.norm = nn.LayerNorm(d)
         self.head = nn.Sequential(nn.Linear(d, cfg.head_hidden), nn.LayerNorm(cfg.head_hidden), nn.GELU(),
-                                  nn.Dropout(cfg.dropout), nn.Linear(cfg.head_hidden, NUM_OUT[cfg.task]))
+                                  nn.Dropout(cfg.dropout), nn.Linear(cfg.head_hidden, TASK_OUTPUTS[cfg.task]))
 
     def forward(self, x: torch.Tensor, pad: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         mask = None if pad is None else (~pad).long()
@@ -174,7 +173,7 @@ def build_bank(videos: list[HeadVideo], cfg: BehaviorTemporalConfig, inputs: dic
 def predict_video(model, video: HeadVideo, x: np.ndarray | None, cfg: BehaviorTemporalConfig, device) -> HeadOutput:
     """Segment outputs by overlap-add of sequences, then expanded to frames (mean of covering segments)."""
     f = video.num_frames
-    empty = HeadOutput(np.zeros((f, NUM_OUT[cfg.task]), np.float32), np.zeros((f, cfg.d_model), np.float32),
+    empty = HeadOutput(np.zeros((f, TASK_OUTPUTS[cfg.task]), np.float32), np.zeros((f, cfg.d_model), np.float32),
                        np.zeros(f, bool))
     if x is None:
         return empty
@@ -193,10 +192,6 @@ class BehaviorTemporal(Head[BehaviorTemporalConfig]):
     """
 
     name = "behavior"
-
-    def check(self) -> None:
-        if self.cfg.task not in NUM_OUT:
-            raise ValueError(f"BehaviorTemporalConfig.task must be 'va' or 'expr', got {self.cfg.task!r}")
 
     def load(self, records, urls):
         return load_head_videos(records, urls["features/behavior"], task=self.task)

@@ -27,6 +27,8 @@ from torch import nn
 from heads.outputs import HeadOutput
 from heads.train import TrainConfig
 
+TASK_OUTPUTS = {"va": 2, "expr": 8}  # outputs per frame: valence/arousal, or 8 expression logits
+
 C = TypeVar("C")
 LossFn = Callable[[nn.Module, dict], torch.Tensor]
 
@@ -75,7 +77,12 @@ class Head(abc.ABC, Generic[C]):
         return "ccc_mean" if self.task == "va" else "f1"
 
     def check(self) -> None:
-        """Raise ValueError for a config that cannot work (called before any data is read)."""
+        """Raise ValueError for a config that cannot work (called before any data is read).
+
+        The default checks the config's `task` (heads that add rules call it first)."""
+        task = getattr(self.cfg, "task", "va")
+        if task not in TASK_OUTPUTS:
+            raise ValueError(f"{type(self.cfg).__name__}.task must be 'va' or 'expr', got {task!r}")
 
     # ----------------------------------------------------------------- data
     @abc.abstractmethod

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from heads.contract import Head
+from heads.contract import TASK_OUTPUTS, Head
 from heads.data import HeadVideo, SequenceBank, frame_features, frame_targets, load_head_videos, predict_windows
 from heads.losses import window_task_loss
 from heads.outputs import HeadOutput
@@ -25,7 +25,6 @@ from heads.train import TrainConfig
 from heads.windows import frame_windows
 from pipeline.labels import fill_nearest
 
-NUM_OUT = {"va": 2, "expr": 8}
 
 
 @dataclass
@@ -94,7 +93,7 @@ class FaceTemporalModel(nn.Module):
         self.ln = nn.LayerNorm(cfg.head_dim)
         self.act = nn.GELU()
         self.drop = nn.Dropout(cfg.dropout)
-        self.out = nn.Linear(cfg.head_dim, NUM_OUT[cfg.task])
+        self.out = nn.Linear(cfg.head_dim, TASK_OUTPUTS[cfg.task])
         self.register_buffer("pe", sinusoidal_encoding(max(cfg.window, 1), d), persistent=False)
 
     def forward(self, x: torch.Tensor, pad: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -141,7 +140,7 @@ def predict_video(model: nn.Module, video: HeadVideo, x: np.ndarray, present: np
     """Per-frame prediction + embedding by overlap-add of windows; invalid when the video has no face."""
     wins = frame_windows(video.num_frames, cfg.window, cfg.hop)
     if not wins or not present.any():
-        return HeadOutput(np.zeros((video.num_frames, NUM_OUT[cfg.task]), np.float32),
+        return HeadOutput(np.zeros((video.num_frames, TASK_OUTPUTS[cfg.task]), np.float32),
                           np.zeros((video.num_frames, cfg.head_dim), np.float32), np.zeros(video.num_frames, bool))
     pred, emb = predict_windows(model, x, wins, cfg.window, cfg.infer_batch, device, video.num_frames)
     return HeadOutput(pred, emb, np.isfinite(pred).all(1))
@@ -151,10 +150,6 @@ class FaceTemporal(Head[FaceTemporalConfig]):
     """The face head behind the contract (heads.contract): frame windows of the face store."""
 
     name = "face"
-
-    def check(self) -> None:
-        if self.cfg.task not in NUM_OUT:
-            raise ValueError(f"FaceTemporalConfig.task must be 'va' or 'expr', got {self.cfg.task!r}")
 
     def load(self, records, urls):
         return load_head_videos(records, urls["features/face"], task=self.task)

@@ -324,3 +324,10 @@ def test_fit_records_why_training_stopped(tmp_path, caplog):
         history = run("capped", TrainConfig(epochs=9, max_minutes=0.0, seed=0))
     assert len(history) == 1 and history[-1]["stopped"] == "max_minutes"
     assert "max_minutes" in caplog.text
+
+
+@pytest.mark.parametrize("head, cfg", [(FaceTemporal, FaceTemporalConfig), (BehaviorTemporal, BehaviorTemporalConfig),
+                                       (AudioPooling, AudioPoolingConfig)])
+def test_unknown_task_is_refused_naming_the_config(head, cfg):
+    with pytest.raises(ValueError, match=f"{cfg.__name__}.task must be 'va' or 'expr', got 'valence'"):
+        head(cfg(task="valence"))
