@@ -15,6 +15,7 @@ import click
 
 from heads.registry import FUSIONS, HEADS, model_names  # cheap: the registry imports no torch
 from pipeline.config import ParamsError
+from pipeline.records import SPLITS
 
 log = logging.getLogger("affcache")
 
@@ -27,10 +28,53 @@ class UserError(click.ClickException):
 
 def _setup_logging(verbosity: int) -> None:
     level = {-1: logging.WARNING, 0: logging.INFO}.get(verbosity, logging.DEBUG if verbosity > 0 else logging.ERROR)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger().setLevel(level)  # also when called again for options given after the subcommand
     # Libraries we drive are chatty at INFO; keep their warnings.
     for noisy in ("transformers", "urllib3", "filelock", "fsspec", "numcodecs", "matplotlib"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+
+
+def _params_option(ctx: click.Context, _param: click.Parameter, value: Path | None) -> None:
+    if value is not None:
+        ctx.ensure_object(dict)["params_path"] = value
+
+
+def _verbosity_option(sign: int):
+    def callback(ctx: click.Context, _param: click.Parameter, value: int) -> None:
+        if value:
+            obj = ctx.ensure_object(dict)
+            obj["verbosity"] = obj.get("verbosity", 0) + sign * value
+            _setup_logging(obj["verbosity"])
+
+    return callback
+
+
+_VERBOSE_HELP = "More log output (-v: debug)."
+_QUIET_HELP = "Less log output (-q: warnings only, -qq: errors only)."
+_PARAMS_HELP = "Params file the stage commands read their settings from."
+
+
+def shared_options(command):
+    """`-v`, `-q` and `--params` after the subcommand too (`affcache extract face -v`), as before it."""
+    for decorator in (
+        click.option("-v", "--verbose", count=True, expose_value=False, callback=_verbosity_option(1),
+                     help=_VERBOSE_HELP),
+        click.option("-q", "--quiet", count=True, expose_value=False, callback=_verbosity_option(-1),
+                     help=_QUIET_HELP),
+        click.option("--params", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                     expose_value=False, callback=_params_option, help=_PARAMS_HELP + " [default: params.yaml]"),
+    ):
+        command = decorator(command)
+    return command
+
+
+class AffcacheGroup(click.Group):
+    """Adds the shared options to every subcommand."""
+
+    def command(self, *args, **kwargs):
+        decorator = super().command(*args, **kwargs)
+        return lambda f: decorator(shared_options(f))
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -64,16 +108,17 @@ def _run_stage(fn, params_path: Path, *args, **kwargs) -> None:
         raise UserError(str(exc)) from exc
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("-v", "--verbose", count=True, help="More log output (-v: debug).")
-@click.option("-q", "--quiet", count=True, help="Less log output (-q: warnings only, -qq: errors only).")
+@click.group(cls=AffcacheGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="affcache", prog_name="affcache", message="%(prog)s %(version)s")
+@click.option("-v", "--verbose", count=True, help=_VERBOSE_HELP)
+@click.option("-q", "--quiet", count=True, help=_QUIET_HELP)
 @click.option(
     "--params",
     "params_path",
     type=click.Path(dir_okay=False, path_type=Path),
     default=Path("params.yaml"),
     show_default=True,
-    help="Params file the stage commands read their settings from.",
+    help=_PARAMS_HELP,
 )
 @click.pass_context
 def main(ctx: click.Context, verbose: int, quiet: int, params_path: Path) -> None:
@@ -83,7 +128,7 @@ def main(ctx: click.Context, verbose: int, quiet: int, params_path: Path) -> Non
     each reads its own section of params.yaml.
     """
     _setup_logging(verbose - quiet)
-    ctx.obj = {"params_path": params_path}
+    ctx.obj = {"params_path": params_path, "verbosity": verbose - quiet}
 
 
 # --------------------------------------------------------------------------- demo
@@ -136,8 +181,12 @@ def index(ctx: click.Context, adapter: str | None, root: Path | None, out: Path 
 
 @main.command("extract")
 @click.argument("modality", type=click.Choice(EXTRACTORS))
+@click.option("--device", default=None, help="Device for the model (auto, cpu, cuda, cuda:1, mps); "
+              "default: the config's `device` (not part of the store's fingerprint: same store on any device).")
+@click.option("--videos", "video_ids", multiple=True, metavar="ID",
+              help="Extract only these video ids of the index (repeat the option, or separate ids by commas).")
 @click.pass_context
-def extract(ctx: click.Context, modality: str) -> None:
+def extract(ctx: click.Context, modality: str, device: str | None, video_ids: tuple[str, ...]) -> None:
     """Extract one modality's features for every video in the index into its Zarr store.
 
     Resumable and incremental: videos already complete in the store are skipped; a video that
@@ -146,7 +195,8 @@ def extract(ctx: click.Context, modality: str) -> None:
     """
     from pipeline.stages import extract as extract_stage
 
-    _run_stage(extract_stage.run, ctx.obj["params_path"], modality)
+    ids = [i for item in video_ids for i in item.split(",") if i]
+    _run_stage(extract_stage.run, ctx.obj["params_path"], modality, device=device, video_ids=ids or None)
 
 
 @main.command("train")
@@ -188,8 +238,9 @@ def report(ctx: click.Context) -> None:
 
 
 @main.command("export")
-@click.option("--model", default=None, help="Which predictions to export (a head or fusion name; default: best on validation).")
-@click.option("--split", default="test", show_default=True, help="Split to export.")
+@click.option("--model", type=click.Choice(model_names()), default=None,
+              help="Which predictions to export (default: the best on validation).")
+@click.option("--split", type=click.Choice(SPLITS), default="test", show_default=True, help="Split to export.")
 @click.option("--template", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="ABAW template file whose row order and count the submission follows.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Submission file to write.")
@@ -224,7 +275,7 @@ def predict(ctx: click.Context, videos: tuple[Path, ...], out: Path, model: str 
 # --------------------------------------------------------------------------- store tools
 
 
-@main.group("store")
+@main.group("store", cls=AffcacheGroup)
 def store() -> None:
     """Inspect, check and export feature stores."""
 

@@ -112,3 +112,65 @@ def test_params_sections_build_their_configs(params_file: Path) -> None:
     for spec in REGISTRY.values():
         spec.build(params.build(spec.params_section, spec.config_class()))
     assert json.dumps(params.data)  # plain YAML types only
+
+
+def test_version() -> None:
+    import affcache
+
+    result = CliRunner().invoke(main, ["--version"])
+    assert result.exit_code == 0
+    assert result.output.strip() == f"affcache {affcache.__version__}"
+    assert affcache.__version__ not in ("", "0+unknown")
+
+
+def test_shared_options_after_the_subcommand(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--params` after the subcommand wins over the default; `-q` after it is accepted too."""
+    params = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    params["train"]["face"]["windw"] = 10
+    (tmp_path / "other.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["train", "face", "-q", "--params", "other.yaml"])
+    assert result.exit_code != 0
+    assert "other.yaml" in result.output and "windw" in result.output
+
+
+def _project_with_index(tmp_path: Path) -> Path:
+    from pipeline.records import Video, write_index
+
+    params = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    videos = [Video(video_id=v, media_path=f"{v}.mp4", fps=10.0, num_frames=10, duration=1.0, has_audio=False,
+                    split="train") for v in ("a", "b")]
+    write_index(videos, tmp_path / "data" / "index.json")
+    return tmp_path
+
+
+def test_extract_names_unknown_video_ids(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(_project_with_index(tmp_path))
+    result = CliRunner().invoke(main, ["extract", "reliability", "--videos", "a,zzz"])
+    assert result.exit_code != 0
+    assert "zzz" in result.output and "index.json" in result.output and "a, b" in result.output
+
+
+def test_extract_device_on_a_cpu_only_extractor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(_project_with_index(tmp_path))
+    result = CliRunner().invoke(main, ["extract", "reliability", "--device", "cuda"])
+    assert result.exit_code != 0
+    assert "--device" in result.output and "no device setting" in result.output
+
+
+def test_select_videos_keeps_index_order() -> None:
+    from pipeline.records import Video
+    from pipeline.stages.extract import select_videos
+
+    videos = [Video(video_id=v, media_path=f"{v}.mp4", fps=10.0, num_frames=1, duration=0.1, has_audio=False,
+                    split="train") for v in "abc"]
+    assert [v.video_id for v in select_videos(videos, ["c", "a"], Path("index.json"))] == ["a", "c"]
+    assert select_videos(videos, None, Path("index.json")) == videos
+
+
+@pytest.mark.parametrize("option,value", [("--split", "valdiation"), ("--model", "fusion_mo")])
+def test_export_choices_list_the_valid_values(option: str, value: str, tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["export", option, value, "--out", str(tmp_path / "x.txt")])
+    assert result.exit_code == 2
+    assert "validation" in result.output if option == "--split" else "fusion_gated_moe" in result.output

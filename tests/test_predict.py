@@ -317,3 +317,33 @@ def test_every_va_column_is_clipped_to_the_label_range():
         finite = cols[name][np.isfinite(cols[name])]
         assert finite.min() >= -1.0 and finite.max() <= 1.0, name
     assert cols["valence"][0] == 1.0 and cols["face_arousal"][1] == -1.0 and np.isnan(cols["valence"][2])
+
+
+def readme_api_example() -> str:
+    """The README's Python API example, verbatim."""
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text.split("## Python API", 1)[1]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_readme_python_api_example_runs(project: Path, inputs: dict[str, Path], tmp_path: Path) -> None:
+    """The README example in a copy of the trained project, on a `clips/` folder of two videos."""
+    work = tmp_path / "project"
+    shutil.copytree(project, work, ignore=shutil.ignore_patterns("predictions"))
+    (work / "clips").mkdir()
+    shutil.copy(inputs["speaker"], work / "clips" / "speaker.mp4")
+    shutil.copy(inputs["silent"], work / "clips" / "silent.mp4")
+    namespace: dict = {}
+    with cwd(work):
+        exec(compile(readme_api_example(), "README.md", "exec"), namespace)
+    features, ds, tree, df = (namespace[k] for k in ("features", "ds", "tree", "df"))
+    assert sorted(features) == ["silent", "speaker"]
+    emb = features["silent"]["emb"]
+    assert emb.ndim == 2 and len(emb) == decoded_frames(inputs["silent"])
+    assert ds.sizes["time"] == len(features[namespace["video_id"]]["t0"]) and "feature" in ds.sizes
+    np.testing.assert_array_equal(ds["t0"].values, features[namespace["video_id"]]["t0"])
+    assert {"silent", "speaker"} <= set(tree.children)
+    assert list(df.columns[:3]) == ["video_id", "frame", "time"]
+    for vid, src in (("speaker", inputs["speaker"]), ("silent", inputs["silent"])):
+        assert (df["video_id"] == vid).sum() == decoded_frames(src)
+    assert df["valence"].between(-1, 1).all()

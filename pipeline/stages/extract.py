@@ -31,8 +31,9 @@ def config_class(extractor_cls: type) -> type:
     return candidates[0]
 
 
-def build_extractor(params: Params, modality: str) -> Any:
-    """Construct the extractor named in `extract.<modality>` with its strictly-checked config."""
+def build_extractor(params: Params, modality: str, overrides: dict[str, Any] | None = None) -> Any:
+    """Construct the extractor named in `extract.<modality>` with its strictly-checked config;
+    `overrides` (command-line options such as `--device`) replace config fields before the check."""
     from extractors.base import REGISTRY, _import_builtin_extractors
 
     section = f"extract.{modality}"
@@ -42,21 +43,27 @@ def build_extractor(params: Params, modality: str) -> Any:
         raise ParamsError(f"{params.path}: {section}.extractor: unknown extractor {name!r}; "
                           f"known: {', '.join(sorted(REGISTRY))}")
     cls = REGISTRY[name]
-    cfg = build_config(config_class(cls), params.get(f"{section}.config") or {}, where=f"{params.path}: {section}.config")
+    cfg_cls = config_class(cls)
+    for key in overrides or {}:
+        if key not in getattr(cfg_cls, "__dataclass_fields__", {}):
+            raise ParamsError(f"--{key}: the {modality} extractor ({name}) has no {key} setting")
+    values = {**(params.get(f"{section}.config") or {}), **(overrides or {})}
+    cfg = build_config(cfg_cls, values, where=f"{params.path}: {section}.config")
     extractor = cls(cfg)
     if extractor.modality != modality:
         raise ParamsError(f"{params.path}: {section}.extractor: {name!r} extracts {extractor.modality!r}, not {modality!r}")
     return extractor
 
 
-def run(params_path: Path, modality: str) -> None:
+def run(params_path: Path, modality: str, device: str | None = None, video_ids: list[str] | None = None) -> None:
+    """Extract every indexed video (or only `video_ids`); `device` overrides the config's device."""
     from extractors.base import ExtractorError, run_extraction
     from pipeline.store import prune_stores
 
     params = load_params(params_path)
     layout = Layout()
-    extractor = build_extractor(params, modality)
-    videos = read_index(layout.index)
+    extractor = build_extractor(params, modality, {"device": device} if device else None)
+    videos = select_videos(read_index(layout.index), video_ids, layout.index)
     try:
         report = run_extraction(
             extractor,
@@ -76,3 +83,16 @@ def run(params_path: Path, modality: str) -> None:
         lines = "\n".join(f"  {f['video_id']} ({f['file']}): {f['error']}" for f in report.failed)
         raise StageFailed(f"extract {modality}: {len(report.failed)} video(s) failed; the others are cached "
                           f"and a re-run retries only these:\n{lines}")
+
+
+def select_videos(videos: list, video_ids: list[str] | None, index_path: Path) -> list:
+    """All videos, or the requested ids in index order; an unknown id is an error naming the index."""
+    if not video_ids:
+        return videos
+    known = {v.video_id for v in videos}
+    unknown = [v for v in video_ids if v not in known]
+    if unknown:
+        sample = ", ".join(sorted(known)[:8]) + (", ..." if len(known) > 8 else "")
+        raise ParamsError(f"--videos: {', '.join(unknown)} not in {index_path} (its ids: {sample})")
+    wanted = set(video_ids)
+    return [v for v in videos if v.video_id in wanted]
