@@ -21,6 +21,7 @@ are used instead, whatever this flag says).
 from __future__ import annotations
 
 import importlib.util
+import logging
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -94,6 +95,10 @@ class BehaviorTemporalModel(nn.Module):
         super().__init__()
         from transformers import MambaConfig
 
+        if not torch.cuda.is_available():
+            # mamba-ssm / causal-conv1d build only against CUDA: on a CPU machine transformers' advice to
+            # install them (once per kernel, at the first forward) reads like a fault and cannot be followed
+            logging.getLogger("transformers.integrations.hub_kernels").setLevel(logging.ERROR)
         d = cfg.d_model
         mcfg = MambaConfig(hidden_size=d, state_size=cfg.d_state, num_hidden_layers=cfg.layers,
                            conv_kernel=cfg.conv_kernel, expand=cfg.expand,

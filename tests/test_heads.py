@@ -331,3 +331,17 @@ def test_fit_records_why_training_stopped(tmp_path, caplog):
 def test_unknown_task_is_refused_naming_the_config(head, cfg):
     with pytest.raises(ValueError, match=f"{cfg.__name__}.task must be 'va' or 'expr', got 'valence'"):
         head(cfg(task="valence"))
+
+
+def test_behavior_head_on_cpu_gives_no_kernel_install_advice(capfd) -> None:
+    """mamba-ssm cannot be installed without CUDA: a normal CPU run must not print advice to install it."""
+    import torch
+
+    from heads.behavior_temporal import BehaviorTemporalConfig, BehaviorTemporalModel
+
+    if torch.cuda.is_available():
+        pytest.skip("the advice is right on a CUDA machine")
+    model = BehaviorTemporalModel(8, BehaviorTemporalConfig(d_model=16, d_state=4, layers=1, head_hidden=16))
+    model(torch.randn(2, 5, 8), torch.zeros(2, 5, dtype=torch.bool))
+    captured = capfd.readouterr()
+    assert "falling back" not in captured.err + captured.out
