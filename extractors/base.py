@@ -422,6 +422,6 @@ def run_extraction(
 
 
 def _progress_bar(total: int, desc: str, enabled: bool) -> Any:
-    from tqdm.auto import tqdm
+    from pipeline.progress import progress_bar
 
-    return tqdm(total=total, desc=desc, unit="video", disable=not enabled)
+    return progress_bar(enabled=enabled, total=total, desc=desc, unit="video")

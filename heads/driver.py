@@ -54,7 +54,7 @@ def train_model(head: Head, videos: Sequence, out_dir: str | Path) -> dict:
     t0 = time.perf_counter()
     batches = Batches(len(bank), tcfg.batch_size, bank.gather, seed=tcfg.seed)
     history = fit(model, batches, head.loss(), val_fn, tcfg, out_dir, metric=head.metric,
-                  param_groups=head.param_groups(model),
+                  param_groups=head.param_groups(model), name=head.name,
                   checkpoint_extra={"model": head.name, "config": _jsonable(head.cfg), "dims": dict(dims),
                                     **head.output_attrs()})
     train_s = time.perf_counter() - t0

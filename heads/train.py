@@ -26,7 +26,8 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+
+from pipeline.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +112,13 @@ class EMA:
                 s.copy_(tmp)
 
 
+_STOP_REASONS = {
+    "epochs": "the epoch budget (epochs={cfg.epochs}) ran out",
+    "early_stopping": "early stopping, no better validation score in {cfg.early_stopping} epochs",
+    "max_minutes": "the wall-clock cap max_minutes={cfg.max_minutes}",
+}
+
+
 def _to_device(batch: dict, device: torch.device) -> dict:
     return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
 
@@ -118,7 +126,7 @@ def _to_device(batch: dict, device: torch.device) -> dict:
 def fit(model: nn.Module, train_batches: Batches, loss_fn: Callable[[nn.Module, dict], torch.Tensor],
         val_fn: Callable[[nn.Module], dict], cfg: TrainConfig, out_dir: str | Path, *,
         metric: str = "ccc_mean", param_groups: list[dict] | None = None,
-        checkpoint_extra: dict | None = None) -> list[dict]:
+        checkpoint_extra: dict | None = None, name: str = "model") -> list[dict]:
     """Train `model`; keep the epoch with the best validation `metric` (higher is better).
 
     `val_fn(model)` returns the ABAW-style validation metrics (e.g. `va_score` or `expr_score` dict);
@@ -126,7 +134,8 @@ def fit(model: nn.Module, train_batches: Batches, loss_fn: Callable[[nn.Module, 
     Writes out_dir/history.json every epoch and out_dir/model.pt at the end; the model is left
     holding the best weights. Returns the history (one dict per epoch); the last row's `stopped`
     says why training ended (`epochs`, `early_stopping`, or `max_minutes`, which is also logged as
-    a warning, since a wall-clock cap makes the result depend on the machine's load).
+    a warning, since a wall-clock cap makes the result depend on the machine's load). `name` (the
+    model's name) starts every epoch line and the closing line.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -151,7 +160,7 @@ def fit(model: nn.Module, train_batches: Batches, loss_fn: Callable[[nn.Module, 
         data_s = step_s = loss_sum = 0.0
         steps = 0
         total = len(train_batches) if cfg.max_steps_per_epoch is None else min(len(train_batches), cfg.max_steps_per_epoch)
-        bar = tqdm(total=total, desc=f"epoch {epoch}", leave=False, disable=not cfg.progress)
+        bar = progress_bar(enabled=cfg.progress, total=total, desc=f"{name} epoch {epoch}", leave=False)
         it = train_batches.epoch(epoch)
         while steps < total:
             t0 = time.perf_counter()
@@ -205,9 +214,8 @@ def fit(model: nn.Module, train_batches: Batches, loss_fn: Callable[[nn.Module, 
                "data_seconds": data_s, "step_seconds": step_s, "steps": steps}
         history.append(row)
         (out_dir / "history.json").write_text(json.dumps(history, indent=1))
-        if cfg.progress:
-            shown = f"{metric}={score:.4f}" if not math.isnan(score) else "no validation"
-            tqdm.write(f"epoch {epoch}: train_loss={row['train_loss']:.4f} {shown} lr={row['lr']:.2e}")
+        shown = f"{metric}={score:.4f}" if not math.isnan(score) else "no validation"
+        log.info("%s epoch %d: train_loss=%.4f %s lr=%.2e", name, epoch, row["train_loss"], shown, row["lr"])
         if val and bad_epochs >= cfg.early_stopping:
             stopped = "early_stopping"
             break
@@ -221,6 +229,8 @@ def fit(model: nn.Module, train_batches: Batches, loss_fn: Callable[[nn.Module, 
     if history:
         history[-1]["stopped"] = stopped
         (out_dir / "history.json").write_text(json.dumps(history, indent=1))
+        log.info("%s: stopped after %d epoch(s): %s; kept epoch %d (%s=%.4f)", name, len(history),
+                 _STOP_REASONS[stopped].format(cfg=cfg), best_epoch, metric, best)
 
     if best_state is not None:
         model.load_state_dict(best_state)

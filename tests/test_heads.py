@@ -314,12 +314,16 @@ def test_fit_records_why_training_stopped(tmp_path, caplog):
         return torch.nn.functional.mse_loss(m(b["x"]), b["y"])
 
     def run(name, cfg):
-        history = fit(model, batches, loss_fn, lambda m: {"ccc_mean": 0.5}, cfg, tmp_path / name)
+        history = fit(model, batches, loss_fn, lambda m: {"ccc_mean": 0.5}, cfg, tmp_path / name, name=name)
         assert json.loads((tmp_path / name / "history.json").read_text()) == json.loads(json.dumps(history))
         return history
 
-    assert run("all", TrainConfig(epochs=3, early_stopping=99, seed=0))[-1]["stopped"] == "epochs"
-    assert run("early", TrainConfig(epochs=9, early_stopping=2, seed=0))[-1]["stopped"] == "early_stopping"
+    with caplog.at_level(logging.INFO, logger="heads.train"):
+        assert run("all", TrainConfig(epochs=3, early_stopping=99, seed=0))[-1]["stopped"] == "epochs"
+        assert run("early", TrainConfig(epochs=9, early_stopping=2, seed=0))[-1]["stopped"] == "early_stopping"
+    assert "all epoch 2: train_loss=" in caplog.text and "early epoch 2: train_loss=" in caplog.text
+    assert "all: stopped after 3 epoch(s): the epoch budget (epochs=3) ran out" in caplog.text
+    assert "early: stopped after 3 epoch(s): early stopping, no better validation score in 2 epochs" in caplog.text
     with caplog.at_level(logging.WARNING, logger="heads.train"):
         history = run("capped", TrainConfig(epochs=9, max_minutes=0.0, seed=0))
     assert len(history) == 1 and history[-1]["stopped"] == "max_minutes"

@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tqdm.auto import tqdm
+from pipeline.progress import progress_bar
 
 from pipeline import media
 from pipeline.labels import mismatch_message, read_labels
@@ -81,7 +81,8 @@ def probe_many(
 
     show = len(paths) > PROGRESS_MIN if progress is None else progress
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        results = list(tqdm(pool.map(one, paths), total=len(paths), desc="probe", unit="video", disable=not show))
+        results = list(progress_bar(enabled=show, iterable=pool.map(one, paths), total=len(paths), desc="probe",
+                                    unit="video"))
     return dict(zip(paths, results, strict=True))
 
 

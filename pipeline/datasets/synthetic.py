@@ -58,7 +58,7 @@ from typing import Iterable
 import av
 import cv2
 import numpy as np
-from tqdm import tqdm
+from pipeline.progress import progress_bar
 
 from pipeline.labels import EXPR_CLASSES, read_va, write_expr, write_va
 
@@ -800,8 +800,8 @@ def generate(root: Path, cfg: DemoConfig, labels_from: Path | None = None, progr
     _prepare_root(root)
     plan = _plan_from_labels(cfg, Path(labels_from)) if labels_from else _plan_synthetic(cfg)
     entries = []
-    bar = tqdm(total=sum(len(m.persons) for m in plan), desc="synthetic demo", unit="id",
-               disable=not progress, leave=False)
+    bar = progress_bar(enabled=progress, total=sum(len(m.persons) for m in plan), desc="synthetic demo", unit="id",
+                       leave=False)
     with bar:
         for media in plan:
             if cfg.render_video:
