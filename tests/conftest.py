@@ -69,3 +69,39 @@ def torch_threads():
     before = torch.get_num_threads()
     yield torch.set_num_threads
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3 API server (moto) on loopback, with a bucket `affcache`; never a cloud endpoint.
+
+    Yields `{"endpoint": url, "bucket": name, "env": {...AWS_* variables...}, "storage_options": {...}}`:
+    the variables are what boto3, s3fs and DVC read, so code under test gets no special arguments
+    beyond the endpoint.
+    """
+    import socket
+
+    moto_server = pytest.importorskip("moto.server", reason="moto[server] is not installed (the test extra)")
+    boto3 = pytest.importorskip("boto3", reason="boto3 is not installed (the test extra)")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_ENDPOINT_URL": endpoint}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    bucket = "affcache"
+    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=bucket)
+    try:
+        yield {"endpoint": endpoint, "bucket": bucket, "env": env,
+               "storage_options": {"client_kwargs": {"endpoint_url": endpoint}}}
+    finally:
+        server.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

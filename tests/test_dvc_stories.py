@@ -30,7 +30,7 @@ def _env() -> dict[str, str]:
     env = dict(os.environ)
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     env["HF_HUB_OFFLINE"] = "1"
-    env["DVC_NO_ANALYTICS"] = "1"
+    env["DVC_NO_ANALYTICS"] = "1"  # AWS_* of the local S3 server (tests/conftest.py) pass through
     env["GIT_AUTHOR_NAME"] = env["GIT_COMMITTER_NAME"] = "affcache tests"
     env["GIT_AUTHOR_EMAIL"] = env["GIT_COMMITTER_EMAIL"] = "tests@affcache.invalid"
     return env
@@ -149,3 +149,23 @@ def test_c_teammate_pulls_and_recomputes_nothing(built) -> None:
     output = sh(clone, "dvc", "repro")
     assert ran_stages(output) == set(), output
     assert "up to date" in sh(clone, "dvc", "status")
+
+
+def test_d_team_shares_over_s3(built, s3_server) -> None:
+    """The README's S3 sharing commands against a local S3 server: push with the run-cache, a fresh
+    clone pulls and `dvc repro` runs nothing."""
+    work, project = built["work"], built["project"]
+    url = f"s3://{s3_server['bucket']}/dvc-cache"
+    sh(project, "dvc", "remote", "add", "-d", "s3team", url)
+    sh(project, "dvc", "remote", "modify", "s3team", "endpointurl", s3_server["endpoint"])
+    sh(project, "git", "add", "-A")
+    sh(project, "git", "commit", "-qm", "s3 remote")
+    pushed = sh(project, "dvc", "push", "--run-cache")
+    assert "pushed" in pushed, pushed
+    clone = work / "s3clone"
+    sh(work, "git", "clone", "-q", str(project), str(clone))
+    sh(clone, "dvc", "pull", "--run-cache")
+    output = sh(clone, "dvc", "repro")
+    assert ran_stages(output) == set(), output
+    assert "up to date" in sh(clone, "dvc", "status")
+    assert (clone / "metrics" / "summary.json").read_text() == (project / "metrics" / "summary.json").read_text()
