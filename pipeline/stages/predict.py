@@ -102,10 +102,9 @@ def load_model(params: Params, layout: Layout, model: str | None = None) -> "Pre
 
 
 def stores_needed(predictor: "Predictor") -> list[str]:
-    """The heads' feature stores, plus reliability: a fusion reads it (face coverage, mouth opening:
-    the audio filter) exactly as the fuse stage feeds it, and the CSV's `face_found` and `vad`
-    columns come from it for every model."""
-    return predictor.modalities + (["reliability"] if "reliability" not in predictor.modalities else [])
+    """The heads' feature stores, plus reliability for a fusion (face coverage, mouth opening:
+    the audio filter), exactly as the fuse stage feeds it."""
+    return predictor.modalities + (["reliability"] if predictor.fusion is not None else [])
 
 
 # --------------------------------------------------------------------------- model choice
@@ -265,9 +264,10 @@ def frame_columns(video: Video, urls: dict[str, str], report: PredictReport | No
     box `face_x0..face_y1` (pixels of the upright source frame; NaN = no face, or crops without a
     box) and `vad` (voice activity 0..1 at the frame's time; NaN without audio).
 
-    Sources: the face store (found = a valid row, box = its `box` array), else the reliability
-    store's `face`; `vad` from the reliability store's audio rows (linear between row centres),
-    else the audio store's `vad` column. A store that failed for this video gives empty cells.
+    Sources (only stores the model already reads, so no extra extraction): the face store (found =
+    a valid row, box = its `box` array), else the reliability store's `face`; `vad` from the
+    reliability store's audio rows (linear between row centres), else the audio store's `vad`
+    column. A store the model does not read, or one that failed for this video, gives empty cells.
     """
     from pipeline.labels import rows_to_frames
 
@@ -321,14 +321,16 @@ def write_outputs(video: Video, prediction: "VideoPrediction", out: Path,
                   frame_cols: dict[str, np.ndarray] | None = None) -> dict:
     """`<out>/<id>.csv` (one row per decoded frame) and `<out>/<id>.png`; returns their paths.
 
-    `frame_cols` (`frame_columns`) replace the nominal `time` and follow it in the CSV."""
+    `frame_cols` (`frame_columns`): their `time` replaces the nominal one, the others follow
+    `valence`/`arousal`."""
     out.mkdir(parents=True, exist_ok=True)
     cols = prediction.columns()
     if frame_cols:
         n = len(cols["frame"])
         extra = {k: np.asarray(v)[:n] for k, v in frame_cols.items()}
-        rest = {k: v for k, v in cols.items() if k not in ("frame", "time")}
-        cols = {"frame": cols["frame"], "time": extra.pop("time", cols["time"]), **extra, **rest}
+        head = {"frame": cols["frame"], "time": extra.pop("time", cols["time"]),
+                "valence": cols["valence"], "arousal": cols["arousal"]}
+        cols = {**head, **extra, **{k: v for k, v in cols.items() if k not in head}}
     csv_path, png_path = out / f"{video.video_id}.csv", out / f"{video.video_id}.png"
     write_csv(csv_path, cols)
     plot(png_path, cols, prediction.model, list(prediction.per_model), video)
