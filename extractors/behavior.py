@@ -110,9 +110,31 @@ def segments(duration: float, cfg: BehaviorConfig | None = None) -> list[tuple[f
     return out
 
 
-def segment_frames(t0: float, t1: float, fps: float) -> tuple[int, int]:
-    """(frame_start, frame_end) = round(t * fps), as in the published segment names."""
-    return int(np.round(t0 * fps)), int(np.round(t1 * fps))
+def segment_frames(t0: float, t1: float, fps: float, bounds: np.ndarray | None = None) -> tuple[int, int]:
+    """(frame_start, frame_end) = round(t * fps), as in the published segment names.
+
+    With `bounds` (the frames' real start times plus the end of the last, `frame_bounds`), the
+    index of the boundary nearest to t: the same numbers at a constant rate, the right frames when
+    the rate varies.
+    """
+    if bounds is None:
+        return int(np.round(t0 * fps)), int(np.round(t1 * fps))
+    return _nearest(bounds, t0), _nearest(bounds, t1)
+
+
+def _nearest(bounds: np.ndarray, t: float) -> int:
+    j = int(np.searchsorted(bounds, t))
+    if j <= 0:
+        return 0
+    if j >= len(bounds):
+        return len(bounds) - 1
+    return j - 1 if t - bounds[j - 1] < bounds[j] - t else j
+
+
+def frame_bounds(video: Video) -> np.ndarray:
+    """Real start time of every frame plus the end of the last ([N + 1] s, `Video.frame_grid`)."""
+    t0, t1 = video.frame_grid(max(int(video.num_frames), 1))
+    return np.concatenate([t0, t1[-1:]])
 
 
 def sample_indices(frame_start: int, frame_end: int, fps: float, cfg: BehaviorConfig) -> np.ndarray:
@@ -155,6 +177,7 @@ class _Prepared:
     frame_end: np.ndarray
     fps: float
     batches: Any  # BackgroundStream | list[SegmentBatch]
+    bounds: np.ndarray | None = None  # frame start times + end of the last (`frame_bounds`)
 
     def close(self) -> None:
         if isinstance(self.batches, BackgroundStream):
@@ -257,19 +280,25 @@ class QwenVLBehaviorExtractor:
     def prepare(self, video: Video) -> _Prepared:
         """Segment table now; frames decoded batch by batch in the background (bounded memory)."""
         fps = float(video.fps)
-        segs = segments(_duration(video), self.cfg)
+        bounds = frame_bounds(video)
+        segs = segments(_duration(video, bounds), self.cfg)
         t0 = np.array([s[0] for s in segs], np.float32)
         t1 = np.array([s[1] for s in segs], np.float32)
-        fr = [segment_frames(a, b, fps) for a, b in segs]
+        fr = [segment_frames(a, b, fps, bounds) for a, b in segs]
         fs = np.array([f[0] for f in fr], np.int64)
         fe = np.array([f[1] for f in fr], np.int64)
-        prepared = _Prepared(t0, t1, fs, fe, fps, [])
+        prepared = _Prepared(t0, t1, fs, fe, fps, [], bounds)
         if segs and video.media_key not in self._cache:  # a memoised pair partner needs no frames
-            prepared.batches = BackgroundStream(lambda: self.iter_batches(video.media_path, fs, fe, fps), maxsize=2)
+            prepared.batches = BackgroundStream(lambda: self.iter_batches(video.media_path, fs, fe, fps, bounds),
+                                                maxsize=2)
         return prepared
 
-    def iter_batches(self, path: str, fs: np.ndarray, fe: np.ndarray, fps: float) -> Iterator[SegmentBatch]:
-        """Decode the sampled frames of `batch_size` segments at a time (one frames_at pass each)."""
+    def iter_batches(self, path: str, fs: np.ndarray, fe: np.ndarray, fps: float,
+                     bounds: np.ndarray | None = None) -> Iterator[SegmentBatch]:
+        """Decode the sampled frames of `batch_size` segments at a time (one frames_at pass each).
+
+        Each sampled frame is fetched at the middle of its real display span (`bounds`), else at
+        (i + 0.5) / fps: robust to pts rounding ("last frame with pts <= t")."""
         from pipeline.media import frames_at
 
         first = frames_at(path, [0.0])  # native size, to keep the aspect ratio when resizing
@@ -278,8 +307,12 @@ class QwenVLBehaviorExtractor:
         for b in range(0, len(fs), self.cfg.batch_size):
             idx = list(range(b, min(b + self.cfg.batch_size, len(fs))))
             rel = [sample_indices(int(fs[s]), int(fe[s]), fps, self.cfg) for s in idx]
-            # mid-frame times: robust to pts rounding ("last frame with pts <= t")
-            times = np.concatenate([(fs[s] + r + 0.5) / fps for s, r in zip(idx, rel)])
+            frames = np.concatenate([fs[s] + r for s, r in zip(idx, rel)])
+            if bounds is None:
+                times = (frames + 0.5) / fps
+            else:
+                k = np.clip(frames, 0, len(bounds) - 2)
+                times = (bounds[k] + bounds[k + 1]) / 2
             batch = frames_at(path, times, size=size)
             splits = np.cumsum([len(r) for r in rel])[:-1]
             yield SegmentBatch(idx, np.split(batch.images, splits), rel)
@@ -293,7 +326,7 @@ class QwenVLBehaviorExtractor:
             return hit
         if len(prepared.t0) and not isinstance(prepared.batches, BackgroundStream):  # evicted meanwhile
             prepared.batches = list(self.iter_batches(video.media_path, prepared.frame_start,
-                                                      prepared.frame_end, prepared.fps))
+                                                      prepared.frame_end, prepared.fps, prepared.bounds))
         n = len(prepared.t0)
         hidden = int(self.model.config.text_config.hidden_size)
         emb = np.zeros((n, hidden), np.float32)
@@ -361,8 +394,11 @@ def _one_paragraph(text: str) -> str:
     return t + "." if t and not t.endswith(".") else t
 
 
-def _duration(video: Video) -> float:
-    """Frame count / fps when known (the published duration, and the label grid's), else the container's."""
+def _duration(video: Video, bounds: np.ndarray | None = None) -> float:
+    """End of the last frame when known (the label grid's; frame count / fps at a constant rate, the
+    published duration), else the container's."""
+    if video.num_frames > 0 and bounds is not None and len(bounds) > 1:
+        return float(bounds[-1])
     if video.num_frames > 0 and video.fps > 0:
         return video.num_frames / video.fps
     return float(video.duration)

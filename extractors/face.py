@@ -6,8 +6,10 @@ avgpool -> Dropout 0.1 -> Linear(1280, 256) -> BatchNorm1d -> Tanh, i.e. a 256-d
 `Modified_EfficientNet_B1`, so its `.pth` state dict loads as is. Preprocessing: long side to 240 px
 (B4: 380), zero-pad to a square, ImageNet mean/std.
 
-Rows: one per video frame i (t0 = i/fps, t1 = (i+1)/fps); frames without a face have `valid=False`
-and a zero embedding. Missing faces are *not* filled here (the published face head uses the nearest
+Rows: one per video frame i, t0/t1 = [presentation time of frame i, of frame i + 1) from the file's
+packet timestamps recorded in the index (`Video.frame_grid`, right for variable frame rates); frames without a face
+have `valid=False` and a zero embedding. Detected videos also store `box` [N, 4] (x0, y0, x1, y1 in
+pixels of the upright source frame, NaN without a face; provided crops have no box, so none is stored). Missing faces are *not* filled here (the published face head uses the nearest
 cached frame): filling is a modelling choice and belongs to the head, the cache stores what was seen.
 
 A video in which no face is found at all is not an error: every row is stored with `valid=False` and a
@@ -521,9 +523,11 @@ class GradaFaceExtractor:
             yield np.array([i for i, _ in chunk], dtype=np.int64), self._finish(images)
 
     def _detect_batches(self, video: Video, info: dict) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+        info["boxes"] = []  # one [k, 4] array per yielded batch (`compute` stores them as `box`)
         for batch in iter_face_crops(video.media_path, self.cfg.detector, self.cfg.batch_size, self.cfg.max_frames):
             info["decoded"] = batch.decoded
             if batch.crops:
+                info["boxes"].append(np.asarray(batch.boxes, np.float32).reshape(-1, 4))
                 crops = [torch.from_numpy(np.ascontiguousarray(c)).permute(2, 0, 1) for c in batch.crops]
                 yield np.array(batch.indices, dtype=np.int64), self._finish(crops)
 
@@ -536,13 +540,17 @@ class GradaFaceExtractor:
                 embs.append((idx, *self._forward(x)))
         n = max(prepared.num_rows, int(prepared.info.get("decoded", 0)))
         dim = embs[0][1].shape[1] if embs else self._embedding_dim()
-        out = empty_face_rows(n, video.fps, dim)
+        out = empty_face_rows(n, video.fps, dim, video.frame_grid(n))
+        if "boxes" in prepared.info:
+            out["box"] = np.full((n, 4), np.nan, np.float32)
         heads = self.cfg.store_heads and self._has_heads
         if heads:
             out["va_pred"] = np.zeros((n, 2), np.float32)
             out["expr_logits"] = np.zeros((n, 8), np.float32)
-        for idx, e, va, ex in embs:
+        for (idx, e, va, ex), boxes in zip(embs, prepared.info.get("boxes", [None] * len(embs))):
             keep = idx < n
+            if boxes is not None:
+                out["box"][idx[keep]] = boxes[keep]
             out["emb"][idx[keep]] = e[keep]
             out["valid"][idx[keep]] = True
             if heads:
@@ -591,9 +599,12 @@ def onednn_fusion(enabled: bool = True) -> Iterator[None]:
         toggle(before)
 
 
-def empty_face_rows(n: int, fps: float, dim: int) -> dict[str, np.ndarray]:
-    """All-invalid rows on the frame grid: frame i spans [i/fps, (i+1)/fps)."""
+def empty_face_rows(n: int, fps: float, dim: int,
+                    grid: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """All-invalid rows on the frame grid: frame i spans `grid` = (t0, t1) [n] (the frames' real
+    times, `Video.frame_grid`); without a grid, [i/fps, (i+1)/fps)."""
     i = np.arange(n, dtype=np.float64)
-    return {"emb": np.zeros((n, dim), np.float32), "t0": (i / fps).astype(np.float32),
-            "t1": ((i + 1) / fps).astype(np.float32), "valid": np.zeros(n, bool),
+    t0, t1 = grid if grid is not None else (i / fps, (i + 1) / fps)
+    return {"emb": np.zeros((n, dim), np.float32), "t0": np.asarray(t0, np.float64).astype(np.float32),
+            "t1": np.asarray(t1, np.float64).astype(np.float32), "valid": np.zeros(n, bool),
             "frame_index": np.arange(n, dtype=np.int64)}

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -165,13 +165,15 @@ def crop_files(video: Video) -> dict[int, Path]:
 class TrackedBatch:
     """Faces found in one batch of decoded frames.
 
-    indices: frame indices with a face; crops: their square crops (HWC uint8 RGB views of the frame);
+    indices: frame indices with a face; crops: their square crops (HWC uint8 RGB views of the upright
+    frame); boxes: the tracked face box of each (pixels of the upright frame, before the margin);
     decoded: frames decoded so far (capped at the limit), i.e. the rows this video has at least.
     """
 
     indices: list[int]
     crops: list[np.ndarray]
     decoded: int
+    boxes: list[np.ndarray] = field(default_factory=list)  # the tracked (x0, y0, x1, y1) of each crop
 
 
 def iter_face_crops(media_path: str, cfg: FaceDetectorConfig, batch_size: int,
@@ -187,7 +189,7 @@ def iter_face_crops(media_path: str, cfg: FaceDetectorConfig, batch_size: int,
     track = BoxTracker(DETECTORS[cfg.name](cfg), cfg.every_n, cfg.smooth)
     decoded = 0
     for fb in iter_frames(media_path, batch_size=batch_size):
-        idx, crops = [], []
+        idx, crops, boxes = [], [], []
         for img, i in zip(fb.images, fb.indices):
             if limit is not None and i >= limit:
                 break
@@ -195,9 +197,10 @@ def iter_face_crops(media_path: str, cfg: FaceDetectorConfig, batch_size: int,
             if box is not None:
                 idx.append(int(i))
                 crops.append(square_crop(img, box, cfg.margin))
+                boxes.append(np.asarray(box, np.float32))
         decoded = int(fb.indices[-1]) + 1 if len(fb.indices) else decoded
         if limit is not None:
             decoded = min(decoded, limit)
-        yield TrackedBatch(idx, crops, decoded)
+        yield TrackedBatch(idx, crops, decoded, boxes)
         if limit is not None and decoded >= limit:
             break

@@ -3,7 +3,8 @@
 They feed the published cross-modal audio filter (seed-systems B3: an audio window is used when the
 mouth is open >= 25 % of it and face coverage >= 0.8) and reliability-aware fusion.
 
-Stored per video (DESIGN.md feature store): t0, t1, valid [N] on the frame grid (frame i: [i/fps, (i+1)/fps));
+Stored per video (DESIGN.md feature store): t0, t1, valid [N] on the frame grid (frame i: [its presentation
+time, the next frame's), from the packet timestamps in the index record, so variable frame rates keep real times);
 face [N] (1 = crop/detection present), mouth [N] openness (NaN without a face), mouth_open [N] bool
 (smoothed rule below), extra mouth_raw [N]; and for audio rows: vad [M], vad_t0, vad_t1 [M]
 (20 ms hop, 25 ms window, the WavLM frame grid; M = 0 without audio).
@@ -305,17 +306,18 @@ class ReliabilityExtractor:
         if wave is None:
             return np.zeros(0, np.float32)
         if self.cfg.max_frames:
-            wave = wave[: int(self.cfg.max_frames / video.fps * self.cfg.audio_rate)]
+            end = video.frame_grid(self.cfg.max_frames)[1][-1]
+            wave = wave[: int(end * self.cfg.audio_rate)]
         return voice_activity(wave, self.cfg.audio_rate, self.cfg.vad_hop, self.cfg.vad_win, self.vad_backend)
 
     def compute(self, video: Video, prepared: ReliabilityPrepared) -> dict[str, np.ndarray]:
         n, fps = prepared.num_rows, video.fps
-        i = np.arange(n, dtype=np.float64)
+        t0, t1 = video.frame_grid(n)  # real frame times (VFR-safe), not i / fps
         m = prepared.vad.shape[0]
         vad_t0, vad_t1 = vad_times(m, self.cfg.vad_hop, self.cfg.vad_win)
         return {
-            "t0": (i / fps).astype(np.float32),
-            "t1": ((i + 1) / fps).astype(np.float32),
+            "t0": t0.astype(np.float32),
+            "t1": t1.astype(np.float32),
             "valid": np.ones(n, bool),
             "face": prepared.face.astype(np.float32),
             "mouth": normalise_per_video(prepared.mouth_raw),

@@ -2,7 +2,8 @@
 
 Heads never touch media: a `HeadVideo` is built from the index, a feature store and the label
 files, once per run, and everything downstream works on in-RAM numpy arrays aligned to the label
-grid (frame i <-> t_i = i / fps). Helpers here do that alignment so every head aligns the same way.
+grid (frame i <-> t_i, its presentation time: `times`, else i / fps). Helpers here do that alignment so
+every head aligns the same way.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class HeadVideo:
     labels: Any | None = None
     features: dict[str, np.ndarray] = field(default_factory=dict)
     reliability: dict[str, np.ndarray] | None = None
+    times: np.ndarray | None = None  # [F] float64 start of each label frame (Video.frame_grid); None: i / fps
 
 
 def has_features(video: HeadVideo, name: str = "emb") -> bool:
@@ -53,7 +55,7 @@ def frame_features(video: HeadVideo, name: str = "emb") -> tuple[np.ndarray, np.
         return np.zeros((f, d), np.float32), np.zeros(f, bool)
     feats = video.features
     x = np.asarray(feats[name])
-    idx, mask = rows_to_frames(feats["t0"], feats["t1"], feats.get("valid"), f, video.fps)
+    idx, mask = rows_to_frames(feats["t0"], feats["t1"], feats.get("valid"), f, video.fps, video.times)
     out = np.zeros((f, x.shape[1]), np.float32)
     out[mask] = x[idx[mask]]
     return out, mask
@@ -90,7 +92,7 @@ def reliability_on_grid(video: HeadVideo) -> dict[str, np.ndarray | None]:
     out: dict[str, np.ndarray | None] = {"face": None, "mouth_open": None, "vad": None}
     rel = video.reliability or {}
     if "t0" in rel and len(rel["t0"]) > 0:
-        idx, m = rows_to_frames(rel["t0"], rel["t1"], None, f, video.fps)
+        idx, m = rows_to_frames(rel["t0"], rel["t1"], None, f, video.fps, video.times)
         for name in ("face", "mouth_open"):
             if name in rel:
                 v = np.zeros(f, np.float32)
@@ -98,14 +100,15 @@ def reliability_on_grid(video: HeadVideo) -> dict[str, np.ndarray | None]:
                 v[m] = col[idx[m]]
                 out[name] = v if name == "face" else v > 0.5
     if "vad" in rel and "vad_t0" in rel and len(rel["vad"]) > 0:
-        out["vad"] = _column_on_grid(rel["vad"], rel["vad_t0"], rel["vad_t1"], f, video.fps)
+        out["vad"] = _column_on_grid(rel["vad"], rel["vad_t0"], rel["vad_t1"], f, video.fps, video.times)
     elif video.features and "vad" in video.features and len(video.features["vad"]) > 0:
-        out["vad"] = _column_on_grid(video.features["vad"], video.features["t0"], video.features["t1"], f, video.fps)
+        out["vad"] = _column_on_grid(video.features["vad"], video.features["t0"], video.features["t1"], f, video.fps,
+                                     video.times)
     return out
 
 
-def _column_on_grid(col, t0, t1, f: int, fps: float) -> np.ndarray:
-    idx, m = rows_to_frames(t0, t1, None, f, fps)
+def _column_on_grid(col, t0, t1, f: int, fps: float, times: np.ndarray | None = None) -> np.ndarray:
+    idx, m = rows_to_frames(t0, t1, None, f, fps, times)
     v = np.zeros(f, np.float32)
     v[m] = np.nan_to_num(np.asarray(col, np.float32))[idx[m]]
     return v
@@ -144,7 +147,8 @@ def load_head_videos(videos: Sequence, store_url: str | None, task: str = "va",
         r = rel.get(v.video_id)
         out.append(HeadVideo(v.video_id, v.split, float(v.fps), f, lab,
                              {k: np.asarray(g[k]) for k in g} if g is not None else {},
-                             {k: np.asarray(r[k]) for k in r} if r is not None else None))
+                             {k: np.asarray(r[k]) for k in r} if r is not None else None,
+                             v.frame_grid(f)[0] if v.frame_segments else None))
     return out
 
 

@@ -44,6 +44,15 @@ class FusionVideo:
     tokens_valid: np.ndarray | None = None
     face: np.ndarray | None = None
     mouth_open: np.ndarray | None = None
+    times: np.ndarray | None = None  # [F] start of each frame (HeadVideo.times); None: i / fps
+
+    def frame_time(self, i: int) -> float:
+        """Start of frame i in seconds (i = num_frames: the end of the last frame)."""
+        if self.times is None or len(self.times) < 2:
+            return i / self.fps
+        if i < len(self.times):
+            return float(self.times[i])
+        return float(self.times[-1] + (i - len(self.times) + 1) * (self.times[-1] - self.times[-2]))
 
 
 def tokens_from_frames(emb: np.ndarray, valid: np.ndarray, fps: float, bin_s: float = 1.0):
@@ -74,7 +83,7 @@ def fusion_video(heads: Mapping[str, HeadVideo], audio: str | None = "audio") ->
     """
     first = next(iter(heads.values()))
     f = first.num_frames
-    fusion = FusionVideo(first.video_id, first.split, float(first.fps), f)
+    fusion = FusionVideo(first.video_id, first.split, float(first.fps), f, times=first.times)
     for m, hv in heads.items():
         # rows_to_frames honours the head's own `valid` column: invalid rows stay masked
         emb, ok_e = frame_features(hv, "emb")

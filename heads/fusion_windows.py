@@ -139,7 +139,8 @@ def build_windows(videos: Sequence[FusionVideo], modalities: Sequence[str], wind
             owners.append(k)
             spans.append((s, e))
             if use_audio:
-                sel = np.flatnonzero((t_tok >= s / v.fps) & (t_tok < e / v.fps)) if t_tok is not None else np.zeros(0, int)
+                sel = (np.flatnonzero((t_tok >= v.frame_time(s)) & (t_tok < v.frame_time(e))) if t_tok is not None
+                       else np.zeros(0, int))
                 tok_rows.append(tok_off + sel)
                 filt = windowing.audio_filter
                 kept.append(filt.keep(v, s, e) if filt is not None else True)

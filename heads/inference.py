@@ -130,10 +130,11 @@ def predict_head(head: TrainedModel, videos: Sequence[HeadVideo]) -> dict[str, H
 
 def output_video(video: HeadVideo, output: HeadOutput) -> HeadVideo:
     """A head's output as the fusion reads it from `outputs.zarr` (emb stored float16 there)."""
-    t0, t1 = frame_times(video.num_frames, video.fps)
+    t0, t1 = frame_times(video.num_frames, video.fps, video.times)
     o = clean(output)
     feats = {"pred": o.pred, "emb": o.emb.astype(np.float16), "t0": t0, "t1": t1, "valid": o.valid}
-    return HeadVideo(video.video_id, video.split, video.fps, video.num_frames, None, feats, video.reliability)
+    return HeadVideo(video.video_id, video.split, video.fps, video.num_frames, None, feats, video.reliability,
+                     video.times)
 
 
 @torch.no_grad()

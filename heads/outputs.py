@@ -70,7 +70,7 @@ def write_outputs(out_dir: str | Path, name: str, kind: str, videos: Iterable, o
                                 attrs={"head": name, "kind": kind, "task": task, **extra})
     for v in videos:
         o = clean(outputs[v.video_id])
-        t0, t1 = frame_times(v.num_frames, v.fps)
+        t0, t1 = frame_times(v.num_frames, v.fps, getattr(v, "times", None))  # the label grid's real times
         arrays = {"pred": o.pred, "emb": o.emb, **o.extras, "t0": t0, "t1": t1, "valid": o.valid, **o.aux}
         store.write_video(v.video_id, arrays, attrs={"split": v.split, "fps": float(v.fps), "task": task, **extra})
     store.consolidate()

@@ -9,8 +9,9 @@ Real files have up to ~50k lines and there are ~3M in total, so parsing is vecto
 after the header has been checked; the slow line-by-line scan only runs to name the offending
 line once the fast path has found that something is wrong.
 
-The frame-grid rule (`reconcile`): the label grid wins. Frame i of a label file is at t = i / fps
-and there are F = (number of label lines) frames. Label lines past the decoded frame count are
+The frame-grid rule (`reconcile`): the label grid wins. Label line i belongs to decoded frame i,
+at that frame's presentation time (`pipeline.records.Video.frame_grid`, from the packet timestamps;
+i / fps only for index records that carry no times), and there are F = (number of label lines) frames. Label lines past the decoded frame count are
 masked invalid; decoded frames past the labels are ignored. Every mismatch produces a message the
 caller logs and records, because a silent off-by-N here shifts every target in time.
 """
@@ -237,7 +238,7 @@ def mismatch_message(video_id: str, label_frames: int, num_frames: int, task: st
         action = f"the last {num_frames - label_frames} decoded frame(s) have no label and are ignored"
     return (
         f"{video_id}: {task} has {label_frames} frame(s) but the video decodes to {num_frames}; "
-        f"label grid wins (frame i at t=i/fps): {action}"
+        f"label grid wins (label line i = decoded frame i): {action}"
     )
 
 
@@ -257,13 +258,20 @@ def reconcile(labels: FrameLabels, num_frames: int, video_id: str) -> tuple[Fram
 
 
 # --------------------------------------------------------------------------- rows on the label grid
-# How a store's rows (each modality on its own time axis) map onto the label grid (frame i <-> t =
-# i / fps). Kept next to `reconcile` because they are the other half of the same rule, and in a
+# How a store's rows (each modality on its own time axis) map onto the label grid (frame i <-> its
+# presentation time t_i; i / fps when no times are known). Kept next to `reconcile` because they are the other half of the same rule, and in a
 # foundation module so heads, evaluation and export all align with one implementation.
 
 
-def frame_times(num_frames: int, fps: float) -> tuple[np.ndarray, np.ndarray]:
-    """(t0, t1) float32 of the label grid: frame i spans [i/fps, (i+1)/fps)."""
+def frame_times(num_frames: int, fps: float, times: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(t0, t1) float32 of the label grid: frame i spans [times[i], times[i + 1]) (`times`: the
+    frames' real starts, `Video.frame_grid`; the last frame lasts the previous step), else
+    [i/fps, (i+1)/fps)."""
+    if times is not None and len(times) >= num_frames:
+        t0 = np.asarray(times, np.float64)[:num_frames]
+        step = float(t0[-1] - t0[-2]) if num_frames > 1 else (1.0 / fps if fps > 0 else 0.0)
+        t1 = np.concatenate([t0[1:], t0[-1:] + step]) if num_frames else t0
+        return t0.astype(np.float32), t1.astype(np.float32)
     i = np.arange(num_frames, dtype=np.float64)
     return (i / fps).astype(np.float32), ((i + 1) / fps).astype(np.float32)
 
@@ -289,8 +297,9 @@ def fill_nearest(x: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 
 def rows_to_frames(t0: np.ndarray, t1: np.ndarray, valid: np.ndarray | None, num_frames: int,
-                   fps: float) -> tuple[np.ndarray, np.ndarray]:
-    """Map each label frame t_i = i / fps to one row of a store with its own time axis.
+                   fps: float, times: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Map each label frame t_i (`times[i]`, the frame's real start; i / fps without it) to one
+    row of a store with its own time axis.
 
     Rule: the valid row whose [t0, t1) contains t_i; else the nearest valid row if t_i lies within
     half that row's length of it; else the frame is masked. Returns (row_index [F] int64, -1 where
@@ -311,7 +320,10 @@ def rows_to_frames(t0: np.ndarray, t1: np.ndarray, valid: np.ndarray | None, num
         raise ValueError("rows_to_frames: store rows are not sorted by t0 -- rewrite the store group")
     dur = b - a
     tol = min(1e-3, 0.05 * float(np.median(dur)))
-    t = np.arange(num_frames, dtype=np.float64) / float(fps) + tol
+    if times is not None and len(times) >= num_frames:
+        t = np.asarray(times, np.float64)[:num_frames] + tol
+    else:
+        t = np.arange(num_frames, dtype=np.float64) / float(fps) + tol
     k = np.searchsorted(a, t, side="right") - 1  # last row starting at or before t
     kc = np.clip(k, 0, len(a) - 1)
     inside = (k >= 0) & (t < b[kc])

@@ -8,8 +8,15 @@ Conventions every caller relies on:
 - Times are presentation times in seconds from the stream's first timestamp
   (`pts * time_base - stream.start_time`). Variable-frame-rate files are handled by pts, never by
   counting frames, so a frame's time is what a player would show.
+  `frame_times(path)` gives every frame's [start, end) from a demux-only pass, so callers that
+  need the time of frame i (feature rows, the label grid, the predict CSV) never use `i / fps`.
+- Audio is placed on the video's clock: sample 0 of `read_audio` is at the video stream's start,
+  so a track that starts late is padded with silence and one that starts early is trimmed.
 - Frame indices are 0-based in presentation (= decoder output) order.
-- `size` is `(width, height)`, as in PIL/OpenCV; resizing runs inside FFmpeg's swscale.
+- Frames come out upright: a display matrix (phone videos store frames sideways and a rotation)
+  is applied on decode, and `MediaInfo.width/height` are the display size.
+- `size` is `(width, height)` of the upright frame, as in PIL/OpenCV; resizing runs inside
+  FFmpeg's swscale.
 - Every call opens its own container, so all functions are thread-safe.
 - Every failure raises `MediaError` whose message names the file, the problem and a fix.
 """
@@ -28,7 +35,7 @@ import av
 import av.error
 import numpy as np
 
-__all__ = ["MediaError", "MediaInfo", "FrameBatch", "probe", "iter_frames", "frames_at", "read_audio"]
+__all__ = ["MediaError", "MediaInfo", "FrameBatch", "probe", "frame_times", "frame_segments", "iter_frames", "frames_at", "read_audio"]
 
 _REENCODE_FIX = "re-download or re-export the file (a remux such as `ffmpeg -i in -c copy out.mp4` repairs many)"
 
@@ -55,6 +62,8 @@ class MediaInfo:
     height: int
     has_audio: bool
     audio_rate: int | None
+    rotation: int = 0  # degrees counter-clockwise applied on decode (0, 90, 180, 270)
+    frame_segments: tuple[tuple[int, int, float, float], ...] = ()  # see `frame_segments`
 
 
 @dataclass
@@ -123,32 +132,110 @@ def _decode_error(path: str | Path, e: Exception) -> MediaError:
 # --------------------------------------------------------------------------- probe
 
 
+@dataclass(frozen=True)
+class _PacketTable:
+    """Sorted video packet pts plus what turns them into seconds (see `_packet_table`)."""
+
+    pts: tuple[int, ...]
+    time_base: Fraction
+    start: int  # the stream's start pts (time 0)
+    last_duration: int  # duration of the last frame in time_base units (0 when unknown)
+    nominal_rate: float  # average/guessed rate (0 when unknown)
+
+
 def _packet_pts(path: str | Path) -> tuple[int, ...]:
     """Sorted packet pts, cached per (file, size, mtime): callers such as the behaviour extractor
     call `frames_at` many times on one long file, and each call needs this table after its seek."""
+    return _packet_table(path).pts
+
+
+def _packet_table(path: str | Path) -> _PacketTable:
     st = Path(path).stat()
-    return _packet_pts_cached(str(path), st.st_size, st.st_mtime_ns)
+    return _packet_table_cached(str(path), st.st_size, st.st_mtime_ns)
 
 
 @functools.lru_cache(maxsize=16)
-def _packet_pts_cached(path: str, size: int, mtime_ns: int) -> tuple[int, ...]:
+def _packet_table_cached(path: str, size: int, mtime_ns: int) -> _PacketTable:
     """Presentation timestamps of all video packets, sorted: a demux-only pass (no decoding).
 
     Demuxing reads headers only, so this is cheap even for long files; it gives the frame count
-    when the container does not store one (Matroska/WebM) and maps a timestamp to a frame index
-    after a seek (the index of a frame = how many frames are presented before it).
+    when the container does not store one (Matroska/WebM), maps a timestamp to a frame index after
+    a seek (the index of a frame = how many frames are presented before it), and gives every
+    frame's presentation time (`frame_times`).
     """
     with _open(path) as container:
         stream = container.streams.video[0]
         pts: list[int] = []
+        last_pts, last_duration = None, 0
         try:
             for packet in container.demux(stream):
                 if packet.size == 0:  # flush packet at the end
                     continue
-                pts.append(packet.pts if packet.pts is not None else (packet.dts or 0))
+                p = packet.pts if packet.pts is not None else (packet.dts or 0)
+                pts.append(p)
+                if last_pts is None or p >= last_pts:
+                    last_pts, last_duration = p, int(packet.duration or 0)
         except av.error.FFmpegError as e:
             raise _decode_error(path, e) from e
-    return tuple(sorted(pts))
+        rate = stream.average_rate or stream.guessed_rate
+        return _PacketTable(tuple(sorted(pts)), Fraction(stream.time_base), _start_pts(stream), last_duration,
+                            float(rate) if rate else 0.0)
+
+
+def frame_times(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """(t0, t1) float64 [N] of every frame: frame i is on screen during [t0[i], t1[i]).
+
+    t0 is the presentation time relative to the stream's start (the times `iter_frames` yields),
+    t1 the next frame's t0; the last frame lasts its packet duration, else the median step, else
+    the nominal 1/fps. Why from packets: a demux-only pass (no decoding, cached per file) is the one
+    cheap source that is right for variable-frame-rate files, where `i / fps` drifts by seconds.
+    """
+    table = _packet_table(path)
+    if not table.pts:
+        raise MediaError(path, "the video stream holds no frames", _REENCODE_FIX)
+    tb = float(table.time_base)
+    t0 = (np.asarray(table.pts, dtype=np.float64) - table.start) * tb
+    step = table.last_duration * tb
+    if step <= 0:
+        diffs = np.diff(t0)
+        diffs = diffs[diffs > 0]
+        step = float(np.median(diffs)) if diffs.size else (1.0 / table.nominal_rate if table.nominal_rate > 0 else 0.04)
+    t1 = np.empty_like(t0)
+    t1[:-1] = t0[1:]
+    t1[-1] = t0[-1] + step
+    return t0, t1
+
+
+def frame_segments(t0: np.ndarray, t1: np.ndarray, tol: float = 1e-4) -> tuple[tuple[int, int, float, float], ...]:
+    """Frame boundaries (t0 of every frame, then t1 of the last) as straight pieces: a few numbers
+    per rate change instead of one per frame, so an index record can carry a file's real times.
+
+    Piece (first, count, time, step): boundary k (first <= k < first + count) is at
+    time + (k - first) * step, within `tol` seconds of the true one. A constant-rate file is one
+    piece; a file that drops from 30 to 10 fps is two or three. Greedy widest-cone fit, O(N).
+    `pipeline.records.Video.frame_grid` expands them again.
+    """
+    b = np.concatenate([np.asarray(t0, np.float64), np.asarray(t1, np.float64)[-1:]]) if len(t0) else np.zeros(0)
+    n = len(b)
+    if n == 0:
+        return ()
+    d = np.diff(b)
+    if n == 1 or np.all(np.abs(d - d[0]) <= 1e-12):  # constant rate: the common case, no loop
+        return ((0, n, float(b[0]), float(d[0]) if n > 1 else 0.0),)
+    pieces: list[tuple[int, int, float, float]] = []
+    i = 0
+    while i < n:
+        lo, hi, j = -np.inf, np.inf, i + 1
+        while j < n:
+            k = j - i
+            nlo, nhi = max(lo, (b[j] - tol - b[i]) / k), min(hi, (b[j] + tol - b[i]) / k)
+            if nlo > nhi:
+                break
+            lo, hi, j = nlo, nhi, j + 1
+        step = 0.0 if j == i + 1 else float(lo + hi) / 2
+        pieces.append((i, j - i, float(b[i]), step))
+        i = j
+    return tuple(pieces)
 
 
 def _fps(stream, pts: Sequence[int] | None) -> float:
@@ -183,6 +270,9 @@ def probe(path: str | Path) -> MediaInfo:
             pts = _packet_pts(path)
             num_frames = num_frames or len(pts)
         fps = _fps(stream, pts)
+        rotation = _first_frame_rotation(path, container, stream)
+    t0, t1 = frame_times(path)
+    segments = frame_segments(t0, t1, tol=max(1e-4, float(time_base) / 2) if time_base else 1e-4)
     if num_frames == 0:
         raise MediaError(path, "the video stream holds no frames", _REENCODE_FIX)
     if stream_duration is not None and time_base is not None:
@@ -193,6 +283,8 @@ def probe(path: str | Path) -> MediaInfo:
         duration = num_frames / fps if fps > 0 else 0.0
     if fps <= 0 and duration > 0:
         fps = num_frames / duration
+    if rotation in (90, 270):
+        width, height = height, width
     return MediaInfo(
         path=str(path),
         fps=fps,
@@ -202,17 +294,49 @@ def probe(path: str | Path) -> MediaInfo:
         height=int(height),
         has_audio=audio is not None,
         audio_rate=int(audio.rate) if audio is not None and audio.rate else None,
+        rotation=rotation,
+        frame_segments=segments,
     )
+
+
+def _first_frame_rotation(path, container, stream) -> int:
+    """The display rotation of the first frame (PyAV exposes the display matrix per frame only)."""
+    try:
+        for frame in container.decode(stream):
+            return _rotation(frame)
+    except av.error.FFmpegError as e:
+        raise _decode_error(path, e) from e
+    return 0
+
+
+def _rotation(frame: av.VideoFrame) -> int:
+    """Counter-clockwise degrees (0/90/180/270) that turn the stored frame upright.
+
+    From the frame's display-matrix side data (`VideoFrame.rotation`, FFmpeg's
+    `av_display_rotation_get`); angles that are not a multiple of 90 are rounded to the nearest one
+    (phones only write multiples of 90). Flips in the matrix are not applied.
+    """
+    try:
+        r = frame.rotation
+    except (AttributeError, ValueError):
+        return 0
+    if not r or not np.isfinite(r):
+        return 0
+    return int(round(float(r) / 90.0)) % 4 * 90
 
 
 # --------------------------------------------------------------------------- frames
 
 
 def _to_rgb(frame: av.VideoFrame, size: tuple[int, int] | None) -> np.ndarray:
+    """Upright RGB of `frame`; `size` is the upright (display) size."""
+    k = _rotation(frame) // 90
     if size is None:
-        return frame.to_ndarray(format="rgb24")
-    width, height = size
-    return frame.reformat(width=width, height=height, format="rgb24").to_ndarray()
+        rgb = frame.to_ndarray(format="rgb24")
+    else:
+        width, height = size if k % 2 == 0 else size[::-1]  # scale the stored frame, then rotate
+        rgb = frame.reformat(width=width, height=height, format="rgb24").to_ndarray()
+    return rgb if k == 0 else np.ascontiguousarray(np.rot90(rgb, k))
 
 
 def _seek(container, stream, t: float) -> None:
@@ -339,32 +463,102 @@ def _serve(chosen, order, k, req, limit, out_img, out_t, out_i, size) -> int:
 
 
 def read_audio(path: str | Path, sample_rate: int = 16000) -> np.ndarray | None:
-    """Decode the first audio stream and resample it to mono float32 at `sample_rate` Hz.
+    """Decode the first audio stream and resample it to mono float32 at `sample_rate` Hz, on the
+    video's clock: sample 0 is at the video stream's start (time 0 of `iter_frames`).
 
     Returns None when the file has no audio stream (a valid case: the modality is then missing,
-    not broken). Resampling runs in FFmpeg's swresample via `av.AudioResampler` (planar float,
-    input channel layout kept); the down-mix is then the plain mean of the channels. Why not let
-    swresample down-mix (`layout="mono"`): its default matrix adds the channels at -3 dB each, so
-    identical L/R come out 1.41x louder and full-scale stereo would clip.
+    not broken). Placement follows the decoded frames' pts: a track that starts after the video is
+    preceded by silence, one that starts before it is trimmed (what a player shows with the first
+    frame), and a gap inside the track (a jump in pts beyond 1 ms) is filled with silence. Without a
+    video stream, sample 0 is the audio's own first sample.
+    Resampling runs in FFmpeg's swresample via `av.AudioResampler` (planar float, input channel
+    layout kept) on sample counts, one resampler per gap-free run (pts are only used for placement,
+    so rounded or jumping pts never make swresample stretch or drop samples); the down-mix is then
+    the plain mean of the channels. Why not let swresample down-mix (`layout="mono"`): its default
+    matrix adds the channels at -3 dB each, so identical L/R come out 1.41x louder and full-scale
+    stereo would clip.
     """
     with _open(path, need_video=False) as container:
         if not container.streams.audio:
             return None
+        origin = _video_origin(container)
         stream = container.streams.audio[0]
         stream.thread_type = "AUTO"
-        resampler = av.AudioResampler(format="fltp", layout=None, rate=sample_rate)
-        chunks: list[np.ndarray] = []
+        placer = _AudioPlacer(sample_rate, stream.time_base)
         try:
             for frame in container.decode(stream):
-                frame.pts = None  # let the resampler run on sample counts (gaps in pts break it)
-                chunks.extend(_mono(out) for out in resampler.resample(frame))
-            chunks.extend(_mono(out) for out in resampler.resample(None))
+                placer.add(frame)
+            placer.flush()
         except av.error.FFmpegError as e:
             raise _decode_error(path, e) from e
-    if not chunks:
-        return np.zeros(0, dtype=np.float32)
-    audio = np.concatenate(chunks).astype(np.float32, copy=False)
+    audio = placer.samples(origin)
     return np.clip(audio, -1.0, 1.0, out=audio)
+
+
+def _video_origin(container) -> float | None:
+    """Time 0 of the video stream in seconds (None when the file has no video)."""
+    if not container.streams.video:
+        return None
+    stream = container.streams.video[0]
+    return float(_start_pts(stream) * stream.time_base) if stream.time_base else 0.0
+
+
+class _AudioPlacer:
+    """Resamples decoded audio frames run by run and lays the runs out at their pts (see `read_audio`)."""
+
+    GAP_S = 1e-3
+
+    def __init__(self, rate: int, time_base):
+        self.rate = rate
+        self.time_base = Fraction(time_base) if time_base else None
+        self.chunks: list[np.ndarray] = []
+        self.emitted = 0  # output samples so far
+        self.first: float | None = None  # time of the first decoded sample
+        self.run_start = 0.0  # time of the current run's first input sample
+        self.run_in = 0  # input samples in the current run
+        self.in_rate = 0
+        self.resampler: av.AudioResampler | None = None
+
+    def add(self, frame: av.AudioFrame) -> None:
+        t = float(frame.pts * self.time_base) if frame.pts is not None and self.time_base else None
+        if self.first is None:
+            self.first = t if t is not None else 0.0
+            self._new_run(self.first, frame.sample_rate)
+        elif t is not None:
+            expected = self.run_start + self.run_in / self.in_rate
+            if t - expected > self.GAP_S or frame.sample_rate != self.in_rate:
+                self.flush()
+                pad = int(round((t - self.first) * self.rate)) - self.emitted
+                if pad > 0:
+                    self._emit(np.zeros(pad, np.float32))
+                self._new_run(t, frame.sample_rate)
+        self.run_in += frame.samples
+        frame.pts = None  # resample on sample counts: pts only place the runs
+        for out in self.resampler.resample(frame):
+            self._emit(_mono(out))
+
+    def flush(self) -> None:
+        if self.resampler is not None:
+            for out in self.resampler.resample(None):
+                self._emit(_mono(out))
+            self.resampler = None
+
+    def samples(self, origin: float | None) -> np.ndarray:
+        audio = np.concatenate(self.chunks).astype(np.float32, copy=False) if self.chunks else np.zeros(0, np.float32)
+        if origin is None or self.first is None:
+            return audio
+        lead = int(round((self.first - origin) * self.rate))
+        if lead > 0:
+            return np.concatenate([np.zeros(lead, np.float32), audio])
+        return audio[-lead:] if lead < 0 else audio
+
+    def _new_run(self, t: float, in_rate: int) -> None:
+        self.run_start, self.run_in, self.in_rate = t, 0, int(in_rate) or self.rate
+        self.resampler = av.AudioResampler(format="fltp", layout=None, rate=self.rate)
+
+    def _emit(self, x: np.ndarray) -> None:
+        self.chunks.append(x)
+        self.emitted += len(x)
 
 
 def _mono(frame: av.AudioFrame) -> np.ndarray:

@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable
 
+import numpy as np
+
 from pipeline.files import atomic_write_json
 
 SPLITS = ("train", "validation", "test")
@@ -29,6 +31,10 @@ class Video:
     `label_hashes` its content hash, so the index changes whenever a label file does and the
     training stages (which depend on the index, not on the raw tree) re-run.
     `media_key` identifies the media file; records that share it share audio.
+    `rotation` is the display rotation (counter-clockwise degrees) that decoding applies, and
+    `frame_segments` the decoded frames' real presentation times as straight pieces
+    (`pipeline.media.frame_segments`; empty = frame i at i / fps, as in index files written
+    before times were recorded); `frame_grid` expands them.
     """
 
     video_id: str
@@ -42,6 +48,18 @@ class Video:
     labels: dict[str, str] = field(default_factory=dict)
     label_frames: dict[str, int] = field(default_factory=dict)
     label_hashes: dict[str, str] = field(default_factory=dict)
+    rotation: int = 0
+    frame_segments: list[list[float]] = field(default_factory=list)
+
+    def frame_grid(self, num_frames: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(t0, t1) float64 [F] of frames 0..F-1 (F = `num_frames`, default the decoded count).
+
+        Frame i spans [time of frame i, time of frame i + 1); frames past the recorded ones (a
+        label file longer than the video) continue at the last piece's step, else 1 / fps.
+        """
+        f = int(self.num_frames if num_frames is None else num_frames)
+        b = expand_segments(self.frame_segments, f + 1, self.fps)
+        return b[:-1], b[1:]
 
     @property
     def media_key(self) -> str:
@@ -53,6 +71,28 @@ class Video:
     @classmethod
     def from_dict(cls, data: dict) -> "Video":
         return cls(**data)
+
+
+def expand_segments(segments, count: int, fps: float) -> np.ndarray:
+    """`count` frame boundaries (float64 seconds) from (first, count, time, step) pieces.
+
+    Boundaries past the last piece continue at its step (1 / fps when it has none); no pieces at
+    all means boundary k is at k / fps.
+    """
+    out = np.arange(count, dtype=np.float64) / float(fps) if fps > 0 else np.zeros(count)
+    if not segments or count <= 0:
+        return out
+    end, last_t, last_step = 0, 0.0, 1.0 / fps if fps > 0 else 0.0
+    for first, n, t, step in segments:
+        first, n = int(first), int(n)
+        k = np.arange(first, min(first + n, count), dtype=np.float64)
+        out[first:first + len(k)] = float(t) + (k - first) * float(step)
+        if n > 1 and step > 0:
+            last_step = float(step)
+        end, last_t = first + n, float(t) + (n - 1) * float(step)
+    if end < count:
+        out[end:] = last_t + np.arange(1, count - end + 1, dtype=np.float64) * last_step
+    return out
 
 
 def write_index(videos: Iterable[Video], path: str | Path, warnings: Iterable[str] = ()) -> None:

@@ -151,8 +151,19 @@ def test_predict_writes_csv_and_plot_per_video(first_run, inputs) -> None:
     audio = header.index("audio_valence")
     assert all(r[audio] == "" for r in rows), "no audio track: the audio head must be masked, not zero"
     assert all(r[2] != "" for r in rows), "the fusion still predicts from the other modalities"
+    assert all(r[header.index("vad")] == "" for r in rows), "no audio track: no voice activity value"
     header, rows = read_csv(out / "speaker.csv")
     assert any(r[header.index("audio_valence")] != "" for r in rows)
+    found = np.array([r[header.index("face_found")] for r in rows])
+    assert set(found) <= {"0", "1"} and (found == "1").any()
+    box = np.array([[float(x) if x else np.nan for x in r[header.index("face_x0"):header.index("face_y1") + 1]]
+                    for r in rows])
+    assert (np.isfinite(box).all(1) == (found == "1")).all(), "a box exactly where a face was found"
+    assert (box[found == "1", 2] > box[found == "1", 0]).all()
+    vad = np.array([float(r[header.index("vad")]) for r in rows if r[header.index("vad")] != ""])
+    assert len(vad) >= 0.9 * len(rows) and ((vad >= 0) & (vad <= 1)).all() and vad.max() > 0.5  # speaks
+    times = np.array([float(r[1]) for r in rows])
+    assert np.all(np.diff(times) > 0) and times[0] == 0.0
     gates = np.array([[float(x) for x in r[header.index("gate_face"):]] for r in rows if r[2] != ""])
     assert np.allclose(gates.sum(1), 1.0, atol=1e-4)
 
@@ -224,7 +235,9 @@ def test_unimodal_model_from_params(first_run, project, inputs) -> None:
     result = predict_with_model(project, "face", inputs["silent"], out)
     assert result.exit_code == 0, result.output
     header, rows = read_csv(out / "silent.csv")
-    assert header == ["frame", "time", "valence", "arousal", "face_valence", "face_arousal"]
+    assert header == ["frame", "time", "valence", "arousal", "face_found", "face_x0", "face_y0", "face_x1",
+                      "face_y1", "vad", "face_valence", "face_arousal"]
+    assert all(r[header.index("vad")] == "" for r in rows)  # the face head reads no audio
     report = json.loads((out / "predict_report.json").read_text())
     assert set(report["extraction"]) == {"face"}
 

@@ -177,6 +177,8 @@ def video_record(vid: str, info, split: str, root: Path, labels: dict[str, str],
         crops_dir=find_crops(root, vid),
         labels=labels,
         label_frames=dict(label_frames),
+        rotation=int(info.rotation),
+        frame_segments=[list(p) for p in info.frame_segments],
     )
 
 

@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from pipeline.config import Params, ParamsError, load_params
 from pipeline.records import Video
 from pipeline.stages import Layout, StageFailed, write_json
@@ -67,7 +69,7 @@ def run(params_path: Path, videos: list[Path], out: Path, model: str | None = No
         inputs = head_videos(usable, urls, predictor.modalities, report)
         predictions = _guarded(predictor.model, predictor.predict, inputs)
         for v in usable:
-            report.outputs[v.video_id] = write_outputs(v, predictions[v.video_id], out)
+            report.outputs[v.video_id] = write_outputs(v, predictions[v.video_id], out, frame_columns(v, urls, report))
     write_json(out / REPORT, report.to_json())
     log.info("predict (%s): %d video(s) predicted -> %s; %d problem(s)", predictor.model, len(report.outputs), out,
              len(report.failed))
@@ -180,7 +182,8 @@ def probe_videos(paths: list[Path], report: PredictReport) -> list[Video]:
             continue
         records.append(Video(video_id=ids[p], media_path=str(Path(p).resolve()), fps=info.fps,
                              num_frames=info.num_frames, duration=info.duration, has_audio=info.has_audio,
-                             split="test"))
+                             split="test", rotation=info.rotation,
+                             frame_segments=[list(s) for s in info.frame_segments]))
     return records
 
 
@@ -253,10 +256,81 @@ def head_videos(records: list[Video], urls: dict[str, str], modalities: list[str
 # --------------------------------------------------------------------------- outputs
 
 
-def write_outputs(video: Video, prediction: "VideoPrediction", out: Path) -> dict:
-    """`<out>/<id>.csv` (one row per decoded frame) and `<out>/<id>.png`; returns their paths."""
+FRAME_COLUMNS = ("time", "face_found", "face_x0", "face_y0", "face_x1", "face_y1", "vad")
+
+
+def frame_columns(video: Video, urls: dict[str, str], report: PredictReport | None = None) -> dict[str, np.ndarray]:
+    """Per decoded frame: `time` (the frame's presentation time, s), `face_found` (1/0), the face
+    box `face_x0..face_y1` (pixels of the upright source frame; NaN = no face, or crops without a
+    box) and `vad` (voice activity 0..1 at the frame's time; NaN without audio).
+
+    Sources (only stores the model already reads, so no extra extraction): the face store (found =
+    a valid row, box = its `box` array), else the reliability store's `face`; `vad` from the
+    reliability store's audio rows (linear between row centres), else the audio store's `vad`
+    column. A store the model does not read, or one that failed for this video, gives empty cells.
+    """
+    from pipeline.labels import rows_to_frames
+
+    n = int(video.num_frames)
+    t0, _ = video.frame_grid(n)
+    failed = {f["stage"] for f in (report.failed if report else []) if f["video_id"] == video.video_id}
+    groups = {m: _group(urls[m], video.video_id) for m in ("face", "reliability", "audio")
+              if m in urls and f"extract {m}" not in failed}
+    groups = {m: g for m, g in groups.items() if g is not None}
+    found = np.full(n, np.nan)
+    box = np.full((n, 4), np.nan)
+    if "face" in groups or "reliability" in groups:
+        g = groups.get("face", groups.get("reliability"))
+        idx, ok = rows_to_frames(g["t0"], g["t1"], None, n, video.fps, t0)
+        col = np.asarray(g["valid"] if "face" in groups else np.asarray(g["face"]) > 0.5, bool)
+        found = np.where(ok, col[np.clip(idx, 0, None)], False).astype(np.float64)
+        if "face" in groups and "box" in g:
+            b = np.asarray(g["box"], np.float64)
+            box[ok] = b[idx[ok]]
+    vad = np.full(n, np.nan)
+    rel = groups.get("reliability")
+    if rel is not None and "vad" in rel and len(rel["vad"]):
+        vad = _interp_rows(t0, rel["vad"], rel["vad_t0"], rel["vad_t1"])
+    elif "audio" in groups and "vad" in groups["audio"] and len(groups["audio"]["vad"]):
+        a = groups["audio"]
+        vad = _interp_rows(t0, a["vad"], a["t0"], a["t1"])
+    cols = {"time": t0, "face_found": found}
+    for k, name in enumerate(("face_x0", "face_y0", "face_x1", "face_y1")):
+        cols[name] = box[:, k]
+    cols["vad"] = vad
+    return cols
+
+
+def _group(url: str, video_id: str) -> dict | None:
+    from pipeline.store import FeatureStore
+
+    store = FeatureStore.open(url)
+    return store.read_many([video_id]).get(video_id) if video_id in set(store.video_ids()) else None
+
+
+def _interp_rows(t: np.ndarray, values, t0, t1) -> np.ndarray:
+    """`values` on rows [t0, t1) read at times `t`: linear between row centres, NaN outside the rows."""
+    v = np.asarray(values, np.float64)
+    c = (np.asarray(t0, np.float64) + np.asarray(t1, np.float64)) / 2
+    out = np.interp(t, c, v)
+    out[(t < float(np.min(t0))) | (t >= float(np.max(t1)))] = np.nan
+    return out
+
+
+def write_outputs(video: Video, prediction: "VideoPrediction", out: Path,
+                  frame_cols: dict[str, np.ndarray] | None = None) -> dict:
+    """`<out>/<id>.csv` (one row per decoded frame) and `<out>/<id>.png`; returns their paths.
+
+    `frame_cols` (`frame_columns`): their `time` replaces the nominal one, the others follow
+    `valence`/`arousal`."""
     out.mkdir(parents=True, exist_ok=True)
     cols = prediction.columns()
+    if frame_cols:
+        n = len(cols["frame"])
+        extra = {k: np.asarray(v)[:n] for k, v in frame_cols.items()}
+        head = {"frame": cols["frame"], "time": extra.pop("time", cols["time"]),
+                "valence": cols["valence"], "arousal": cols["arousal"]}
+        cols = {**head, **extra, **{k: v for k, v in cols.items() if k not in head}}
     csv_path, png_path = out / f"{video.video_id}.csv", out / f"{video.video_id}.png"
     write_csv(csv_path, cols)
     plot(png_path, cols, prediction.model, list(prediction.per_model), video)
@@ -283,6 +357,8 @@ def write_csv(path: Path, cols: dict) -> None:
 def _cell(name: str, x) -> str:
     if name == "frame":
         return str(int(x))
+    if name == "face_found":
+        return "" if math.isnan(float(x)) else str(int(x))
     x = float(x)
     return "" if math.isnan(x) else f"{x:.6f}"
 
