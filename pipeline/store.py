@@ -521,6 +521,10 @@ class FeatureStore:
                      else "incomplete (its extraction was interrupted, or `store verify --repair` marked it damaged)")
             raise StoreError(f"{self.url}: video {video_id!r} is {state}; run the extraction stage again "
                              "(it lists this video in its todo)")
+        lost = [n for n in REQUIRED_ARRAYS if n not in names]
+        if lost:
+            raise StoreError(f"{self.url}: video {video_id!r} has lost its required arrays {lost} (damaged); run "
+                             f"`affcache store verify --repair {self.url}`, then re-run the extraction stage")
         wanted = list(names) if arrays is None else list(arrays)
         unknown = [n for n in wanted if n not in names]
         if unknown:
@@ -564,6 +568,11 @@ class FeatureStore:
             if layout is not None:
                 return read_shard(array_dir, layout)
         arr = zarr.open_array(self._store, path=f"{video_id}/{name}", mode="r", zarr_format=3)
+        # zarr reads a missing chunk file as fill values; this store always writes every chunk, so a
+        # missing one is damage, not zeros
+        lost = _missing_shards(self._store, video_id, name, arr.metadata.to_dict())
+        if lost:
+            raise FileNotFoundError(f"chunk files {lost[:3]} missing")
         out = arr[...]
         # zarr returns numpy StringDType/object for strings: give callers plain fixed-width str arrays.
         return np.array(out.tolist(), dtype=np.str_).reshape(out.shape) if out.dtype.kind in "OT" else out
