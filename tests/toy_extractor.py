@@ -56,14 +56,16 @@ class ToyExtractor:
                 "valid": rng.random(n) > 0.3, "frame_index": np.arange(n, dtype=np.int64)}
 
 
-def toy_videos(root: Path, n: int) -> list[Video]:
-    """n tiny media files with distinct content (the toy reads only their bytes)."""
+def toy_videos(root: Path, n: int, write: bool = True) -> list[Video]:
+    """n tiny media files with distinct content (the toy reads only their bytes); write=False only
+    describes files written before."""
     media = root / "media"
     media.mkdir(parents=True, exist_ok=True)
     out = []
     for k in range(n):
         p = media / f"vid{k:02d}.bin"
-        p.write_bytes(k.to_bytes(8, "little") + b"toy media")
+        if write:
+            p.write_bytes(k.to_bytes(8, "little") + b"toy media")
         out.append(Video(f"vid{k:02d}", str(p), fps=30.0, num_frames=300, duration=10.0, has_audio=False,
                          split="train"))
     return out
