@@ -636,7 +636,8 @@ def read_failures(path: str | os.PathLike) -> list[dict]:
 
 
 def prune_stores(dir: str | os.PathLike, keep: str) -> list[str]:
-    """Delete sibling `*.zarr` stores of old configurations in `dir`, keeping `keep` (path or name)."""
+    """Delete sibling `*.zarr` stores of old configurations in `dir` (and their claims folders),
+    keeping `keep` (path or name)."""
     dir = Path(dir)
     keep_name = Path(str(keep).rstrip("/")).name
     removed = []
@@ -644,6 +645,9 @@ def prune_stores(dir: str | os.PathLike, keep: str) -> list[str]:
         if p.name != keep_name and p.is_dir():
             shutil.rmtree(p)
             removed.append(str(p))
+    for p in sorted(dir.glob("*.zarr.claims")):  # leases left by killed runs of old configurations
+        if p.name != f"{keep_name}.claims" and p.is_dir():
+            shutil.rmtree(p)
     return removed
 
 

@@ -196,3 +196,19 @@ def test_xarray_opens_a_video_group_and_the_whole_store(toy_store) -> None:
     assert sorted(tree.children) == ["mixed", "vid00", "vid01", "vid02"]
     np.testing.assert_array_equal(tree["vid01"]["valid"].values, fs.read_video("vid01")["valid"])
     assert tree.attrs["schema_version"] == store_mod.SCHEMA_VERSION
+
+
+def test_cli_verify_lists_damage_and_repair_marks_it(toy_store) -> None:
+    from click.testing import CliRunner
+
+    from pipeline.cli import main
+
+    videos, _root, url = toy_store
+    shard = shard_of(url, "vid02", "t1")
+    flip(shard, 3)
+    result = CliRunner().invoke(main, ["store", "verify", url])
+    assert result.exit_code != 0 and "vid02: array 't1': damaged chunk or shard" in result.output
+    assert FeatureStore.open(url).todo(videos) == []  # verify alone changes nothing
+    result = CliRunner().invoke(main, ["store", "verify", "--repair", url])
+    assert result.exit_code != 0 and "marked for re-extraction" in result.output
+    assert [v.video_id for v in FeatureStore.open(url).todo(videos)] == ["vid02"]
