@@ -279,8 +279,18 @@ class LeaseKeeper:
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        """Stop the heartbeat and give back every lease still held (a run stopped by an exception
+        or Ctrl-C must not make other processes wait for its leases to expire)."""
         self._stop.set()
         self._thread.join()
+        with self._lock:
+            held = list(self._held.values())
+            self._held.clear()
+        for lease in held:
+            try:
+                self.claims.release(lease)
+            except OSError as e:
+                log.warning("claims: releasing %s failed (%s); it expires by itself", lease.video_id, e)
 
     def add(self, lease: Lease) -> None:
         with self._lock:

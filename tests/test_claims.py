@@ -86,6 +86,10 @@ def test_renewal_extends_the_lease_and_the_heartbeat_renews(tmp_path: Path) -> N
         assert claims.holder("v1") is not None and not keeper.lost("v1")
         keeper.release("v1")
     assert claims.holder("v1") is None
+    with LeaseKeeper(claims) as keeper:  # leaving the keeper (an exception, Ctrl-C) gives leases back
+        keeper.add(claims.acquire("v2"))
+        assert claims.holder("v2") is not None
+    assert claims.holder("v2") is None
 
 
 def test_a_lease_lost_while_running_is_not_written(tmp_path: Path) -> None:
