@@ -20,6 +20,13 @@ processes that both saw generation g expired, exactly one creates g + 1 and the 
   `ifGenerationMatch=0`. A filesystem whose fsspec driver cannot do an exclusive create falls back
   to fsspec's check-then-write, which two processes can race: use such a store from one process.
 
+A lease is also stale, before its expiry, when its owner ran on this host and that process no longer
+exists (`os.kill(pid, 0)`): a run killed with kill -9 and started again on the same machine takes
+its videos back at once instead of waiting out the TTL. This assumes host names are unique among the
+processes sharing a store (true for machines, containers and pods by default); with two containers
+that share a host name but not a process namespace, a live holder could be taken for dead, which
+costs a duplicated extraction of that video, never a wrong one.
+
 Renewal rewrites only the holder's own generation (nobody else writes that key), after checking
 that no later generation exists (else the lease was taken over: `ClaimLost`). The wall clock
 (`time.time()`, so hosts need roughly synchronised clocks; a TTL of minutes absorbs ordinary skew)
@@ -63,7 +70,8 @@ class Lease:
 
     def document(self) -> bytes:
         return json.dumps({"video_id": self.video_id, "generation": self.generation, "owner": self.owner,
-                           "token": self.token, "expires": self.expires}, sort_keys=True).encode()
+                           "token": self.token, "expires": self.expires, "host": socket.gethostname(),
+                           "pid": os.getpid()}, sort_keys=True).encode()
 
 
 def default_owner() -> str:
@@ -75,6 +83,20 @@ def claims_url(store_url: str) -> str:
     """Where the claims of a store live: beside it (`<store>.zarr.claims`), so Zarr and xarray
     readers of the store never see them."""
     return f"{str(store_url).rstrip('/')}.claims"
+
+
+def _dead_here(doc: dict) -> bool:
+    """Whether the lease's process ran on this host and is gone (so it will never renew)."""
+    pid = doc.get("pid")
+    if doc.get("host") != socket.gethostname() or not isinstance(pid, int) or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # exists, but not ours to signal
+        return False
+    return False
 
 
 # ------------------------------------------------------------------------------------ backends
@@ -216,6 +238,8 @@ class Claims:
         now = time.time() if now is None else now
         if doc is None or not isinstance(doc.get("expires"), (int, float)) or doc["expires"] <= now:
             return None  # expired, or unreadable (garbage never blocks a video forever)
+        if _dead_here(doc):
+            return None  # its process died on this host: it will never renew
         return doc
 
     def acquire(self, video_id: str) -> Lease | None:
@@ -228,7 +252,7 @@ class Claims:
         if not self._backend.create(f"{video_id}/{generation:08d}.json", lease.document()):
             return None  # another process created this generation first
         if gens:
-            log.info("claims: took over the expired lease on %s (generation %d)", video_id, gens[-1])
+            log.info("claims: took over the stale lease on %s (generation %d)", video_id, gens[-1])
         for old in gens:  # expired generations: nobody renews them any more
             self._backend.delete(f"{video_id}/{old:08d}.json")
         return lease

@@ -71,6 +71,20 @@ def test_expired_lease_is_taken_over_exactly_once(tmp_path: Path) -> None:
     assert sorted(os.listdir(Path(url) / "v1")) == ["00000001.json"]  # the stale generation is gone
 
 
+def test_a_lease_of_a_dead_process_on_this_host_is_taken_over_at_once(tmp_path: Path) -> None:
+    """kill -9, then a re-run on the same machine: no waiting for the TTL."""
+    url = str(tmp_path / "c")
+    script = ("import os, sys; from pipeline.claims import Claims; "
+              "assert Claims(sys.argv[1], ttl_s=3600).acquire('v1') is not None; os._exit(0)")
+    subprocess.run([sys.executable, "-c", script, url], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+                   check=True, timeout=120)
+    doc = json.loads((Path(url) / "v1" / "00000000.json").read_text())
+    assert doc["expires"] > time.time() + 600 and doc["pid"] != os.getpid()  # not expired, but dead
+    assert Claims(url).holder("v1") is None
+    lease = Claims(url).acquire("v1")
+    assert lease is not None and lease.generation == 1
+
+
 def test_renewal_extends_the_lease_and_the_heartbeat_renews(tmp_path: Path) -> None:
     claims = Claims(str(tmp_path / "c"), ttl_s=60)
     lease = claims.acquire("v1")
