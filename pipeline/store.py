@@ -720,9 +720,10 @@ def store_info(url: str, storage_options: dict | None = None) -> dict:
 def verify(url: str, storage_options: dict | None = None, repair: bool = False) -> list[str]:
     """Check integrity (`affcache store verify`); returns human-readable problems, [] when healthy.
 
-    Reads every chunk of every array of every video through zarr-python, whose `crc32c` codec checks
-    each inner chunk and each shard index, and checks that every shard file exists (chunks are
-    always written, so a missing one means damage). What it catches, per video: flipped or
+    Reads every chunk of every array of every video and checks its CRC32C and each shard index's
+    (through the direct reader for local numeric arrays, ~10x faster than zarr-python, which checks
+    the same checksums and reads everything else), and checks that every shard file exists (chunks
+    are always written, so a missing one means damage). What it catches, per video: flipped or
     overwritten bytes in any chunk or shard index, a truncated or extended shard, a missing shard,
     damaged or missing array metadata, damaged or missing group metadata, an interrupted write,
     arrays without checksums, missing required arrays, row arrays of different lengths, NaN/inf
@@ -792,7 +793,7 @@ def _verify_video(fs: FeatureStore, vid: str) -> list[str]:
         if not _has_checksums(meta):
             problems.append(f"array {name!r}: chunks without checksums (not written by this store)")
         try:
-            data[name] = fs._read_array(vid, name, fast=False)
+            data[name] = fs._read_array(vid, name, fast=True)
         except Exception as e:  # noqa: BLE001 - any decode or checksum error is a finding
             problems.append(f"array {name!r}: damaged chunk or shard ({type(e).__name__}: {e})")
     lengths = {n: len(data[n]) for n in ROW_ARRAYS if n in data}
