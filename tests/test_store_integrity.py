@@ -212,3 +212,17 @@ def test_cli_verify_lists_damage_and_repair_marks_it(toy_store) -> None:
     result = CliRunner().invoke(main, ["store", "verify", "--repair", url])
     assert result.exit_code != 0 and "marked for re-extraction" in result.output
     assert [v.video_id for v in FeatureStore.open(url).todo(videos)] == ["vid02"]
+
+
+def test_direct_reader_without_preadv_reads_the_same(toy_store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Platforms without os.preadv take the pread loop; same bytes, same checksum checks."""
+    _videos, _root, url = toy_store
+    fs = FeatureStore.open(url)
+    want = fs.read_video("vid01", fast=False)
+    monkeypatch.delattr(os, "preadv", raising=False)
+    got = fs.read_video("vid01", fast=True)
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name])
+    flip(shard_of(url, "vid01", "emb"), 5)
+    with pytest.raises(StoreError, match="checksum mismatch in inner chunk 0"):
+        fs.read_video("vid01", fast=True)
