@@ -9,7 +9,8 @@ incompressible like real embeddings) with realistic, varied lengths summing to -
 Zarr store (pipeline.store) and as .npy files. Reads are timed twice and the *second (warm page cache)*
 figures are reported: dropping the page cache needs root, so cold-disk reads are not measured.
 The `read_many` row goes through `pipeline.shard_reader` (the store's direct reader for local
-files); `read_many(fast=False)` is zarr-python's own reader, kept as the comparison.
+files); `read_many(fast=False)` is zarr-python's own reader, kept as the comparison. Both check
+the CRC32C of every chunk (store schema 2); `verify` reads every chunk through zarr-python.
 
     .venv/bin/python bench/store_bench.py                    # full size: ~1.5 GB each, check `df -h /tmp`
     .venv/bin/python bench/store_bench.py --frames 200000    # quick mode (~100 MB, seconds)
@@ -30,7 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipeline.records import Video  # noqa: E402
-from pipeline.store import FeatureStore  # noqa: E402
+from pipeline.store import FeatureStore, verify  # noqa: E402
 
 ARRAYS = ("t0", "t1", "valid", "emb")
 
@@ -93,6 +94,17 @@ def time_todo(store: FeatureStore, ids: list[str], work: Path) -> tuple[float, i
     return time.perf_counter() - t, n
 
 
+def crc_seconds(videos: dict) -> float:
+    """What the checksums alone cost a whole-split read: CRC32C over every array's bytes in RAM."""
+    from pipeline.shard_reader import _crc
+
+    flat = [np.ascontiguousarray(a).reshape(-1).view(np.uint8) for v in videos.values() for a in v.values()]
+    t = time.perf_counter()
+    for a in flat:
+        _crc(a)
+    return time.perf_counter() - t
+
+
 def timed_twice(fn) -> float:
     """Seconds of the second (warm) run; the first run warms the page cache."""
     fn()
@@ -137,6 +149,11 @@ def main() -> None:
         if not args.skip_zarr_path:
             rows.append(("read (warm)", "FeatureStore.read_many(fast=False) zarr-python",
                          timed_twice(lambda: store.read_many(ids, fast=False)), t_npy_read))
+        rows.append(("read (warm)", "  of which: CRC32C of every chunk, in RAM", crc_seconds(store.read_many(ids)), t_npy_read))
+        if not args.skip_zarr_path:
+            t = time.perf_counter()
+            problems = verify(str(store_path))
+            rows.append(("verify", f"store verify, every chunk ({len(problems)} problems)", time.perf_counter() - t, t_npy_read))
         t_todo, n_todo = time_todo(store, ids, work)
 
         print(f"\npayload {mb:.0f} MB; consolidate {t_cons:.2f} s; todo() over {len(ids)} videos {t_todo:.2f} s "

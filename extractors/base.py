@@ -19,6 +19,12 @@ Why it looks like this:
 - **Incremental.** The store is keyed by the extractor fingerprint (`store_url`), and `todo()` skips
   videos whose group is complete and whose source fingerprint is unchanged, so a re-run is a no-op and a
   crashed run resumes where it stopped.
+- **Several processes share one store.** Before a video starts, the engine takes its lease
+  (`pipeline.claims`: owner, expiry, renewed by a heartbeat while the video runs, released on success
+  or failure, taken over once expired). Videos leased by live processes are left to them; when only
+  those remain, the engine polls until each is complete (or its lease is released or expires, then
+  it extracts the video itself), so every process ends with the whole store complete. After taking
+  a lease it checks the store again, so a video finished meanwhile is not extracted twice.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import contextlib
 import logging
 import queue
 import threading
+import time
 import traceback
 from collections import OrderedDict, deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -37,6 +44,7 @@ from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence, runtim
 import numpy as np
 import torch
 
+from pipeline.claims import DEFAULT_TTL_S, Claims, LeaseKeeper, claims_url
 from pipeline.files import sampled_digest
 from pipeline.records import Video
 
@@ -295,6 +303,7 @@ class RunReport:
     skipped: list[str] = field(default_factory=list)
     failed: list[dict] = field(default_factory=list)
     url: str = ""  # the store written (addition to the contract: the stage logs/prunes with it)
+    others: list[str] = field(default_factory=list)  # extracted by another process during this run
 
     @property
     def ok(self) -> bool:
@@ -329,16 +338,44 @@ def _prepare_with_source(extractor: Extractor, video: Video) -> tuple[Any, dict]
     return extractor.prepare(video), src
 
 
-def extract_one(extractor: Extractor, video: Video, store: Any) -> None:
+def extract_one(extractor: Extractor, video: Video, store: Any, claims: Claims | None = None) -> bool:
     """The engine-independent unit: prepare, compute and write one video (no overlap).
 
     A remote engine (Ray actor) calls this with an extractor built from its config, after `load()`.
+    With `claims`, the video's lease is taken first (renewed while it runs, released at the end):
+    returns False without work when another process holds it or the video is already complete.
     """
-    prepared, src = _prepare_with_source(extractor, video)
-    _compute_and_write(extractor, video, prepared, src, store)
+    if claims is None:
+        prepared, src = _prepare_with_source(extractor, video)
+        _compute_and_write(extractor, video, prepared, src, store)
+        return True
+    with LeaseKeeper(claims) as keeper:
+        if not _claim(claims, keeper, store, extractor, video):
+            return False
+        try:
+            prepared, src = _prepare_with_source(extractor, video)
+            return _compute_and_write(extractor, video, prepared, src, store, keeper)
+        finally:
+            keeper.release(video.video_id)
 
 
-def _compute_and_write(extractor: Extractor, video: Video, prepared: Any, src: dict, store: Any) -> None:
+def _claim(claims: Claims, keeper: LeaseKeeper, store: Any, extractor: Extractor, video: Video) -> bool:
+    """Take the video's lease if it is free and the video still needs work (the check after the
+    lease: another process may have completed it between our todo and our claim)."""
+    lease = claims.acquire(video.video_id)
+    if lease is None:
+        return False
+    keeper.add(lease)
+    if not store.todo([video], source=extractor.source):
+        keeper.release(video.video_id)
+        return False
+    return True
+
+
+def _compute_and_write(extractor: Extractor, video: Video, prepared: Any, src: dict, store: Any,
+                       keeper: LeaseKeeper | None = None) -> bool:
+    """Compute and write one video; False (nothing written) when its lease was lost meanwhile: the
+    process that took it over writes the video instead."""
     try:
         arrays = extractor.compute(video, prepared)
     finally:
@@ -346,7 +383,12 @@ def _compute_and_write(extractor: Extractor, video: Video, prepared: Any, src: d
             prepared.close()
         elif hasattr(prepared, "close") and callable(prepared.close):
             prepared.close()
+    if keeper is not None and keeper.lost(video.video_id):
+        log.warning("%s: %s was taken over by another process while it ran; not written here",
+                    extractor.name, video.video_id)
+        return False
     store.write_video(video.video_id, arrays, attrs={"extractor": extractor.name}, source=src)
+    return True
 
 
 def open_store(extractor: Extractor, store_root: str) -> Any:
@@ -368,8 +410,15 @@ def run_extraction(
     workers: int = 2,
     prefetch: int = 2,
     progress: bool = True,
+    claim_ttl_s: float = DEFAULT_TTL_S,
+    poll_s: float | None = None,
 ) -> RunReport:
-    """Extract every video that is not already cached; see the module docstring for the guarantees."""
+    """Extract every video that is not already cached; see the module docstring for the guarantees.
+
+    claim_ttl_s: how long a lease lives without renewal (renewed every third of it), so how long
+    other processes wait for a video whose process died. poll_s: how often, when every remaining
+    video is leased by other processes, to look again (default: a tenth of the TTL, at most 5 s).
+    """
     from pipeline.store import write_failures
 
     extractor.load()  # a bad model id / weights file fails here, before any video
@@ -379,46 +428,86 @@ def run_extraction(
     report = RunReport(skipped=[v.video_id for v in videos if v.video_id not in todo_ids], url=store.url)
     log.info("%s/%s: %d to extract, %d cached (%s)", extractor.modality, extractor.name, len(todo),
              len(report.skipped), store.url)
+    claims = Claims(claims_url(store.url), ttl_s=claim_ttl_s)
+    poll = poll_s if poll_s is not None else min(5.0, claim_ttl_s / 10)
 
     bar = _progress_bar(len(todo), f"{extractor.modality}:{extractor.name}", progress)
     pending: deque[tuple[Video, Future]] = deque()
-    it = iter(todo)
+    remaining: deque[Video] = deque(todo)
+    waiting: list[Video] = []  # leased by other live processes: looked at again later
     # prepare threads run their torch ops (resampling, VAD, resizing) single-threaded: each would
     # otherwise start an OpenMP team as wide as the machine, pre-empting the model's team on the CPU
     # (measured: demo audio on 2 cores, engine/naive 0.80x without this); several of them still
     # work in parallel, one video each
-    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="prepare",
-                            initializer=torch.set_num_threads, initargs=(1,)) as pool:
+    with LeaseKeeper(claims) as keeper, ThreadPoolExecutor(
+            max_workers=max(1, workers), thread_name_prefix="prepare",
+            initializer=torch.set_num_threads, initargs=(1,)) as pool:
 
         def refill() -> None:
-            while len(pending) < max(1, prefetch):
-                v = next(it, None)
-                if v is None:
-                    return
-                pending.append((v, pool.submit(_prepare_with_source, extractor, v)))
+            while len(pending) < max(1, prefetch) and remaining:
+                v = remaining.popleft()
+                try:
+                    claimed = _claim(claims, keeper, store, extractor, v)
+                except OSError as e:  # a claims folder we cannot write: a video error, like any other
+                    _record(report, extractor, v, e)
+                    bar.update(1)
+                    continue
+                if claimed:
+                    pending.append((v, pool.submit(_prepare_with_source, extractor, v)))
+                elif store.todo([v], source=extractor.source):
+                    waiting.append(v)
+                else:
+                    report.others.append(v.video_id)
+                    bar.update(1)
 
-        refill()
-        while pending:
+        while True:
+            refill()
+            if not pending:
+                if not waiting:
+                    break
+                # every video left is leased by a live process: wait for them (no busy loop), then
+                # take over what was released or expired, and count what they completed
+                time.sleep(poll)
+                still = store.todo(waiting, source=extractor.source)
+                still_ids = {v.video_id for v in still}
+                for v in waiting:
+                    if v.video_id not in still_ids:
+                        report.others.append(v.video_id)
+                        bar.update(1)
+                remaining.extend(still)
+                waiting.clear()
+                continue
             video, fut = pending.popleft()
             refill()  # keep `prefetch` videos decoding while this one computes
             try:
                 prepared, src = fut.result()
-                _compute_and_write(extractor, video, prepared, src, store)
-                report.done.append(video.video_id)
+                if _compute_and_write(extractor, video, prepared, src, store, keeper):
+                    report.done.append(video.video_id)
+                else:
+                    report.others.append(video.video_id)
             except Exception as e:  # noqa: BLE001 - one video must not stop the run
-                rec = _failure(extractor, video, e)
-                report.failed.append(rec)
-                log.error("%s: %s failed (%s): %s", extractor.name, video.video_id, rec["file"], rec["error"])
-                log.debug("%s", traceback.format_exc())
+                _record(report, extractor, video, e)
+            finally:
+                keeper.release(video.video_id)
             bar.update(1)
     bar.close()
+    claims.close()
 
     write_failures(failures_path(store_root, extractor.modality, extractor.name), report.failed)
     store.consolidate()
+    if report.others:
+        log.info("%s: %d video(s) extracted by other processes on this store", extractor.name, len(report.others))
     if report.failed:
         log.error("%s: %d of %d videos failed; see %s", extractor.name, len(report.failed), len(todo),
                   failures_path(store_root, extractor.modality, extractor.name))
     return report
+
+
+def _record(report: RunReport, extractor: Extractor, video: Video, exc: BaseException) -> None:
+    rec = _failure(extractor, video, exc)
+    report.failed.append(rec)
+    log.error("%s: %s failed (%s): %s", extractor.name, video.video_id, rec["file"], rec["error"])
+    log.debug("%s", traceback.format_exc())
 
 
 def _progress_bar(total: int, desc: str, enabled: bool) -> Any:

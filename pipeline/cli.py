@@ -301,13 +301,16 @@ def store_info(url: str) -> None:
 
 @store.command("verify")
 @click.argument("url")
-def store_verify(url: str) -> None:
-    """Check a store's integrity; exit non-zero and list the problems if any."""
-    problems = _store_call("verify", url)
+@click.option("--repair", is_flag=True,
+              help="Mark every damaged video incomplete, so the next extraction run rewrites it.")
+def store_verify(url: str, repair: bool) -> None:
+    """Check a store's integrity (every checksum of every chunk); exit non-zero and list the problems."""
+    problems = _store_call("verify", url, None, repair)
     if problems:
         for problem in problems:
             click.echo(problem, err=True)
-        raise UserError(f"{url}: {len(problems)} problem(s) found")
+        raise UserError(f"{url}: {len(problems)} problem(s) found"
+                        + ("; damaged videos are marked for re-extraction: re-run the extraction stage" if repair else ""))
     click.echo(f"{url}: ok")
 
 

@@ -7,6 +7,7 @@ Layout (see DESIGN.md "Feature store")::
       <video_id>/                   group attrs: source (fingerprint of the media/crops), user attrs,
                                     complete (True written LAST, after every array)
         t0, t1 [N] float32, valid [N] bool, emb [N, D] float16, extras ...
+                                    every array: Zarr v3 `dimension_names` (`time`, `feature`, ...)
 
 Why these choices:
 - *One shard per array per video* (sharding codec, inner chunks of ~2 MiB): a video costs ~one file
@@ -18,6 +19,14 @@ Why these choices:
   (~280 vs ~600-800 MB/s); blosc-lz4+shuffle saved nothing. Embeddings are essentially incompressible
   and training wants a whole split in RAM fast. Strings (behavior descriptions) are zstd-compressed:
   they are small and compress well.
+- *A CRC32C on every inner chunk and on every shard index* (Zarr's `crc32c` codec): flipped or lost
+  bytes in any chunk are caught by every read path (zarr-python's codec, the direct reader below,
+  `verify`), so damaged data is never returned as good data. Cost measured in `bench/RESULTS.md`.
+  Stores of schema 1 (written before checksums) are refused with a message to re-extract: reading
+  them would silently drop the guarantee.
+- *Dimension names* on every array, so xarray opens a video group (`xr.open_zarr(store,
+  group=video_id)`) or the whole store (`xr.open_datatree(store, engine="zarr")`): see
+  `dimension_names`.
 - *A direct reader for our own layout* (`pipeline.shard_reader`): for local stores, `read_many`
   bypasses zarr-python for the plain numeric arrays written here; see that module for why and when.
   The files remain ordinary Zarr v3: any Zarr reader can open them.
@@ -41,6 +50,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import zarr
 import zarr.api.asynchronous
+from zarr.codecs import Crc32cCodec, ZstdCodec
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 from zarr.storage import FsspecStore, LocalStore
@@ -51,7 +61,7 @@ from pipeline.shard_reader import read_shard, shard_layout
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: CRC32C on every inner chunk, dimension names on every array
 REQUIRED_ARRAYS = ("t0", "t1", "valid")
 # Arrays stored in float16 (embeddings / hidden states): halves RAM and disk, ample for 256-d+ features.
 HALF_PRECISION_ARRAYS = ("emb", "emb_mean", "lower")
@@ -276,7 +286,34 @@ def _chunk_layout(arr: np.ndarray) -> tuple[tuple[int, ...], tuple[int, ...]]:
     return (chunk_rows,) + tail, (chunk_rows * n_chunks,) + tail
 
 
-async def _create_array(group: Any, name: str, arr: np.ndarray) -> None:
+def dimension_names(arrays: dict[str, np.ndarray]) -> dict[str, tuple[str, ...]]:
+    """Zarr v3 `dimension_names` for one video's arrays, chosen so xarray can open the group.
+
+    First axis: `time` for every array with one entry per t0/t1 row; an array on another time grid
+    `<p>_t0`/`<p>_t1` (reliability's `vad`, `vad_t0`, `vad_t1`) shares `<p>_time`; anything else gets
+    `<name>_row`. Last axis of an embedding-like array (`emb`, `emb_mean`, `lower`): `feature` when
+    its width equals `emb`'s, else `<name>_feature`. Other axes: `<name>_dim<k>`. One name never
+    means two lengths within a group, which xarray would reject.
+    """
+    rows = arrays["t0"].shape[0] if "t0" in arrays else None
+    width = arrays["emb"].shape[-1] if "emb" in arrays and arrays["emb"].ndim >= 2 else None
+    out = {}
+    for name, arr in arrays.items():
+        n = arr.shape[0]
+        if n == rows:
+            first = "time"
+        else:
+            grids = [p for p in (name, name.rsplit("_", 1)[0]) if f"{p}_t0" in arrays
+                     and arrays[f"{p}_t0"].shape[0] == n]
+            first = f"{grids[0]}_time" if grids else f"{name}_row"
+        rest = [f"{name}_dim{k}" for k in range(1, arr.ndim)]
+        if name in HALF_PRECISION_ARRAYS and arr.ndim >= 2:
+            rest[-1] = "feature" if arr.shape[-1] == width else f"{name}_feature"
+        out[name] = (first, *rest)
+    return out
+
+
+async def _create_array(group: Any, name: str, arr: np.ndarray, dims: tuple[str, ...]) -> None:
     chunks, shards = _chunk_layout(arr)
     is_str = arr.dtype.kind == "U"
     a = await group.create_array(
@@ -285,7 +322,9 @@ async def _create_array(group: Any, name: str, arr: np.ndarray) -> None:
         dtype=str if is_str else arr.dtype,
         chunks=chunks,
         shards=shards,
-        compressors="auto" if is_str else None,
+        # a CRC32C after every inner chunk (the shard index has its own by default); zstd for strings
+        compressors=[ZstdCodec(level=0), Crc32cCodec()] if is_str else [Crc32cCodec()],
+        dimension_names=dims,
         # Always write chunks, even all-fill ones: a missing shard file then means damage (verify).
         config={"write_empty_chunks": True},
     )
@@ -301,7 +340,8 @@ async def _write_group(store: Any, video_id: str, arrays: dict[str, np.ndarray],
     """
     group = await zarr.api.asynchronous.create_group(
         store=store, path=video_id, overwrite=True, attributes=attrs, zarr_format=3)
-    await asyncio.gather(*(_create_array(group, n, a) for n, a in arrays.items()))
+    dims = dimension_names(arrays)
+    await asyncio.gather(*(_create_array(group, n, a, dims[n]) for n, a in arrays.items()))
     await group.update_attributes({"complete": True})  # LAST: marks the group as usable
 
 
@@ -477,9 +517,14 @@ class FeatureStore:
         meta, names = self._group_listing(video_id, fast)
         attrs = (meta or {}).get("attributes", {})
         if meta is None or attrs.get("complete") is not True:
-            state = "missing" if meta is None else "incomplete (its extraction was interrupted)"
+            state = ("missing (or its group metadata is unreadable)" if meta is None
+                     else "incomplete (its extraction was interrupted, or `store verify --repair` marked it damaged)")
             raise StoreError(f"{self.url}: video {video_id!r} is {state}; run the extraction stage again "
                              "(it lists this video in its todo)")
+        lost = [n for n in REQUIRED_ARRAYS if n not in names]
+        if lost:
+            raise StoreError(f"{self.url}: video {video_id!r} has lost its required arrays {lost} (damaged); run "
+                             f"`affcache store verify --repair {self.url}`, then re-run the extraction stage")
         wanted = list(names) if arrays is None else list(arrays)
         unknown = [n for n in wanted if n not in names]
         if unknown:
@@ -491,9 +536,9 @@ class FeatureStore:
                 out[name] = self._read_array(video_id, name, fast)
             except Exception as e:  # noqa: BLE001 - damaged chunk/shard: name it and say what to do
                 raise StoreError(
-                    f"{self.url}: video {video_id!r} array {name!r} is unreadable ({type(e).__name__}: {e}); "
-                    f"run `affcache store verify {self.url}`, then delete the damaged video groups (or the store) "
-                    "and re-run the extraction stage") from e
+                    f"{self.url}: video {video_id!r} array {name!r} is unreadable or damaged ({type(e).__name__}: "
+                    f"{e}); run `affcache store verify --repair {self.url}` (it marks every damaged video for "
+                    "re-extraction), then re-run the extraction stage") from e
         return VideoArrays(out, attrs)
 
     def _group_listing(self, video_id: str, fast: bool) -> tuple[dict | None, list[str]]:
@@ -523,6 +568,11 @@ class FeatureStore:
             if layout is not None:
                 return read_shard(array_dir, layout)
         arr = zarr.open_array(self._store, path=f"{video_id}/{name}", mode="r", zarr_format=3)
+        # zarr reads a missing chunk file as fill values; this store always writes every chunk, so a
+        # missing one is damage, not zeros
+        lost = _missing_shards(self._store, video_id, name, arr.metadata.to_dict())
+        if lost:
+            raise FileNotFoundError(f"chunk files {lost[:3]} missing")
         out = arr[...]
         # zarr returns numpy StringDType/object for strings: give callers plain fixed-width str arrays.
         return np.array(out.tolist(), dtype=np.str_).reshape(out.shape) if out.dtype.kind in "OT" else out
@@ -542,9 +592,15 @@ class FeatureStore:
 
 
 def _check_schema(url: str, attrs: dict) -> None:
-    if attrs.get("schema_version") != SCHEMA_VERSION:
-        raise StoreError(f"{url}: store schema_version {attrs.get('schema_version')!r} != {SCHEMA_VERSION} "
-                         "(written by another affcache version); delete the store and re-run the extraction")
+    """Refuse stores of another schema: an old one (1: no chunk checksums) cannot promise that what
+    it returns is undamaged, and a newer one may hold what this version cannot read."""
+    found = attrs.get("schema_version")
+    if found == SCHEMA_VERSION:
+        return
+    why = ("it was written before chunk checksums (schema 2)" if isinstance(found, int) and found < SCHEMA_VERSION
+           else "it was written by a newer affcache")
+    raise StoreError(f"{url}: store schema_version {found!r}, this affcache reads {SCHEMA_VERSION}: {why}. "
+                     f"Re-extract: delete the store (`rm -r {url}`) and re-run the extraction stage")
 
 
 def _json_or_error(url: str, what: str, obj: dict) -> None:
@@ -580,7 +636,8 @@ def read_failures(path: str | os.PathLike) -> list[dict]:
 
 
 def prune_stores(dir: str | os.PathLike, keep: str) -> list[str]:
-    """Delete sibling `*.zarr` stores of old configurations in `dir`, keeping `keep` (path or name)."""
+    """Delete sibling `*.zarr` stores of old configurations in `dir` (and their claims folders),
+    keeping `keep` (path or name)."""
     dir = Path(dir)
     keep_name = Path(str(keep).rstrip("/")).name
     removed = []
@@ -588,6 +645,9 @@ def prune_stores(dir: str | os.PathLike, keep: str) -> list[str]:
         if p.name != keep_name and p.is_dir():
             shutil.rmtree(p)
             removed.append(str(p))
+    for p in sorted(dir.glob("*.zarr.claims")):  # leases left by killed runs of old configurations
+        if p.name != f"{keep_name}.claims" and p.is_dir():
+            shutil.rmtree(p)
     return removed
 
 
@@ -657,39 +717,85 @@ def store_info(url: str, storage_options: dict | None = None) -> dict:
             "arrays": arrays, "total_rows": total_rows, "bytes": nbytes, "files": nfiles}
 
 
-def verify(url: str, storage_options: dict | None = None) -> list[str]:
+def verify(url: str, storage_options: dict | None = None, repair: bool = False) -> list[str]:
     """Check integrity (`affcache store verify`); returns human-readable problems, [] when healthy.
 
-    Reads every array through zarr-python (not the fast path) so index checksums are checked, and
-    checks every shard file exists: chunks are always written, so a missing one means damage.
+    Reads every chunk of every array of every video and checks its CRC32C and each shard index's
+    (through the direct reader for local numeric arrays, ~10x faster than zarr-python, which checks
+    the same checksums and reads everything else), and checks that every shard file exists (chunks
+    are always written, so a missing one means damage). What it catches, per video: flipped or
+    overwritten bytes in any chunk or shard index, a truncated or extended shard, a missing shard,
+    damaged or missing array metadata, damaged or missing group metadata, an interrupted write,
+    arrays without checksums, missing required arrays, row arrays of different lengths, NaN/inf
+    embeddings, t0 > t1. Damaged root metadata raises a StoreError naming the recovery.
+
+    A damaged video stays in the store as it is, and `todo()` does not re-read chunks (that would
+    cost a full read at every stage start), so `repair=True` marks each damaged complete video
+    incomplete: the next extraction run lists it in its todo and rewrites it. Videos whose group
+    metadata is damaged or missing, and interrupted ones, are rewritten by the next run already.
     """
     fs = FeatureStore.open(url, storage_options)
     ids = fs._all_group_ids()
     problems: list[str] = []
+    rerun = "the next extraction run rewrites it"
     for vid, a in zip(ids, fs._group_attrs_many(ids)):
-        if not a or a.get("complete") is not True:
-            problems.append(f"{vid}: incomplete group (interrupted write); re-run the extraction stage to rewrite it")
+        if a is None:
+            there = sync(fs._store.exists(f"{vid}/zarr.json"))
+            what = "damaged (not the JSON of a Zarr group)" if there else "missing"
+            problems.append(f"{vid}: group metadata ({vid}/zarr.json) {what}; {rerun}")
             continue
-        problems += [f"{vid}: {p}" for p in _verify_video(fs, vid)]
+        if a.get("complete") is not True:
+            problems.append(f"{vid}: incomplete group (interrupted write or marked damaged); {rerun}")
+            continue
+        found = _verify_video(fs, vid)
+        if found and repair:
+            zarr.open_group(fs._store, path=vid, mode="r+", zarr_format=3).update_attributes({"complete": False})
+            found.append(f"marked incomplete: {rerun}")
+        elif found:
+            found.append(f"run `affcache store verify --repair {fs.url}` to mark it for re-extraction")
+        problems += [f"{vid}: {p}" for p in found]
     return problems
+
+
+def _has_checksums(meta: dict) -> bool:
+    """Whether an array's codecs put a CRC32C after every inner chunk of a shard (or every chunk)."""
+    codecs = meta.get("codecs") or []
+    names = [c.get("name") for c in codecs if isinstance(c, dict)]
+    if names and names[0] == "sharding_indexed":
+        inner = codecs[0].get("configuration", {}).get("codecs", [])
+        names = [c.get("name") for c in inner if isinstance(c, dict)]
+    return "crc32c" in names
 
 
 def _verify_video(fs: FeatureStore, vid: str) -> list[str]:
     problems = []
-    metas = sync(_array_metas(fs._store, vid))
-    missing = [n for n in REQUIRED_ARRAYS if n not in metas]
+    names = sync(_list_children(fs._store, vid))
+    raw = sync(_gather_limited(_get_json(fs._store, f"{vid}/{n}/zarr.json") for n in names))
+    metas = {}
+    for name, meta in zip(names, raw):
+        if not isinstance(meta, dict) or meta.get("node_type") != "array":
+            problems.append(f"array {name!r}: metadata ({vid}/{name}/zarr.json) missing or damaged")
+        else:
+            metas[name] = meta
+    missing = [n for n in REQUIRED_ARRAYS if n not in names]
     if missing:
         problems.append(f"missing required arrays {missing}")
     data: dict[str, np.ndarray] = {}
     for name, meta in metas.items():
-        lost = _missing_shards(fs._store, vid, name, meta)
+        try:
+            lost = _missing_shards(fs._store, vid, name, meta)
+        except (KeyError, TypeError, ValueError) as e:
+            problems.append(f"array {name!r}: metadata ({vid}/{name}/zarr.json) damaged ({type(e).__name__}: {e})")
+            continue
         if lost:
             problems.append(f"array {name!r}: missing chunk files {lost[:3]}")
             continue
+        if not _has_checksums(meta):
+            problems.append(f"array {name!r}: chunks without checksums (not written by this store)")
         try:
-            data[name] = fs._read_array(vid, name, fast=False)
-        except Exception as e:  # noqa: BLE001 - any decode error is a finding
-            problems.append(f"array {name!r}: unreadable ({type(e).__name__}: {e})")
+            data[name] = fs._read_array(vid, name, fast=True)
+        except Exception as e:  # noqa: BLE001 - any decode or checksum error is a finding
+            problems.append(f"array {name!r}: damaged chunk or shard ({type(e).__name__}: {e})")
     lengths = {n: len(data[n]) for n in ROW_ARRAYS if n in data}
     if len(set(lengths.values())) > 1:
         problems.append(f"row arrays disagree in length {lengths}")

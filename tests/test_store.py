@@ -86,7 +86,7 @@ def test_round_trip_all_dtypes(fs: FeatureStore) -> None:
 
 
 def test_root_attrs_and_fingerprint_mismatch(tmp_path: Path, fs: FeatureStore) -> None:
-    assert fs.attrs["schema_version"] == 1 and fs.attrs["extractor"] == "grada"
+    assert fs.attrs["schema_version"] == store_mod.SCHEMA_VERSION == 2 and fs.attrs["extractor"] == "grada"
     assert fs.attrs["fingerprint"] == FP and fs.attrs["fingerprint_hash"] == fingerprint_hash(FP)
     assert fs.attrs["package_version"] and fs.attrs["created_at"]
     again = FeatureStore.create(fs.url, extractor="grada", fingerprint=dict(reversed(FP.items())))
@@ -147,8 +147,8 @@ KILL_SCRIPT = textwrap.dedent("""
     original = S._create_array
     state = {{"current": None, "written": 0}}
 
-    async def create_then_maybe_die(group, name, arr):
-        await original(group, name, arr)
+    async def create_then_maybe_die(group, name, arr, dims):
+        await original(group, name, arr, dims)
         if state["current"] == "v3":
             state["written"] += 1
             if state["written"] == 2:  # half-way through v3: two of its arrays are on disk
@@ -279,13 +279,13 @@ def test_info_and_verify_on_good_and_damaged_store(fs: FeatureStore) -> None:
     emb = group["emb"]
     emb[0, 0] = np.inf
     group["t0"][0] = 100.0
-    with pytest.raises(StoreError, match="v0.*'emb' is unreadable.*affcache store verify"):
+    with pytest.raises(StoreError, match="v0.*'emb' is unreadable.*affcache store verify --repair"):
         fs.read_video("v0")
     with pytest.raises(StoreError, match="'t1' is unreadable"):
         fs.read_video("v1", fast=False)
     problems = "\n".join(verify(fs.url))
     assert "v0: array 'emb': missing chunk files" in problems
-    assert "v1: array 't1': unreadable" in problems
+    assert "v1: array 't1': damaged chunk or shard" in problems
     assert "v2: row arrays disagree in length" in problems
     assert "v3: array 'emb' has NaN/inf" in problems and "v3: t0 > t1 in 1 rows" in problems
     del group["valid"]

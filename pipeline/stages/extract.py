@@ -77,8 +77,9 @@ def run(params_path: Path, modality: str, device: str | None = None, video_ids: 
     if not params.get(f"extract.{modality}.keep_old_stores", False):
         for removed in prune_stores(str(layout.feature_dir(modality)), keep=report.url):
             log.info("removed store of an older configuration: %s (still in the DVC cache)", removed)
-    log.info("extract %s: %d extracted, %d cached, %d failed -> %s", modality, len(report.done),
-             len(report.skipped), len(report.failed), report.url)
+    others = f", {len(report.others)} extracted by other processes" if report.others else ""
+    log.info("extract %s: %d extracted, %d cached, %d failed%s -> %s", modality, len(report.done),
+             len(report.skipped), len(report.failed), others, report.url)
     if report.failed:
         lines = "\n".join(f"  {f['video_id']} ({f['file']}): {f['error']}" for f in report.failed)
         raise StageFailed(f"extract {modality}: {len(report.failed)} video(s) failed; the others are cached "
