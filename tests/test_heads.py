@@ -338,8 +338,8 @@ def test_registry_expr_entries_have_own_names_sections_and_expr_inputs():
     and directory (so VA and EXPR stages invalidate independently); EXPR fusions read EXPR heads."""
     from heads.registry import REGISTRY, by_model_name, model_names, specs
 
-    assert model_names() == ["face", "behavior", "audio", "fusion_gated_moe", "fusion_raav"][: len(model_names())] \
-        or all(not n.startswith("expr_") for n in model_names())
+    assert model_names() and not [n for n in model_names() if n.startswith("expr_")]  # the default: VA
+    assert set(model_names(None)) == set(model_names()) | set(model_names("expr"))
     assert {"expr_face", "expr_behavior", "expr_audio", "expr_fusion_gated_moe"} <= set(model_names("expr"))
     for s in specs("expr"):
         va = REGISTRY[s.base]
