@@ -31,12 +31,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from heads.contract import TASK_OUTPUTS, Head
 from heads.data import HeadVideo, frame_targets, load_head_videos, reliability_on_grid
-from heads.losses import ccc_loss
+from heads.losses import ccc_loss, weighted_cross_entropy
 from heads.outputs import HeadOutput
 from heads.train import TrainConfig
 from heads.windows import AudioTrustRule, frame_windows, overlap_add
@@ -425,7 +424,7 @@ class AudioPooling(Head[AudioPoolingConfig]):
         return model.param_groups(self.cfg.train.lr, self.cfg.backbone_lr)
 
     def loss(self):
-        return make_loss(self.cfg)
+        return make_loss(self.cfg, self.class_weight)
 
     def predict(self, model, videos, inputs, dims, device):
         model.eval()
@@ -433,14 +432,13 @@ class AudioPooling(Head[AudioPoolingConfig]):
         return {v.video_id: predict_video(model, v, inputs[v.video_id], self.cfg, r, device) for v in videos}
 
 
-def make_loss(cfg: AudioPoolingConfig):
-    """Weighted loss over a batch of windows: each labelled bin counts with its window's filter weight."""
+def make_loss(cfg: AudioPoolingConfig, class_weight: torch.Tensor | None = None):
+    """Weighted loss over a batch of windows: each labelled bin counts with its window's filter weight
+    (EXPR: times its class weight)."""
     def loss_fn(m: nn.Module, b: dict) -> torch.Tensor:
         pred, _ = m(b["x"], b["mask"])
         weight = b["yv"].float() * b["w"][:, None]
         if cfg.task == "va":
             return ccc_loss(pred, b["y"], weight, weights=cfg.loss_weights, mse_weight=cfg.mse_weight)
-        ce = F.cross_entropy(pred.reshape(-1, pred.shape[-1]).float(), b["y"].reshape(-1).clamp_min(0),
-                             reduction="none")
-        return (ce * weight.reshape(-1)).sum() / weight.sum().clamp_min(1e-6)
+        return weighted_cross_entropy(pred, b["y"], weight, class_weight)
     return loss_fn

@@ -226,7 +226,7 @@ class BehaviorTemporal(Head[BehaviorTemporalConfig]):
 
     def loss(self):
         """Masked CCC (VA) or cross-entropy (EXPR) over a batch of segment sequences."""
-        return window_task_loss(self.cfg.task, self.cfg.loss_weights, self.cfg.mse_weight)
+        return window_task_loss(self.cfg.task, self.cfg.loss_weights, self.cfg.mse_weight, self.class_weight)
 
     def predict(self, model, videos, inputs, dims, device):
         model.eval()

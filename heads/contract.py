@@ -59,6 +59,9 @@ class Head(abc.ABC, Generic[C]):
 
     def __init__(self, cfg: C) -> None:
         self.cfg = cfg
+        # EXPR: per-class loss weights [8] from the training labels (set by the driver before
+        # `loss()`; None = unweighted), see heads.losses.class_weights
+        self.class_weight: torch.Tensor | None = None
         self.check()
 
     # ----------------------------------------------------------------- settings
@@ -70,6 +73,13 @@ class Head(abc.ABC, Generic[C]):
     @property
     def task(self) -> str:
         return str(getattr(self.cfg, "task", "va"))
+
+    @property
+    def registry_name(self) -> str:
+        """The registry entry this model is (`face`, or `expr_face` for the face head on EXPR)."""
+        from heads.registry import task_name
+
+        return task_name(self.name, self.task)
 
     @property
     def metric(self) -> str:

@@ -13,10 +13,12 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
-from heads.contract import Head
+from heads.contract import TASK_OUTPUTS, Head
+from heads.losses import class_weights
 from heads.outputs import score, write_outputs
 from heads.train import Batches, fit, resolve_device
 
@@ -52,15 +54,20 @@ def train_model(head: Head, videos: Sequence, out_dir: str | Path) -> dict:
         return score(val_targets, outputs, head.task, head.fill_missing, head.select_array)
 
     t0 = time.perf_counter()
+    if head.task == "expr":
+        counts = train_class_counts(head, videos)
+        head.class_weight = torch.from_numpy(class_weights(counts, tcfg.class_weighting))
+        stats = {**stats, "train_class_counts": counts.tolist(),
+                 "class_weights": [round(float(w), 4) for w in head.class_weight]}
     batches = Batches(len(bank), tcfg.batch_size, bank.gather, seed=tcfg.seed)
     history = fit(model, batches, head.loss(), val_fn, tcfg, out_dir, metric=head.metric,
-                  param_groups=head.param_groups(model), name=head.name,
-                  checkpoint_extra={"model": head.name, "config": _jsonable(head.cfg), "dims": dict(dims),
+                  param_groups=head.param_groups(model), name=head.registry_name,
+                  checkpoint_extra={"model": head.registry_name, "config": _jsonable(head.cfg), "dims": dict(dims),
                                     **head.output_attrs()})
     train_s = time.perf_counter() - t0
     model.eval()
     outputs = head.predict(model, videos, inputs, dims, device)
-    write_outputs(out_dir, head.name, type(head).kind, videos, outputs, _jsonable(head.cfg), head.task,
+    write_outputs(out_dir, head.registry_name, type(head).kind, videos, outputs, _jsonable(head.cfg), head.task,
                   head.output_attrs())
     metrics = score(val_targets, outputs, head.task, head.fill_missing) or {}
     if outputs and all("pred_raw" in o.extras for o in outputs.values()):
@@ -73,6 +80,16 @@ def train_model(head: Head, videos: Sequence, out_dir: str | Path) -> dict:
                     **head.summary()})
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float) + "\n")
     return metrics
+
+
+def train_class_counts(head: Head, videos: Sequence) -> np.ndarray:
+    """Frames per EXPR class over the valid labels of the train split (what the class weights use)."""
+    counts = np.zeros(TASK_OUTPUTS["expr"], np.int64)
+    for v in videos:
+        if v.split == "train":
+            y, ok = head.targets(v)
+            counts += np.bincount(np.asarray(y)[np.asarray(ok, bool)].astype(np.int64), minlength=len(counts))
+    return counts
 
 
 def _jsonable(cfg) -> dict:

@@ -184,7 +184,7 @@ class FaceTemporal(Head[FaceTemporalConfig]):
         CCC is computed over all valid frames of the batch together (not per window and averaged):
         a window may hold only a few valid frames, and their CCC alone is noise.
         """
-        return window_task_loss(self.cfg.task, self.cfg.loss_weights, self.cfg.mse_weight)
+        return window_task_loss(self.cfg.task, self.cfg.loss_weights, self.cfg.mse_weight, self.class_weight)
 
     def predict(self, model, videos, inputs, dims, device):
         model.eval()

@@ -11,18 +11,19 @@ gate weights and -- for a model with audio context -- the share of masked-audio 
 from __future__ import annotations
 
 import abc
+from dataclasses import replace
 from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from heads.contract import Head
+from heads.contract import TASK_OUTPUTS, Head
 from heads.fusion_inputs import FusionVideo, load_fusion_inputs
 from heads.fusion_windows import WindowSet, build_windows
-from heads.losses import ccc_loss
+from heads.losses import ccc_loss, cross_entropy
 from heads.outputs import HeadOutput
-from heads.postprocess import smooth
+from heads.postprocess import SmoothingConfig, smooth
 from heads.windows import overlap_add
 
 PREDICT_BATCH = 16  # windows per inference batch
@@ -48,8 +49,33 @@ class ModalityProjection(nn.Module):
         return h * valid.unsqueeze(-1).to(h.dtype)
 
 
+def output_width(cfg: Any) -> int:
+    """Outputs per frame of a fusion: its `out_dim` for VA, the 8 class logits for EXPR."""
+    task = getattr(cfg, "task", "va")
+    return int(cfg.out_dim) if task == "va" else TASK_OUTPUTS[task]
+
+
+def smoothing_for(cfg: Any) -> SmoothingConfig:
+    """The smoothing of a fusion's outputs: `cfg.smoothing` as given for VA (one kernel per
+    dimension); for EXPR, `smoothing.kernels` holds one kernel per class or, shorter, its first
+    kernel is used for every class (the class logits are one kind of signal: smoothing only some
+    of them would bias the arg-max towards the unsmoothed ones)."""
+    s = cfg.smoothing
+    width = output_width(cfg)
+    if getattr(cfg, "task", "va") == "va" or len(s.kernels) >= width or not s.kernels:
+        return s
+    return replace(s, kernels=(s.kernels[0],) * width)
+
+
 class FusionHead(Head):
-    """Common part of both fusions; `cfg` carries `use_pred`, `loss_weights`, `mse_weight`, `smoothing`, `train`."""
+    """Common part of both fusions; `cfg` carries `task`, `use_pred`, `loss_weights`, `mse_weight`,
+    `smoothing`, `train`.
+
+    An EXPR fusion (`task: expr`) reads the EXPR heads' outputs (`heads/expr_<modality>`: their
+    class logits and embeddings), predicts 8 logits per frame and trains with class-weighted
+    cross-entropy; its smoothing (when enabled) is the same moving average over time applied to
+    every class logit alike (`smoothing_for`).
+    """
 
     kind: ClassVar[str] = "fusion"
     fill_missing: ClassVar[bool] = True
@@ -79,9 +105,11 @@ class FusionHead(Head):
 
     # ------------------------------------------------------------- the contract
     def load(self, records: Sequence, urls: Mapping[str, str]) -> list[FusionVideo]:
+        from heads.registry import task_name
+
         audio = "audio" if "audio" in self.modalities else None
-        return load_fusion_inputs(records, {m: urls[f"heads/{m}"] for m in self.modalities},
-                                  reliability_url=urls.get("features/reliability"), audio=audio)
+        return load_fusion_inputs(records, {m: urls[f"heads/{task_name(m, self.task)}"] for m in self.modalities},
+                                  reliability_url=urls.get("features/reliability"), audio=audio, task=self.task)
 
     def prepare(self, videos: Sequence[FusionVideo]) -> dict[str, Any]:
         """Inference windows of each split, cut once: {split: (video ids, WindowSet)}.
@@ -106,7 +134,7 @@ class FusionHead(Head):
     def targets(self, video: FusionVideo) -> tuple[np.ndarray, np.ndarray]:
         f = video.num_frames
         if video.labels is None or video.label_valid is None:
-            return np.zeros((f, 2), np.float32), np.zeros(f, bool)
+            return (np.zeros((f, 2), np.float32) if self.task == "va" else np.full(f, -1, np.int64)), np.zeros(f, bool)
         return video.labels, video.label_valid
 
     def materialize(self, model: nn.Module, bank) -> None:
@@ -114,12 +142,14 @@ class FusionHead(Head):
             model(bank.gather(torch.arange(min(2, len(bank)))))
 
     def loss(self):
-        cfg = self.cfg
+        cfg, task, class_weight = self.cfg, self.task, self.class_weight
 
         def loss_fn(model: nn.Module, batch: dict) -> torch.Tensor:
             pred = model(batch)["pred"]
-            return ccc_loss(pred, batch["y"], batch["y_valid"] & batch["mask"], weights=cfg.loss_weights,
-                            mse_weight=cfg.mse_weight)
+            mask = batch["y_valid"] & batch["mask"]
+            if task != "va":
+                return cross_entropy(pred, batch["y"], mask, class_weight)
+            return ccc_loss(pred, batch["y"], mask, weights=cfg.loss_weights, mse_weight=cfg.mse_weight)
         return loss_fn
 
     @torch.no_grad()
@@ -171,7 +201,7 @@ class FusionHead(Head):
             if ws.audio_kept is not None:
                 masked = [np.full(e - s, 0.0 if bool(ws.audio_kept[i]) else 1.0) for i, (s, e) in zip(sel, wins)]
                 aux["audio_mask"] = overlap_add(masked, wins, f)[:, 0]
-            smoothed = smooth(per["pred"], valid, self.cfg.smoothing)
+            smoothed = smooth(per["pred"], valid, smoothing_for(self.cfg))
             result[v.video_id] = HeadOutput(smoothed, per["emb"], valid, {"pred_raw": per["pred"], "gates": per["gates"]},
                                             aux)
         return result

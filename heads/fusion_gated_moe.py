@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from heads.fusion import FusionHead, ModalityProjection
+from heads.fusion import FusionHead, ModalityProjection, output_width
 from heads.fusion_windows import FrameWindowing
 from heads.positional import sinusoidal_encoding
 from heads.postprocess import SmoothingConfig
@@ -52,6 +52,7 @@ class GatedMoEConfig:
     modalities. `windows`/`hop` are in frames (published 400/150).
     """
 
+    task: str = "va"               # "va" | "expr" (set by the registry entry)
     modalities: list[str] = field(default_factory=lambda: ["face", "behavior", "audio"])
     pairs: list[tuple[str, str]] | None = None
     self_experts: bool = True
@@ -188,7 +189,7 @@ class GatedMoEModel(nn.Module):
             nn.Linear(cfg.d_model, cfg.d_model),
             nn.GELU(),
             nn.Dropout(cfg.dropout),
-            nn.Linear(cfg.d_model, cfg.out_dim),
+            nn.Linear(cfg.d_model, output_width(cfg)),
         )
 
     def expert_availability(self, valid: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -236,6 +237,7 @@ class GatedMoE(FusionHead):
         return expert_names(self.cfg)
 
     def check(self) -> None:
+        super().check()
         self.cfg.resolved_pairs()
 
     def build_model(self, dims) -> GatedMoEModel:

@@ -23,8 +23,8 @@ class FusionVideo:
     """One video's fusion inputs on its label grid (F frames).
 
     Per modality m: `emb[m]` [F, D] float32, `pred[m]` [F, 2], `valid[m]` [F] bool (False = the head
-    had no input at that frame: the value is padding, never data). `labels` [F, 2] / `label_valid`
-    [F] (all False on test). `audio_tokens` [T, Da] with times `tokens_t0/t1` and `tokens_valid`
+    had no input at that frame: the value is padding, never data). `labels` [F, 2] (VA) or [F]
+    classes (EXPR) / `label_valid` [F] (all False on test). `audio_tokens` [T, Da] with times `tokens_t0/t1` and `tokens_valid`
     (the audio head's window tokens). `face` [F] coverage and `mouth_open` [F] come from the
     reliability store (None when absent: the audio filter is then not applied and we say so).
     """
@@ -76,10 +76,10 @@ def tokens_from_frames(emb: np.ndarray, valid: np.ndarray, fps: float, bin_s: fl
     return tokens, t0, t1, np.asarray(ok, bool)
 
 
-def fusion_video(heads: Mapping[str, HeadVideo], audio: str | None = "audio") -> FusionVideo:
+def fusion_video(heads: Mapping[str, HeadVideo], audio: str | None = "audio", task: str = "va") -> FusionVideo:
     """Combine one video's HeadVideos (one per modality, each holding that head's output group).
 
-    Labels, fps and grid length come from the first HeadVideo (all share the index record).
+    Labels (of `task`), fps and grid length come from the first HeadVideo (all share the index record).
     """
     first = next(iter(heads.values()))
     f = first.num_frames
@@ -89,10 +89,7 @@ def fusion_video(heads: Mapping[str, HeadVideo], audio: str | None = "audio") ->
         emb, ok_e = frame_features(hv, "emb")
         pred, ok_p = frame_features(hv, "pred")
         fusion.emb[m], fusion.pred[m], fusion.valid[m] = emb, pred, ok_e & ok_p
-    if first.labels is not None:
-        fusion.labels, fusion.label_valid = frame_targets(first, "va")
-    else:
-        fusion.labels, fusion.label_valid = np.zeros((f, 2), np.float32), np.zeros(f, bool)
+    fusion.labels, fusion.label_valid = frame_targets(first, task)
     if audio and audio in heads:
         fusion.audio_tokens, fusion.tokens_t0, fusion.tokens_t1, fusion.tokens_valid = _audio_tokens(heads[audio], fusion, audio)
     rel_src = next((hv for hv in heads.values() if hv.reliability), None)
@@ -115,8 +112,8 @@ def _audio_tokens(hv: HeadVideo, fusion: FusionVideo, audio: str):
 
 
 def load_fusion_inputs(videos: Sequence, heads: Mapping[str, str], reliability_url: str | None = None,
-                       audio: str | None = "audio") -> list[FusionVideo]:
-    """Read every head's outputs.zarr (+ labels, + reliability store) into FusionVideos.
+                       audio: str | None = "audio", task: str = "va") -> list[FusionVideo]:
+    """Read every head's outputs.zarr (+ `task` labels, + reliability store) into FusionVideos.
 
     `videos`: index records (`pipeline.records.Video`) of every split; `heads`: {modality: URL of
     that head's outputs.zarr}. A video missing from a head's store gets that modality all-invalid.
@@ -128,8 +125,8 @@ def load_fusion_inputs(videos: Sequence, heads: Mapping[str, str], reliability_u
         if not Path(url).exists() and "://" not in str(url):
             raise FileNotFoundError(f"{url}: outputs of the {m!r} head not found; train that head first "
                                     f"(dvc repro train@{m}) or fix the fusion `heads` paths")
-        per_mod[m] = load_head_videos(videos, url, "va", reliability_url=reliability_url if i == 0 else None)
+        per_mod[m] = load_head_videos(videos, url, task, reliability_url=reliability_url if i == 0 else None)
     out = []
     for k in range(len(videos)):
-        out.append(fusion_video({m: per_mod[m][k] for m in heads}, audio=audio))
+        out.append(fusion_video({m: per_mod[m][k] for m in heads}, audio=audio, task=task))
     return out

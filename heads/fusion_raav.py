@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from heads.fusion import FusionHead, ModalityProjection
+from heads.fusion import FusionHead, ModalityProjection, output_width
 from heads.fusion_windows import AudioFilter, SecondsWindowing
 from heads.postprocess import SmoothingConfig
 from heads.train import TrainConfig
@@ -53,6 +53,7 @@ class RAAVConfig:
     with `hop_s` overlap; audio tokens are masked per window by the filter thresholds below.
     """
 
+    task: str = "va"               # "va" | "expr" (set by the registry entry)
     visual: list[str] = field(default_factory=lambda: ["face", "behavior"])
     audio: str | None = "audio"
     priors: list[float] = field(default_factory=lambda: [0.85, 0.15])
@@ -118,7 +119,7 @@ class RAAVModel(nn.Module):
         layer = nn.TransformerEncoderLayer(d, cfg.enc_heads, cfg.ff_dim, cfg.dropout, activation="gelu",
                                            batch_first=True, norm_first=True)
         self.encoder = nn.TransformerEncoder(layer, cfg.enc_layers, enable_nested_tensor=False)
-        self.head = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d), nn.GELU(), nn.Linear(d, cfg.out_dim))
+        self.head = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d), nn.GELU(), nn.Linear(d, output_width(cfg)))
 
     def visual_gates(self, h: dict[str, torch.Tensor], valid: dict[str, torch.Tensor]) -> torch.Tensor:
         """[B, L, M] softmax over the visual streams valid at each frame (0 where none is)."""

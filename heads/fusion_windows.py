@@ -112,7 +112,9 @@ def build_windows(videos: Sequence[FusionVideo], modalities: Sequence[str], wind
     n = sum(v.num_frames for v in videos)
     x = {m: np.zeros((n + 1, dims[m]), np.float16) for m in mods}
     valid = {m: np.zeros(n + 1, bool) for m in mods}
-    y, y_valid = np.zeros((n + 1, 2), np.float32), np.zeros(n + 1, bool)
+    # labels: [n, 2] float (VA) or [n] classes (EXPR), as the videos carry them
+    lab = next((v.labels for v in videos if v.labels is not None), np.zeros((0, 2), np.float32))
+    y, y_valid = np.zeros((n + 1, *lab.shape[1:]), lab.dtype), np.zeros(n + 1, bool)
     rows, owners, spans, tok_rows, kept = [], [], [], [], []
     tokens, tokens_ok, tok_off = [], [], 0
     use_audio = getattr(windowing, "audio", None)

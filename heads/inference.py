@@ -119,7 +119,7 @@ def predict_head(head: TrainedModel, videos: Sequence[HeadVideo]) -> dict[str, H
     try:
         head.head.check_inputs(inputs, head.dims)
     except ValueError as exc:
-        raise ModelLoadError(f"{head.path / CHECKPOINT}: {exc}; extract with the `extract.{head.name}` params "
+        raise ModelLoadError(f"{head.path / CHECKPOINT}: {exc}; extract with the `extract.{head.head.name}` params "
                              "the head was trained with (or re-train: `dvc repro`)") from exc
     outputs = head.head.predict(head.model, videos, inputs, head.dims, head.device)
     return {v.video_id: clean(outputs[v.video_id]) for v in videos}
@@ -248,3 +248,55 @@ def load_predictor(model: str, head_dirs: Mapping[str, str | Path], fusion_dirs:
                              "does not train; re-train the fusion with `modalities` among the trained heads")
     heads = {m: load_head(m, head_dirs[m], device) for m in fusion.head.modalities}
     return Predictor(model, heads, fusion)
+
+
+# --------------------------------------------------------------------------- expression (EXPR)
+
+
+@dataclass
+class ExprPredictor:
+    """An EXPR model (an `expr_<head>` or `expr_<fusion>`) and the EXPR heads it reads, loaded once.
+
+    `heads` is keyed by modality (`face`, ...), the feature store each head reads.
+    """
+
+    model: str
+    heads: dict[str, TrainedModel]
+    fusion: TrainedModel | None = None
+
+    @property
+    def modalities(self) -> list[str]:
+        return list(self.heads)
+
+    def probabilities(self, videos: Mapping[str, Sequence[HeadVideo]]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """{video_id: (class probabilities [F, 8] (softmax of the logits), valid [F])}."""
+        outputs = {m: predict_head(h, videos[m]) for m, h in self.heads.items()}
+        grid = list(videos[self.modalities[0]])
+        final = predict_fusion(self.fusion, grid, outputs) if self.fusion is not None else outputs[self.modalities[0]]
+        result = {}
+        for v in grid:
+            o = final[v.video_id]
+            z = o.pred.astype(np.float64) - o.pred.max(1, keepdims=True)
+            p = np.exp(z)
+            result[v.video_id] = ((p / p.sum(1, keepdims=True)).astype(np.float32), o.valid)
+        return result
+
+
+def load_expr_predictor(model: str, head_dirs: Mapping[str, str | Path], fusion_dirs: Mapping[str, str | Path],
+                        device: str = "auto") -> ExprPredictor:
+    """Load EXPR model `model` (an EXPR model name of heads.registry, e.g. `expr_fusion_gated_moe`)
+    and the EXPR heads it reads. `head_dirs`: {`expr_<head>`: out_dir}; `fusion_dirs`: {model name: out_dir}."""
+    from heads.registry import by_model_name, task_name
+
+    entry = by_model_name(model)
+    if entry.task != "expr":
+        raise ModelLoadError(f"{model!r} is not an expression model; choose one of the expr_ models")
+    if entry.kind == "head":
+        return ExprPredictor(model, {entry.base: load_head(entry.name, head_dirs[entry.name], device)})
+    fusion = load_fusion(fusion_dirs[model], device)
+    need = {m: task_name(m, "expr") for m in fusion.head.modalities}
+    missing = [h for h in need.values() if h not in head_dirs]
+    if missing:
+        raise ModelLoadError(f"{fusion.path / CHECKPOINT}: the fusion reads heads {missing} that this pipeline "
+                             "does not train; re-train the fusion with `modalities` among the trained heads")
+    return ExprPredictor(model, {m: load_head(h, head_dirs[h], device) for m, h in need.items()}, fusion)

@@ -3,6 +3,13 @@
 Why a masked, weighted CCC: labels carry invalid frames (-5 / -1) and windows carry padding, so
 every statistic must be computed only over the frames that count. The same weights let the audio
 head *down-weight* (instead of drop) windows that the cross-modal filter distrusts.
+EXPR uses class-weighted cross-entropy (`class_weights`): ABAW's expression labels are heavily
+imbalanced (Neutral and Happiness dominate, Fear and Disgust are rare), and macro F1 counts every
+class equally, so an unweighted loss learns to ignore the rare classes. Weights are inverse
+square-root frequencies (the "inv_sqrt" default): plain inverse frequency over-amplifies classes
+with a few hundred frames and makes training noisy; square root is the usual middle ground (as in
+class-balanced re-weighting). Focal loss was not chosen: it re-weights by difficulty, not by class,
+and adds a second knob whose effect on macro F1 is less direct.
 The numpy ABAW metrics that score validation (`va_score`, `expr_score`) live in `pipeline.metrics`:
 they are a foundation module, so evaluation and export use the same numbers without importing heads.
 """
@@ -11,6 +18,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -78,24 +86,69 @@ def ccc_loss(
     return loss
 
 
-def cross_entropy(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean cross-entropy over [..., C] logits; targets -1 (and masked-out elements) ignored."""
+CLASS_WEIGHTINGS = ("none", "inv_sqrt", "inverse")
+
+
+def class_weights(counts: Sequence[int] | np.ndarray, weighting: str = "inv_sqrt") -> np.ndarray:
+    """Per-class loss weights from training label counts: 1 (none), n_c^-0.5 (inv_sqrt) or n_c^-1 (inverse).
+
+    Normalised so the average weight over the training frames is 1 (the loss keeps its scale and
+    the learning rate its meaning). A class with no training frame gets the largest weight of the
+    others (it cannot occur in a batch; the value only keeps the vector finite).
+    """
+    if weighting not in CLASS_WEIGHTINGS:
+        raise ValueError(f"class weighting must be one of {', '.join(CLASS_WEIGHTINGS)}, got {weighting!r}")
+    n = np.asarray(counts, np.float64)
+    if n.sum() <= 0:
+        raise ValueError("class_weights: no labelled training frame to count classes from")
+    power = {"none": 0.0, "inv_sqrt": 0.5, "inverse": 1.0}[weighting]
+    w = np.zeros_like(n)
+    present = n > 0
+    w[present] = n[present] ** -power
+    w = w / ((w * n).sum() / n.sum())
+    w[~present] = w[present].max()
+    return w.astype(np.float32)
+
+
+def cross_entropy(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None,
+                  class_weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy over [..., C] logits; targets -1 (and masked-out elements) ignored.
+
+    With `class_weight` [C] it is the weighted mean (PyTorch's rule: divided by the summed weights
+    of the counted targets), so a batch of rare classes does not get a larger step than any other.
+    """
     t = target.long().clone()
     if mask is not None:
         t[~mask.bool()] = -1
     if not bool((t >= 0).any()):
         raise ValueError("cross_entropy: no valid EXPR label in the batch")
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), t.reshape(-1), ignore_index=-1)
+    w = None if class_weight is None else class_weight.to(logits.device, torch.float32)
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), t.reshape(-1), weight=w, ignore_index=-1)
 
 
-def window_task_loss(task: str, loss_weights: Sequence[float], mse_weight: float):
+def weighted_cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor,
+                           class_weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy with a per-element weight (0 = not counted) and optional per-class weights.
+
+    The audio head weights its windows by the cross-modal filter; the class weight multiplies in.
+    """
+    t = target.reshape(-1).long()
+    w = weight.reshape(-1).float() * (t >= 0).float()
+    ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), t.clamp_min(0), reduction="none")
+    if class_weight is not None:
+        w = w * class_weight.to(logits.device, torch.float32)[t.clamp_min(0)]
+    return (ce * w).sum() / w.sum().clamp_min(1e-6)
+
+
+def window_task_loss(task: str, loss_weights: Sequence[float], mse_weight: float,
+                     class_weight: torch.Tensor | None = None):
     """Loss for window models whose forward is `model(x, pad) -> (pred, emb)` and whose batches hold
     `y`, `yv` (valid labels) and `pad`: masked CCC (VA) or cross-entropy (EXPR) over the valid,
-    unpadded steps of the batch. The face and behavior heads share it."""
+    unpadded steps of the batch (EXPR: weighted by `class_weight`). The face and behavior heads share it."""
     def loss_fn(model: torch.nn.Module, b: dict) -> torch.Tensor:
         pred, _ = model(b["x"], b["pad"])
         mask = b["yv"] & ~b["pad"]
         if task == "va":
             return ccc_loss(pred, b["y"], mask, weights=loss_weights, mse_weight=mse_weight)
-        return cross_entropy(pred, b["y"], mask)
+        return cross_entropy(pred, b["y"], mask, class_weight)
     return loss_fn

@@ -7,15 +7,27 @@ torch): modules and config classes are imported only when a spec is used.
 
 `inputs` name what a model reads, as paths under data/: `features/<modality>` (an extraction
 stage's store) or `heads/<head>` (a head's outputs.zarr). dvc.yaml lists the same data deps.
+
+Every model has a `task`: "va" (valence/arousal, the primary task) or "expr" (the 8 ABAW
+expression classes). An EXPR model is the VA model's module and config trained on EXPR labels;
+its registry name is `expr_<name>` (`task_name`), so its params section (`train.expr_face`,
+`fuse.expr_gated_moe`), its directory and its metrics are its own and VA and EXPR stages
+invalidate independently. An EXPR fusion reads the EXPR heads' outputs.
 """
 
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 Kind = Literal["head", "fusion"]
+Task = Literal["va", "expr"]
+
+
+def task_name(name: str, task: str) -> str:
+    """Registry name of model `name` trained for `task`: the name itself for VA, `expr_<name>` for EXPR."""
+    return name if task == "va" else f"{task}_{name}"
 
 
 @dataclass(frozen=True)
@@ -28,11 +40,19 @@ class ModelSpec:
     config: str                # config dataclass in `module` (it nests a `train:` TrainConfig block)
     head: str                  # the heads.contract.Head subclass in `module`
     inputs: tuple[str, ...]    # "features/<modality>" | "heads/<head>"
+    task: Task = "va"
+
+    @property
+    def base(self) -> str:
+        """The model's name without its task prefix (`face` for `expr_face`)."""
+        prefix = task_name("", self.task)
+        return self.name[len(prefix):]
 
     @property
     def model_name(self) -> str:
-        """Name of the model's metrics, plots and predictions: the head name, or `fusion_<name>`."""
-        return self.name if self.kind == "head" else f"fusion_{self.name}"
+        """Name of the model's metrics, plots and predictions: the head name, or `fusion_<name>`
+        (`expr_<...>` for an EXPR model: `expr_face`, `expr_fusion_gated_moe`)."""
+        return task_name(self.base if self.kind == "head" else f"fusion_{self.base}", self.task)
 
     @property
     def params_section(self) -> str:
@@ -42,6 +62,10 @@ class ModelSpec:
     def config_class(self) -> type:
         return getattr(importlib.import_module(self.module), self.config)
 
+    def task_overrides(self) -> dict[str, str]:
+        """Config keys the registry fixes: the model's `task` (an EXPR entry trains on EXPR labels)."""
+        return {"task": self.task}
+
     def build(self, cfg: Any):
         """The `Head` of this model for a built config."""
         return getattr(importlib.import_module(self.module), self.head)(cfg)
@@ -49,7 +73,14 @@ class ModelSpec:
 
 _HEAD_OUTPUTS = ("heads/face", "heads/behavior", "heads/audio", "features/reliability")
 
-REGISTRY: dict[str, ModelSpec] = {s.name: s for s in (
+
+def for_task(s: ModelSpec, task: Task) -> ModelSpec:
+    """The entry of `s` trained for `task`: own name, and the same task's head outputs as inputs."""
+    inputs = tuple(f"heads/{task_name(i[len('heads/'):], task)}" if i.startswith("heads/") else i for i in s.inputs)
+    return replace(s, name=task_name(s.name, task), inputs=inputs, task=task)
+
+
+_VA_MODELS: tuple[ModelSpec, ...] = (
     ModelSpec("face", "head", "heads.face_temporal", "FaceTemporalConfig", "FaceTemporal", ("features/face",)),
     ModelSpec("behavior", "head", "heads.behavior_temporal", "BehaviorTemporalConfig", "BehaviorTemporal",
               ("features/behavior",)),
@@ -57,7 +88,11 @@ REGISTRY: dict[str, ModelSpec] = {s.name: s for s in (
               ("features/audio", "features/reliability")),
     ModelSpec("gated_moe", "fusion", "heads.fusion_gated_moe", "GatedMoEConfig", "GatedMoE", _HEAD_OUTPUTS),
     ModelSpec("raav", "fusion", "heads.fusion_raav", "RAAVConfig", "RAAV", _HEAD_OUTPUTS),
-)}
+)
+EXPR_MODELS = ("face", "behavior", "audio", "gated_moe", "raav")  # VA models that also train on EXPR
+
+REGISTRY: dict[str, ModelSpec] = {s.name: s for s in (
+    *_VA_MODELS, *(for_task(s, "expr") for s in _VA_MODELS if s.name in EXPR_MODELS))}
 
 HEADS: tuple[str, ...] = tuple(n for n, s in REGISTRY.items() if s.kind == "head")
 FUSIONS: tuple[str, ...] = tuple(n for n, s in REGISTRY.items() if s.kind == "fusion")
@@ -78,9 +113,14 @@ def by_model_name(model_name: str) -> ModelSpec:
     for s in REGISTRY.values():
         if s.model_name == model_name:
             return s
-    raise ValueError(f"unknown model {model_name!r}; known: {', '.join(model_names())}")
+    raise ValueError(f"unknown model {model_name!r}; known: {', '.join(model_names(None))}")
 
 
-def model_names() -> list[str]:
-    """Every model's metrics / predict name, heads first."""
-    return [s.model_name for s in REGISTRY.values()]
+def model_names(task: str | None = "va") -> list[str]:
+    """Every model's metrics / predict name of `task` (None: every task), heads first."""
+    return [s.model_name for s in specs(task)]
+
+
+def specs(task: str | None = None, kind: Kind | None = None) -> list[ModelSpec]:
+    """The entries of one task and/or kind (None: any), in registry order."""
+    return [s for s in REGISTRY.values() if (task is None or s.task == task) and (kind is None or s.kind == kind)]

@@ -50,6 +50,7 @@ class TrainConfig:
     ema_decay: float = 0.0         # > 0: validate and checkpoint an EMA of the weights (audio: 0.998)
     max_steps_per_epoch: int | None = None  # cap (benchmarks, smoke runs); None = full epoch
     progress: bool = True
+    class_weighting: str = "inv_sqrt"  # EXPR loss: "none" | "inv_sqrt" | "inverse" (heads.losses.class_weights)
 
 
 def seed_everything(seed: int) -> None:

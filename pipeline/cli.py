@@ -220,12 +220,14 @@ def fuse(ctx: click.Context, fusion: str) -> None:
 
 
 @main.command("evaluate")
+@click.option("--task", type=click.Choice(["va", "expr"]), default="va", show_default=True,
+              help="Which models to score: valence/arousal, or the expression (EXPR) models.")
 @click.pass_context
-def evaluate(ctx: click.Context) -> None:
+def evaluate(ctx: click.Context, task: str) -> None:
     """Score every head and fusion on validation; write metrics and plot data."""
     from pipeline.stages import evaluate as evaluate_stage
 
-    _run_stage(evaluate_stage.run, ctx.obj["params_path"])
+    _run_stage(evaluate_stage.run if task == "va" else evaluate_stage.run_expr, ctx.obj["params_path"])
 
 
 @main.command("report")
@@ -238,15 +240,15 @@ def report(ctx: click.Context) -> None:
 
 
 @main.command("export")
-@click.option("--model", type=click.Choice(model_names()), default=None,
-              help="Which predictions to export (default: the best on validation).")
+@click.option("--model", type=click.Choice(model_names(None)), default=None,
+              help="Which predictions to export (VA or EXPR model; default: the best VA model on validation).")
 @click.option("--split", type=click.Choice(SPLITS), default="test", show_default=True, help="Split to export.")
 @click.option("--template", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="ABAW template file whose row order and count the submission follows.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Submission file to write.")
 @click.pass_context
 def export(ctx: click.Context, model: str | None, split: str, template: Path | None, out: Path) -> None:
-    """Write an ABAW submission file (image_location,valence,arousal)."""
+    """Write an ABAW submission file (image_location,valence,arousal; an expr_ model: image_location,Neutral,...,Other)."""
     from pipeline.stages import export as export_stage
 
     _run_stage(export_stage.run, ctx.obj["params_path"], model=model, split=split, template=template, out=out)

@@ -1,5 +1,11 @@
 """Validation metrics of every head and fusion, DVC plot data, and a plain-text table.
 
+EXPR models (heads.registry task "expr") are scored by `evaluate_expr`: macro F1 over the 8
+classes (the ABAW measure since ABAW3) and accuracy, plus the first ABAW's score 0.67·F1 + 0.33·
+accuracy over the 7 basic classes (Neutral..Surprise: that challenge had no Other class, so frames
+labelled Other are left out and the prediction is the arg-max over the 7 basic logits), beside a
+majority-class predictor (the train split's most frequent class) and a confusion matrix per model.
+
 Every number comes from the models' outputs.zarr and the label files, scored by
 `pipeline.metrics.va_score` (the one CCC implementation: all validation frames concatenated, invalid
 labels excluded). Frames a model did not predict are filled by the submission rule
@@ -18,8 +24,9 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from pipeline.metrics import va_score
+from pipeline.metrics import NUM_EXPR_CLASSES, macro_f1, va_score
 from pipeline.export import fill_nearest, predictions_from_store
+from pipeline.labels import EXPR_CLASSES
 
 Labels = Mapping[str, tuple[np.ndarray, np.ndarray]]  # {video_id: (values [F, 2], valid [F])}
 CURVE_COLUMNS = ("epoch", "train_loss", "val_ccc_valence", "val_ccc_arousal", "val_ccc_mean")
@@ -55,25 +62,26 @@ def load_labels(videos: Sequence, split: str = "validation") -> dict[str, tuple[
 
 
 def aligned_predictions(preds: Mapping[str, tuple[np.ndarray, np.ndarray]], labels: Labels,
-                        fill: bool = True) -> dict[str, np.ndarray]:
-    """Per labelled video, predictions on its label grid ([F, 2]; NaN where unfillable/unfilled)."""
+                        fill: bool = True, width: int = 2) -> dict[str, np.ndarray]:
+    """Per labelled video, predictions on its label grid ([F, width]: 2 for VA, 8 EXPR logits;
+    NaN where unfillable/unfilled)."""
     out = {}
     for vid, (values, _) in labels.items():
         n = len(values)
         if vid not in preds:
-            out[vid] = np.full((n, 2), np.nan, np.float32)
+            out[vid] = np.full((n, width), np.nan, np.float32)
             continue
         pred, valid = preds[vid]
         if fill:
             try:
-                out[vid] = fill_nearest(pred, valid, n).astype(np.float32)
+                out[vid] = fill_nearest(pred[:, :width], valid, n).astype(np.float32)
                 continue
             except ValueError:
-                out[vid] = np.full((n, 2), np.nan, np.float32)
+                out[vid] = np.full((n, width), np.nan, np.float32)
                 continue
-        p = np.full((n, 2), np.nan, np.float32)
+        p = np.full((n, width), np.nan, np.float32)
         k = min(n, len(pred))
-        p[:k] = np.where(np.asarray(valid, bool)[:k, None], pred[:k, :2], np.nan)
+        p[:k] = np.where(np.asarray(valid, bool)[:k, None], pred[:k, :width], np.nan)
         out[vid] = p
     return out
 
@@ -208,4 +216,149 @@ def metrics_table(summary: Mapping) -> str:
         m = summary[n]
         mark = " *" if n == best else ""
         lines.append(f"{n:<{width}}{m['ccc_valence']:>8.4f}{m['ccc_arousal']:>8.4f}{m['ccc_mean']:>8.4f}{mark}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------- EXPR
+
+ABAW1_CLASSES = NUM_EXPR_CLASSES - 1  # the first ABAW (FG 2020): 7 basic classes, no Other
+CONFUSION_COLUMNS = ("actual", "predicted")
+
+
+def load_expr_labels(videos: Sequence, split: str = "validation") -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """EXPR labels ({video: (classes [F] int64, valid [F])}) of the `split` videos, reconciled to the
+    label grid by the same rule as VA (`pipeline.labels.reconcile`); -1 is invalid."""
+    from pipeline import labels as plabels
+
+    out = {}
+    for v in videos:
+        if v.split != split or "expr" not in v.labels:
+            continue
+        lab, _ = plabels.reconcile(plabels.read_expr(v.labels["expr"]), v.num_frames, v.video_id)
+        values = np.asarray(lab.values, np.int64).reshape(-1)
+        out[v.video_id] = (values, np.asarray(lab.valid, bool) & (values >= 0))
+    return out
+
+
+def class_counts(labels: Labels) -> np.ndarray:
+    """Valid frames per EXPR class over `labels`."""
+    counts = np.zeros(NUM_EXPR_CLASSES, np.int64)
+    for values, valid in labels.values():
+        counts += np.bincount(np.asarray(values)[valid].astype(np.int64), minlength=NUM_EXPR_CLASSES)
+    return counts
+
+
+def expr_scores(logits: np.ndarray, true: np.ndarray) -> dict:
+    """EXPR figures from logits [N, 8] (NaN rows = no prediction) and classes [N] (-1 excluded).
+
+    `f1`/`accuracy`: 8 classes (current ABAW). `abaw1_score` = 0.67·`f1_7` + 0.33·`accuracy_7`
+    over the frames of the 7 basic classes, predicted by the arg-max of their 7 logits (the first
+    ABAW). A frame without a prediction counts as wrong (never as skipped), so a model cannot score
+    better by abstaining.
+    """
+    lg, t = np.asarray(logits, np.float64), np.asarray(true, np.int64).reshape(-1)
+    keep = t >= 0
+    if not keep.any():
+        raise ValueError("expr_scores: no valid frame -- every EXPR label is -1")
+    ok = np.isfinite(lg).all(1)
+    pred = np.where(ok, np.nan_to_num(lg).argmax(1), -1)
+    t7 = np.where(t < ABAW1_CLASSES, t, -1)
+    pred7 = np.where(ok, np.nan_to_num(lg[:, :ABAW1_CLASSES]).argmax(1), -1)
+    out = {"f1": macro_f1(pred, t), "accuracy": float((pred[keep] == t[keep]).mean())}
+    if (t7 >= 0).any():
+        f1_7 = macro_f1(pred7, t7, ABAW1_CLASSES)
+        acc_7 = float((pred7[t7 >= 0] == t7[t7 >= 0]).mean())
+        out |= {"f1_7": f1_7, "accuracy_7": acc_7, "abaw1_score": 0.67 * f1_7 + 0.33 * acc_7}
+    return out | {"num_frames": int(keep.sum()), "coverage": round(float(ok[keep].mean()), 4)}
+
+
+def majority_logits(train_labels: Labels, n: int) -> tuple[np.ndarray, int]:
+    """Logits [n, 8] of the majority-class predictor (the train split's most frequent class; its
+    7-class arg-max is the most frequent basic class) and that class."""
+    counts = class_counts(train_labels)
+    if counts.sum() == 0:
+        raise ValueError("majority baseline: no labelled train frame")
+    lg = np.zeros((n, NUM_EXPR_CLASSES), np.float32)
+    lg[:, :ABAW1_CLASSES] = np.argsort(np.argsort(counts[:ABAW1_CLASSES]))  # 7-class order by frequency
+    top = int(counts.argmax())
+    lg[:, top] = NUM_EXPR_CLASSES  # the overall majority wins the 8-class arg-max
+    return lg, top
+
+
+def evaluate_expr(models: Mapping[str, str | Path], labels: Labels, train_labels: Labels,
+                  summary_path: str | Path, confusion_dir: str | Path | None = None,
+                  fill_missing: bool = True) -> dict:
+    """Score every EXPR model on `labels`, write the summary (+ confusion rows per model); return it.
+
+    Summary: {model: {f1, accuracy, f1_7, accuracy_7, abaw1_score, num_frames, coverage}, ...,
+    "majority_baseline": {the same, class}, "best": {"model", "f1"}}. Frames a model did not predict
+    take the nearest prediction first (the submission rule), as for VA.
+    """
+    if not labels:
+        raise ValueError("evaluate (expr): no labelled validation video with EXPR labels; check the index and the "
+                         "EXPR_Recognition_Challenge folder")
+    vids = list(labels)
+    true = np.concatenate([np.where(labels[v][1], labels[v][0], -1) for v in vids])
+    summary: dict = {}
+    rows: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for name, model in models.items():
+        url = outputs_url(model)
+        if not Path(url).exists() and "://" not in url:
+            raise FileNotFoundError(f"{url}: outputs of model {name!r} not found; run its training stage first")
+        aligned = aligned_predictions(predictions_from_store(url, vids), labels, fill_missing, NUM_EXPR_CLASSES)
+        lg = np.concatenate([aligned[v] for v in vids])
+        summary[name] = _rounded(expr_scores(lg, true))
+        ok = np.isfinite(lg).all(1)
+        rows[name] = (true, np.where(ok, np.nan_to_num(lg).argmax(1), -1))
+    base, top = majority_logits(train_labels, len(true))
+    summary["majority_baseline"] = _rounded(expr_scores(base, true)) | {"class": EXPR_CLASSES[top]}
+    best = max(models, key=lambda n: summary[n]["f1"])
+    summary["best"] = {"model": best, "f1": summary[best]["f1"]}
+    path = Path(summary_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(summary, indent=2) + "\n")
+    if confusion_dir is not None:
+        write_confusion(rows, Path(confusion_dir))
+    return summary
+
+
+def write_confusion(rows: Mapping[str, tuple[np.ndarray, np.ndarray]], out_dir: Path) -> list[Path]:
+    """plots/confusion/<model>.csv: one `actual,predicted` row (class names) per scored frame, the
+    input of DVC's confusion template; frames without a prediction are `none`."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    names = np.asarray(list(EXPR_CLASSES) + ["none"])
+    written = []
+    for name, (true, pred) in rows.items():
+        keep = true >= 0
+        f = out_dir / f"{_safe(name)}.csv"
+        with f.open("w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(CONFUSION_COLUMNS)
+            w.writerows(zip(names[true[keep]].tolist(), names[pred[keep]].tolist()))
+        written.append(f)
+    return written
+
+
+def read_confusion(path: str | Path) -> np.ndarray:
+    """[8, 8] counts (rows: actual, columns: predicted) from a `write_confusion` file; `none` is dropped."""
+    index = {c: i for i, c in enumerate(EXPR_CLASSES)}
+    m = np.zeros((NUM_EXPR_CLASSES, NUM_EXPR_CLASSES), np.int64)
+    with Path(path).open(newline="") as fh:
+        for row in csv.DictReader(fh):
+            a, p = index.get(row["actual"]), index.get(row["predicted"])
+            if a is not None and p is not None:
+                m[a, p] += 1
+    return m
+
+
+def expr_table(summary: Mapping) -> str:
+    """Plain-text EXPR table (models by F1, the majority baseline last; best marked with *)."""
+    names = [n for n in summary if n not in ("best", "majority_baseline")]
+    best = summary.get("best", {}).get("model")
+    width = max([len("majority_baseline")] + [len(n) for n in names]) + 2
+    lines = [f"{'model':<{width}}{'F1(8)':>8}{'acc':>8}{'ABAW1':>8}", "-" * (width + 24)]
+    for n in sorted(names, key=lambda n: -summary[n]["f1"]) + ["majority_baseline"]:
+        m = summary[n]
+        mark = " *" if n == best else ""
+        lines.append(f"{n:<{width}}{m['f1']:>8.4f}{m['accuracy']:>8.4f}{m.get('abaw1_score', float('nan')):>8.4f}{mark}")
     return "\n".join(lines)

@@ -1,4 +1,6 @@
-"""ABAW VA submission files: `image_location,valence,arousal`, one row per label-grid frame.
+"""ABAW submission files, one row per label-grid frame: VA `image_location,valence,arousal` and
+EXPR `image_location,Neutral,Anger,Disgust,Fear,Happiness,Sadness,Surprise,Other` (one integer
+class 0-7 per row: the arg-max of the model's 8 logits after the same nearest-frame filling).
 
 Rows are `<video_id>/<%05d>.jpg,v,a` with 1-based frame numbers (the cropped_aligned naming).
 With a template (the organisers' sample file) its order and row count are followed exactly, because
@@ -17,7 +19,11 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from pipeline.labels import EXPR_CLASSES
+
 HEADER = "image_location,valence,arousal"
+EXPR_HEADER = "image_location," + ",".join(EXPR_CLASSES)
+HEADERS = {"va": HEADER, "expr": EXPR_HEADER}
 
 
 class ExportError(ValueError):
@@ -56,15 +62,16 @@ def fill_nearest(pred: np.ndarray, valid: np.ndarray | None, num_frames: int) ->
     return nearest_rows(grid, mask)[:num_frames]
 
 
-def read_template(path: str | Path) -> list[tuple[str, int]]:
-    """(video_id, 1-based frame number) for every row of an ABAW template, in file order."""
+def read_template(path: str | Path, task: str = "va") -> list[tuple[str, int]]:
+    """(video_id, 1-based frame number) for every row of an ABAW `task` template, in file order."""
     path = Path(path)
+    header = HEADERS[task]
     if not path.exists():
         raise ExportError(f"{path}: template not found; give the organisers' sample file or drop `template`")
     lines = path.read_text().splitlines()
-    if not lines or lines[0].strip().replace(" ", "") != HEADER:
-        raise ExportError(f"{path}, line 1: header must be {HEADER!r}, got {lines[0][:80] if lines else ''!r}; "
-                          "is this the VA test-set template?")
+    if not lines or lines[0].strip().replace(" ", "") != header:
+        raise ExportError(f"{path}, line 1: header must be {header!r}, got {lines[0][:80] if lines else ''!r}; "
+                          f"is this the {task.upper()} test-set template?")
     rows = []
     for i, line in enumerate(lines[1:], start=2):
         if not line.strip():
@@ -78,7 +85,9 @@ def read_template(path: str | Path) -> list[tuple[str, int]]:
     return rows
 
 
-def _format(vid: str, frames: np.ndarray, values: np.ndarray, cfg: ExportConfig) -> list[str]:
+def _format(vid: str, frames: np.ndarray, values: np.ndarray, cfg: ExportConfig, task: str = "va") -> list[str]:
+    if task == "expr":
+        return [f"{vid}/{f:05d}.jpg,{c}" for f, c in zip(frames.tolist(), values.argmax(1).tolist())]
     v = np.clip(values, *cfg.clip)
     d = cfg.decimals
     return [f"{vid}/{f:05d}.jpg,{a:.{d}f},{b:.{d}f}" for f, a, b in zip(frames.tolist(), v[:, 0].tolist(), v[:, 1].tolist())]
@@ -92,23 +101,26 @@ def export_submission(
     template: str | Path | None = None,
     source: str = "predictions",
     cfg: ExportConfig | None = None,
+    task: str = "va",
 ) -> int:
-    """Write the submission; returns the number of data rows.
+    """Write the `task` submission; returns the number of data rows.
 
-    `preds`: {video_id: (pred [F, 2], valid [F] or None)}. Without a template every video in
+    `preds`: {video_id: (pred [F, 2] (VA) or logits [F, 8] (EXPR), valid [F] or None)}. Without a template every video in
     `preds` (sorted) gets `num_frames[video_id]` rows (default: its prediction length = label grid).
     With a template, rows follow the template exactly; `source` names where predictions came from
     (used in the error for an id the template has but the predictions lack).
     """
     cfg = cfg or ExportConfig()
-    out: list[str] = [HEADER]
+    if task not in HEADERS:
+        raise ExportError(f"unknown submission task {task!r}; use one of {', '.join(HEADERS)}")
+    out: list[str] = [HEADERS[task]]
     if template is None:
         for vid in sorted(preds):
             pred, valid = preds[vid]
             n = int(num_frames[vid]) if num_frames and vid in num_frames else len(pred)
-            out += _format(vid, np.arange(1, n + 1), _filled(vid, pred, valid, n, source), cfg)
+            out += _format(vid, np.arange(1, n + 1), _filled(vid, pred, valid, n, source), cfg, task)
     else:
-        rows = read_template(template)
+        rows = read_template(template, task)
         order: list[str] = []
         frames: dict[str, list[int]] = {}
         for vid, f in rows:
@@ -129,7 +141,7 @@ def export_submission(
         # still exact if a template interleaves videos)
         for vid, run in itertools.groupby(rows, key=lambda r: r[0]):
             f = np.asarray([r[1] for r in run])
-            out += _format(vid, f, filled[vid][f - 1], cfg)
+            out += _format(vid, f, filled[vid][f - 1], cfg, task)
     path = Path(out_path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(out) + "\n")

@@ -3,7 +3,9 @@
 Self-contained (inline PNG as data: URIs, inline CSS, no JavaScript) so the file can be mailed,
 archived by DVC, or opened on an offline machine. Plots show, per video, the true valence/arousal,
 every model's prediction (unimodal heads thin, fusion thick) and the fusion gate weights over time,
-which is the quickest way to see *when* fusion trusts which modality.
+which is the quickest way to see *when* fusion trusts which modality. When EXPR models were
+evaluated, an Expression section adds their table (beside the majority-class baseline) and one
+confusion matrix per model.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import numpy as np
 
 from pipeline.evaluate import Labels, aligned_predictions, outputs_url, trace_videos
 from pipeline.export import predictions_from_store
+from pipeline.labels import EXPR_CLASSES
 
 
 @dataclass
@@ -114,17 +117,76 @@ def metrics_html(summary: Mapping) -> str:
     return f'<table id="metrics">{head}{"".join(rows)}</table>'
 
 
+def expr_html(summary: Mapping) -> str:
+    """The EXPR table: models by macro F1, then the majority-class baseline (italic); best bold."""
+    best = summary.get("best", {}).get("model")
+    names = sorted((n for n in summary if n not in ("best", "majority_baseline")), key=lambda n: -summary[n]["f1"])
+    rows = []
+    for n in names + ["majority_baseline"]:
+        m = summary[n]
+        label = n if n != "majority_baseline" else f"majority class ({m.get('class', '?')})"
+        cells = [html.escape(label)] + [f"{m[k]:.4f}" if k in m else "-" for k in ("f1", "accuracy", "abaw1_score")]
+        if n == best:
+            cells = [f"<b>{c}</b>" for c in cells]
+        elif n == "majority_baseline":
+            cells = [f"<i>{c}</i>" for c in cells]
+        cls = ' class="best"' if n == best else ""
+        rows.append(f"<tr{cls}>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    head = "<tr><th>model</th><th>macro F1 (8)</th><th>accuracy</th><th>0.67 F1 + 0.33 acc (7)</th></tr>"
+    return f'<table id="expr">{head}{"".join(rows)}</table>'
+
+
+def confusion_figure(matrices: Mapping[str, np.ndarray], cfg: "ReportConfig") -> str:
+    """Row-normalised confusion matrices (rows: actual, columns: predicted), one panel per model, as base64 PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(matrices)
+    cols = min(3, n)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.4 * rows), dpi=cfg.dpi, squeeze=False)
+    short = [c[:3] for c in EXPR_CLASSES]
+    for ax, (name, m) in zip(axes.flat, matrices.items()):
+        rate = m / np.maximum(m.sum(1, keepdims=True), 1)
+        ax.imshow(rate, vmin=0, vmax=1, cmap="Blues")
+        ax.set_xticks(range(len(short)), short, rotation=90, fontsize=7)
+        ax.set_yticks(range(len(short)), short, fontsize=7)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("predicted", fontsize=8)
+        ax.set_ylabel("actual", fontsize=8)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    fig.tight_layout()
+    out = _png(fig)
+    plt.close(fig)
+    return out
+
+
+def expr_section(summary: Mapping, confusion: Mapping[str, np.ndarray], cfg: "ReportConfig") -> str:
+    """The report's Expression section: the table and the confusion matrices."""
+    png = confusion_figure(confusion, cfg) if confusion else ""
+    img = f'<img alt="confusion matrices" src="data:image/png;base64,{png}">' if png else ""
+    return ("<h2>Expression (EXPR)</h2><p>Validation, macro F1 over the 8 classes (current ABAW), accuracy, "
+            "and the first ABAW's 0.67·F1 + 0.33·accuracy over the 7 basic classes; beside a predictor that "
+            f"always answers the train split's majority class.</p>{expr_html(summary)}{img}")
+
+
 _CSS = """body{font-family:sans-serif;margin:2em;max-width:1100px}table{border-collapse:collapse}
 td,th{border:1px solid #bbb;padding:4px 10px;text-align:right}td:first-child,th:first-child{text-align:left}
 tr.best{background:#eef6ee}img{max-width:100%;border:1px solid #ddd;margin:0.5em 0}"""
 
 
 def build_report(summary: Mapping, models: Mapping[str, str | Path], labels: Labels, out_path: str | Path,
-                 cfg: ReportConfig | None = None, video_ids: Sequence[str] | None = None) -> Path:
+                 cfg: ReportConfig | None = None, video_ids: Sequence[str] | None = None,
+                 expr_summary: Mapping | None = None, confusion: Mapping[str, np.ndarray] | None = None) -> Path:
     """Write the HTML report; returns its path.
 
     `summary` is `pipeline.evaluate.evaluate`'s result, `models` {name: model dir or outputs.zarr},
     `labels` the validation labels. Plotted videos: `video_ids` or the `cfg.videos` longest.
+    `expr_summary` (`pipeline.evaluate.evaluate_expr`'s result) and `confusion` ({model: [8, 8]
+    counts}) add the Expression section.
     """
     cfg = cfg or ReportConfig()
     vids = list(video_ids) if video_ids is not None else trace_videos(labels, cfg.videos)
@@ -142,6 +204,7 @@ def build_report(summary: Mapping, models: Mapping[str, str | Path], labels: Lab
            f"<style>{_CSS}</style></head><body><h1>{html.escape(cfg.title)}</h1>"
            f"<p>Validation, ABAW metric (CCC over all frames concatenated; invalid labels excluded). "
            f"Best: <b>{html.escape(str(best.get('model', '-')))}</b>.</p>{metrics_html(summary)}"
+           f"{expr_section(expr_summary, confusion or {}, cfg) if expr_summary else ''}"
            f"<h2>Per-video traces</h2>{''.join(sections)}</body></html>\n")
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -98,13 +98,17 @@ def test_a_repro_builds_everything(built) -> None:
     stages = ran_stages(built["first"])
     expected = {"demo_data", "demo_models", "index", "extract_face", "extract_audio", "extract_behavior",
                 "extract_reliability", "train@face", "train@behavior", "train@audio", "fuse@gated_moe",
-                "fuse@raav", "evaluate", "report"}
+                "fuse@raav", "evaluate", "report", "train_expr@face", "train_expr@behavior", "train_expr@audio",
+                "fuse_expr@gated_moe", "fuse_expr@raav", "evaluate_expr"}
     assert expected <= stages, f"missing stages: {expected - stages}"
     summary = json.loads((project / "metrics" / "summary.json").read_text())
     assert {"face", "behavior", "audio", "fusion_gated_moe", "fusion_raav", "best"} <= set(summary)
+    expr = json.loads((project / "metrics" / "expr_summary.json").read_text())
+    assert {"expr_face", "expr_fusion_gated_moe", "majority_baseline", "best"} <= set(expr)
     assert (project / "data" / "reports" / "index.html").stat().st_size > 1000
+    assert '<table id="expr">' in (project / "data" / "reports" / "index.html").read_text()
     shown = sh(project, "dvc", "metrics", "show")
-    assert "ccc_mean" in shown
+    assert "ccc_mean" in shown and "expr_fusion_gated_moe.f1" in shown
     status = sh(project, "dvc", "status")
     assert "up to date" in status
 
@@ -134,6 +138,19 @@ def test_b2_face_train_param_reruns_face_training_not_extraction(built) -> None:
     assert not {s for s in ran if s.startswith("train") and s != TRAIN_FACE_STAGE}, output
     sh(project, "git", "add", "-A")
     sh(project, "git", "commit", "-qm", "face seed")
+
+
+def test_b3_expr_param_reruns_only_expr_stages(built) -> None:
+    """Editing `train.expr_face` re-runs that EXPR head and the EXPR stages after it, no VA stage."""
+    project = built["project"]
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["train"]["expr_face"]["train"]["seed"] = int(params["train"]["expr_face"]["train"].get("seed", 0)) + 1
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    output = sh(project, "dvc", "repro")
+    assert ran_stages(output) == {"train_expr@face", "fuse_expr@gated_moe", "fuse_expr@raav", "evaluate_expr",
+                                  "report"}, output
+    sh(project, "git", "add", "-A")
+    sh(project, "git", "commit", "-qm", "expr_face seed")
 
 
 def test_c_teammate_pulls_and_recomputes_nothing(built) -> None:

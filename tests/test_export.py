@@ -78,3 +78,38 @@ def test_predictions_from_store(tmp_path):
     store.write_video("v1", {"pred": np.ones((4, 2), np.float32), "t0": t, "t1": t + 0.1, "valid": np.array([1, 1, 0, 1], bool)})
     got = predictions_from_store(tmp_path / "o.zarr")
     assert got["v1"][0].shape == (4, 2) and got["v1"][1].tolist() == [True, True, False, True]
+
+
+def test_expr_export_follows_template_with_one_class_per_row(tmp_path):
+    """EXPR: the ABAW expression header, rows in template order, one integer class (arg-max of the
+    filled logits) per frame; frames without a prediction take the nearest one, as for VA."""
+    from pipeline.export import EXPR_HEADER
+
+    tpl = tmp_path / "expr_sample.txt"
+    lines = [EXPR_HEADER] + [f"vidB/{i:05d}.jpg" for i in (1, 2, 3, 4)] + [f"vidA/{i:05d}.jpg," for i in (1, 2)]
+    tpl.write_text("\n".join(lines) + "\n")
+    logits_b = np.zeros((3, 8), np.float32)
+    logits_b[0, 4], logits_b[1, 6], logits_b[2, 1] = 1.0, 1.0, 1.0
+    logits_a = np.zeros((2, 8), np.float32)
+    logits_a[:, 7] = 2.0
+    preds = {"vidB": (logits_b, np.array([True, False, True])), "vidA": (logits_a, None)}
+    n = export_submission(preds, tmp_path / "sub.txt", template=tpl, task="expr")
+    out = (tmp_path / "sub.txt").read_text().splitlines()
+    assert n == 6 and out[0] == "image_location,Neutral,Anger,Disgust,Fear,Happiness,Sadness,Surprise,Other"
+    # frame 2 invalid -> nearest (tie: earlier) = frame 1 (Happiness); frame 4 past the end -> last (Anger)
+    assert out[1:] == ["vidB/00001.jpg,4", "vidB/00002.jpg,4", "vidB/00003.jpg,1", "vidB/00004.jpg,1",
+                       "vidA/00001.jpg,7", "vidA/00002.jpg,7"]
+
+
+def test_expr_export_rejects_a_va_template_and_va_rejects_an_expr_one(tmp_path):
+    from pipeline.export import EXPR_HEADER
+
+    va_tpl, expr_tpl = tmp_path / "va.txt", tmp_path / "expr.txt"
+    va_tpl.write_text(HEADER + "\nv/00001.jpg\n")
+    expr_tpl.write_text(EXPR_HEADER + "\nv/00001.jpg\n")
+    preds = {"v": (np.zeros((1, 8), np.float32), None)}
+    with pytest.raises(ExportError, match=r"va.txt, line 1: header must be 'image_location,Neutral,.*EXPR"):
+        export_submission(preds, tmp_path / "s.txt", template=va_tpl, task="expr")
+    with pytest.raises(ExportError, match=r"expr.txt, line 1: header must be 'image_location,valence,arousal'"):
+        export_submission(preds, tmp_path / "s.txt", template=expr_tpl)
+    assert read_template(expr_tpl, "expr") == [("v", 1)]

@@ -345,3 +345,59 @@ def test_raav_visual_only_learns(tmp_path):
     behavior = va_score([v.pred["behavior"] for v in val], [v.labels for v in val], [v.label_valid for v in val])
     assert metrics["raw"]["ccc_mean"] > 0.3, metrics
     assert metrics["raw"]["ccc_mean"] > behavior["ccc_mean"], (metrics, behavior)
+
+
+def expr_set(n_train: int = 6, n_val: int = 3, f: int = 80, fps: float = 10.0, seed: int = 1) -> list[FusionVideo]:
+    """EXPR: the class is a function of (valence sign, arousal sign); face logits know valence, audio
+    logits arousal, so only a fusion of both recovers the class."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for v in synthetic_set(n_train, n_val, f, fps, seed):
+        val, aro = v.labels[:, 0], v.labels[:, 1]
+        cls = (val > 0).astype(np.int64) * 2 + (aro > 0).astype(np.int64)  # classes 0..3 of 8
+        v.labels, v.label_valid = cls, np.ones(f, bool)
+        v.label_valid[:4] = False
+        for m, sig in (("face", val), ("audio", aro)):
+            logits = rng.normal(scale=0.3, size=(f, 8)).astype(np.float32)
+            logits[:, 0] += 2 * sig
+            v.pred[m] = logits
+        out.append(v)
+    return out
+
+
+@pytest.mark.parametrize("fusion", ["gated_moe", "raav"])
+def test_expr_fusion_trains_on_class_logits(tmp_path, fusion):
+    """An EXPR fusion reads the heads' 8-class logits, predicts 8 logits, scores macro F1 and
+    records the class weights it trained with (inverse square-root frequency)."""
+    from pipeline.store import FeatureStore
+
+    videos = expr_set()
+    if fusion == "gated_moe":
+        cfg = tiny_moe(task="expr", modalities=["face", "audio"], window=40, hop=20, lr=5e-3, epochs=6,
+                       early_stopping=6, batch_size=6)
+        head = GatedMoE(cfg)
+    else:
+        for v in videos:
+            v.emb["behavior"], v.pred["behavior"] = v.emb["face"].copy(), v.pred["face"].copy()
+            v.valid["behavior"] = np.ones(v.num_frames, bool)
+        head = RAAV(tiny_raav(task="expr", epochs=6, lr=5e-3, batch_size=4))
+    metrics = train_model(head, videos, tmp_path)
+    assert {"f1", "accuracy", "class_weights", "train_class_counts"} <= set(metrics)
+    counts = np.asarray(metrics["train_class_counts"])
+    assert counts[4:].sum() == 0 and counts[:4].min() > 0
+    w = np.asarray(metrics["class_weights"])
+    assert np.allclose(w[:4] * np.sqrt(counts[:4]), w[0] * np.sqrt(counts[0]), rtol=1e-3)
+    g = FeatureStore.open(tmp_path / "outputs.zarr").read_video("v7")
+    assert g["pred"].shape == (80, 8) and g["valid"].all()
+    # four balanced-ish classes: a constant predictor gets macro F1 <= 1/8 * 2p/(1+p) < 0.06
+    assert metrics["f1"] > 0.15, metrics
+
+
+def test_expr_smoothing_treats_every_class_logit_alike():
+    from heads.fusion import smoothing_for
+    from heads.postprocess import SmoothingConfig
+
+    assert smoothing_for(tiny_moe()).kernels == (7, 13)  # VA: one kernel per dimension, as configured
+    assert smoothing_for(tiny_moe(task="expr")).kernels == (7,) * 8
+    own = SmoothingConfig(kernels=(1, 3, 5, 7, 9, 11, 13, 15))
+    assert smoothing_for(tiny_moe(task="expr", smoothing=own)) is own

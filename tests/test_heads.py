@@ -349,3 +349,38 @@ def test_behavior_head_on_cpu_gives_no_kernel_install_advice(capfd) -> None:
     model(torch.randn(2, 5, 8), torch.zeros(2, 5, dtype=torch.bool))
     captured = capfd.readouterr()
     assert "falling back" not in captured.err + captured.out
+
+
+def test_registry_expr_entries_have_own_names_sections_and_expr_inputs():
+    """Every EXPR model is its VA model's module on EXPR labels, with its own name, params section
+    and directory (so VA and EXPR stages invalidate independently); EXPR fusions read EXPR heads."""
+    from heads.registry import REGISTRY, by_model_name, model_names, specs
+
+    assert model_names() and not [n for n in model_names() if n.startswith("expr_")]  # the default: VA
+    assert set(model_names(None)) == set(model_names()) | set(model_names("expr"))
+    assert {"expr_face", "expr_behavior", "expr_audio", "expr_fusion_gated_moe"} <= set(model_names("expr"))
+    for s in specs("expr"):
+        va = REGISTRY[s.base]
+        assert (s.module, s.config, s.head, s.kind) == (va.module, va.config, va.head, va.kind)
+        assert s.name == f"expr_{s.base}" and s.params_section.endswith(f".expr_{s.base}")
+        assert by_model_name(s.model_name) is s and s.task_overrides() == {"task": "expr"}
+    moe = by_model_name("expr_fusion_gated_moe")
+    assert moe.inputs == ("heads/expr_face", "heads/expr_behavior", "heads/expr_audio", "features/reliability")
+    assert by_model_name("fusion_gated_moe").inputs[0] == "heads/face"
+
+
+def test_train_stage_fixes_the_task_of_an_expr_section(tmp_path):
+    """`train.expr_face` builds task=expr without saying so; a section that says otherwise is an error."""
+    from heads.registry import spec
+    from pipeline.config import ParamsError, load_params
+    from pipeline.stages.train import fixed_keys
+
+    p = tmp_path / "params.yaml"
+    p.write_text("train:\n  expr_face: {window: 8}\n  face: {task: va}\n  expr_audio: {task: va}\n")
+    params = load_params(p)
+    s = spec("expr_face")
+    cfg = params.build(s.params_section, s.config_class(), **fixed_keys(params, s, s.config_class()))
+    assert cfg.task == "expr" and cfg.window == 8
+    assert fixed_keys(params, spec("face"), spec("face").config_class()) == {"task": "va"}
+    with pytest.raises(ParamsError, match=r"train.expr_audio.task: is 'va', but model 'expr_audio' is the 'expr' entry"):
+        fixed_keys(params, spec("expr_audio"), spec("expr_audio").config_class())

@@ -80,3 +80,35 @@ def test_macro_f1_over_8_classes():
     assert expr_score(logits, t)["f1"] == pytest.approx(np.mean(f1))
     loss = cross_entropy(torch.randn(6, 8), torch.tensor(t))
     assert torch.isfinite(loss)
+
+
+def test_class_weights_inverse_sqrt_frequency_mean_one():
+    from heads.losses import class_weights
+
+    counts = np.array([400, 100, 25, 0, 100, 100, 100, 100])
+    w = class_weights(counts)
+    assert w[0] / w[1] == pytest.approx(0.5) and w[1] / w[2] == pytest.approx(0.5)  # n^-0.5
+    assert (w * counts).sum() / counts.sum() == pytest.approx(1.0)  # average weight per training frame
+    assert w[3] == pytest.approx(w.max())  # an absent class: finite, the largest present weight
+    assert np.allclose(class_weights(counts, "none")[counts > 0], 1.0)
+    assert class_weights(counts, "inverse")[2] / class_weights(counts, "inverse")[0] == pytest.approx(16.0)
+    with pytest.raises(ValueError, match="class weighting must be one of none, inv_sqrt, inverse"):
+        class_weights(counts, "focal")
+    with pytest.raises(ValueError, match="no labelled training frame"):
+        class_weights(np.zeros(8))
+
+
+def test_weighted_cross_entropy_matches_manual_weighted_mean():
+    from heads.losses import cross_entropy, weighted_cross_entropy
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 5, 8, generator=g)
+    target = torch.tensor([[0, 1, 2, -1, 3], [3, 3, 0, 1, 2]])
+    mask = torch.ones(2, 5, dtype=torch.bool)
+    mask[1, 4] = False
+    cw = torch.tensor([1.0, 2.0, 0.5, 3.0, 1.0, 1.0, 1.0, 1.0])
+    keep = (target >= 0) & mask
+    ce = torch.nn.functional.cross_entropy(logits[keep], target[keep], reduction="none")
+    want = (ce * cw[target[keep]]).sum() / cw[target[keep]].sum()
+    assert float(cross_entropy(logits, target, mask, cw)) == pytest.approx(float(want), rel=1e-5)
+    assert float(weighted_cross_entropy(logits, target, mask.float(), cw)) == pytest.approx(float(want), rel=1e-5)

@@ -53,6 +53,9 @@ PARAMS = {
     },
 }
 HEADS = ("face", "behavior", "audio")
+# the EXPR twins (same toy widths): predict adds their class probabilities
+PARAMS["train"].update({f"expr_{h}": PARAMS["train"][h] for h in HEADS})
+PARAMS["fuse"]["expr_gated_moe"] = PARAMS["fuse"]["gated_moe"]
 MODALITIES = ("face", "behavior", "audio", "reliability")
 
 
@@ -89,6 +92,9 @@ def project(tmp_path_factory) -> Iterator[Path]:
             train.run(params, h)
         for fusion in ("gated_moe", "raav"):
             fuse.run(params, fusion)
+        for h in HEADS:
+            train.run(params, f"expr_{h}")
+        fuse.run(params, "expr_gated_moe")
     yield root
     torch.set_num_threads(threads)
 
@@ -166,6 +172,19 @@ def test_predict_writes_csv_and_plot_per_video(first_run, inputs) -> None:
     assert np.all(np.diff(times) > 0) and times[0] == 0.0
     gates = np.array([[float(x) for x in r[header.index("gate_face"):]] for r in rows if r[2] != ""])
     assert np.allclose(gates.sum(1), 1.0, atol=1e-4)
+
+
+def test_predict_adds_expression_probabilities(first_run) -> None:
+    """With EXPR models trained, each CSV holds p_<class> per frame (before the gate weights): a
+    distribution over the 8 classes wherever the VA fusion predicts."""
+    out, result = first_run
+    assert result.exit_code == 0, result.output
+    classes = ["neutral", "anger", "disgust", "fear", "happiness", "sadness", "surprise", "other"]
+    header, rows = read_csv(out / "speaker.csv")
+    cols = [header.index(f"p_{c}") for c in classes]
+    assert cols == list(range(cols[0], cols[0] + 8)) and header[cols[-1] + 1].startswith("gate_")
+    probs = np.array([[float(r[i]) for i in cols] for r in rows if r[2] != ""])
+    assert len(probs) > 0 and np.allclose(probs.sum(1), 1.0, atol=1e-4) and probs.min() >= 0
 
 
 def test_predict_never_touches_the_tracked_feature_stores(first_run, project) -> None:

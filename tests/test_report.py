@@ -146,3 +146,105 @@ def test_prediction_sets_feed_late_fusion(tiny_models, tmp_path):
     result, fused = late_fusion(sets, labels, LateFusionConfig(n_dirichlet=10))
     assert result.weights[0, 0] > 0.9 and result.weights[1, 1] > 0.9  # valence <- face, arousal <- audio
     assert fused["vid0"].shape == (120, 2)
+
+
+# --------------------------------------------------------------------------------------- EXPR
+
+
+@pytest.fixture()
+def expr_models(tmp_path):
+    """Two validation videos of EXPR classes; 'expr_face' right on 80 % of frames, 'expr_audio' always
+    answering Happiness; train labels whose majority class is Sadness."""
+    rng = np.random.default_rng(1)
+    labels, good, happy = {}, {}, {}
+    for k, f in enumerate((100, 60)):
+        vid = f"vid{k}"
+        y = rng.integers(0, 8, f)
+        ok = np.ones(f, bool)
+        ok[:4] = False
+        labels[vid] = (np.where(ok, y, -1), ok)
+        lg = rng.normal(scale=0.1, size=(f, 8))
+        right = rng.random(f) < 0.8
+        lg[np.arange(f), np.where(right, y, (y + 1) % 8)] += 3.0
+        good[vid] = lg
+        h = np.zeros((f, 8))
+        h[:, 4] = 1.0
+        happy[vid] = h
+    models = {}
+    for name, preds in (("expr_face", good), ("expr_audio", happy)):
+        d = tmp_path / "heads" / name
+        d.mkdir(parents=True)
+        write_outputs_store(d / "outputs.zarr", preds)
+        models[name] = d
+    train = {"t": (np.array([5, 5, 5, 0, 7, 7, 1]), np.ones(7, bool))}
+    return models, labels, train
+
+
+def test_expr_scores_8_class_f1_and_first_abaw_7_class_score():
+    from pipeline.evaluate import expr_scores
+    from pipeline.metrics import macro_f1
+
+    true = np.array([0, 1, 2, 7, 7, -1, 3, 4])
+    lg = np.zeros((8, 8))
+    pred = np.array([0, 1, 1, 7, 2, 0, 3, 4])
+    lg[np.arange(8), pred] = 2.0
+    lg[4, 5] = 1.0  # its second choice among the 7 basic classes
+    lg[6] = np.nan  # no prediction: counts as wrong, never skipped
+    s = expr_scores(lg, true)
+    p8 = np.where(np.isfinite(lg).all(1), pred, -1)
+    assert s["f1"] == pytest.approx(macro_f1(p8, true)) and s["accuracy"] == pytest.approx(4 / 7)
+    # 7 classes: the two Other frames and the -1 frame drop out; frame 4's 7-class arg-max is class 5
+    keep = np.array([0, 1, 2, 6, 7])
+    assert s["accuracy_7"] == pytest.approx(3 / 5)
+    assert s["f1_7"] == pytest.approx(macro_f1(p8[keep], true[keep], 7))
+    assert s["abaw1_score"] == pytest.approx(0.67 * s["f1_7"] + 0.33 * s["accuracy_7"])
+    assert s["num_frames"] == 7 and s["coverage"] == pytest.approx(6 / 7, abs=1e-4)
+
+
+def test_evaluate_expr_summary_baseline_confusion_and_report(expr_models, tmp_path):
+    from pipeline.evaluate import evaluate_expr, expr_table, read_confusion
+
+    models, labels, train = expr_models
+    summary = evaluate_expr(models, labels, train, tmp_path / "metrics" / "expr_summary.json", tmp_path / "confusion")
+    data = json.loads((tmp_path / "metrics" / "expr_summary.json").read_text())
+    assert data == json.loads(json.dumps(summary)) and data["best"]["model"] == "expr_face"
+    base = data["majority_baseline"]
+    assert base["class"] == "Sadness"
+    n = sum(int(v[1].sum()) for v in labels.values())
+    sad = sum(int((v[0][v[1]] == 5).sum()) for v in labels.values())
+    assert base["accuracy"] == pytest.approx(sad / n, abs=1e-6)
+    assert data["expr_face"]["accuracy"] > 0.7 and data["expr_face"]["f1"] > 5 * base["f1"]
+    m = read_confusion(tmp_path / "confusion" / "expr_audio.csv")
+    assert m.sum() == n and m[:, 4].sum() == n  # always Happiness
+    rows = list(csv.DictReader((tmp_path / "confusion" / "expr_face.csv").open()))
+    assert len(rows) == n and set(rows[0]) == {"actual", "predicted"}
+    assert expr_table(summary).splitlines()[-1].startswith("majority_baseline")
+    # the report's Expression section: table with the baseline, and the confusion matrices
+    va_models, va_labels = {}, {}
+    out = build_report({"best": {}}, va_models, va_labels, tmp_path / "index.html", ReportConfig(videos=0),
+                       expr_summary=summary, confusion={k: read_confusion(tmp_path / "confusion" / f"{k}.csv")
+                                                        for k in models})
+    doc = out.read_text()
+    assert '<table id="expr">' in doc and "majority class (Sadness)" in doc and "<b>expr_face</b>" in doc
+    assert 'alt="confusion matrices"' in doc
+
+
+def test_load_expr_labels_applies_the_label_grid_rule_and_names_bad_files(tmp_path):
+    """EXPR labels follow the VA rules: frames past the decoded video are masked; a bad file is a
+    LabelError naming the file and the line."""
+    from pipeline.evaluate import load_expr_labels
+    from pipeline.labels import LabelError, write_expr
+    from pipeline.records import Video
+
+    write_expr(tmp_path / "a.txt", np.array([0, 3, 7, 1, 2]), np.array([True, True, True, False, True]))
+    vids = [Video("a", "a.mp4", 30.0, 4, 0.13, True, "validation", labels={"expr": str(tmp_path / "a.txt")}),
+            Video("b", "b.mp4", 30.0, 4, 0.13, True, "train", labels={"expr": str(tmp_path / "a.txt")})]
+    got = load_expr_labels(vids, "validation")
+    assert list(got) == ["a"] and got["a"][0].tolist() == [0, 3, 7, -1, 2]
+    assert got["a"][1].tolist() == [True, True, True, False, False]  # 5 lines, 4 decoded frames
+    (tmp_path / "bad.txt").write_text("Neutral,Anger,Disgust,Fear,Happiness,Sadness,Surprise,Other\n0\n8\n")
+    (tmp_path / "hdr.txt").write_text("valence,arousal\n0\n")
+    for name, words in (("bad.txt", "line 3: class index out of range -1..7"), ("hdr.txt", "line 1: wrong header")):
+        bad = [Video("c", "c.mp4", 30.0, 2, 0.1, True, "validation", labels={"expr": str(tmp_path / name)})]
+        with pytest.raises(LabelError, match=f"{name}, {words}"):
+            load_expr_labels(bad, "validation")

@@ -3,6 +3,10 @@
 params `evaluate`: the `EvalConfig` fields plus `late_fusion` (`enabled`, `models`, and the
 `LateFusionConfig` search settings). Late-fusion weights are searched on the validation split
 itself, so its figure is optimistic by construction; it is reported apart from the models.
+
+Stage `evaluate_expr` (`affcache evaluate --task expr`) scores the EXPR models on the same split
+(`evaluate.split`): metrics/expr_summary.json (F1, accuracy, the first ABAW's score, the
+majority-class baseline) and one confusion-matrix plot file per model under plots/confusion.
 """
 
 from __future__ import annotations
@@ -19,11 +23,26 @@ from pipeline.stages import Layout, write_json
 log = logging.getLogger(__name__)
 
 
-def model_dirs(layout: Layout) -> dict[str, Path]:
-    """Every model the pipeline trains (heads.registry), by the name used in metrics and the report."""
-    from heads.registry import REGISTRY
+def model_dirs(layout: Layout, task: str = "va") -> dict[str, Path]:
+    """Every model of `task` the pipeline trains (heads.registry), by the name used in metrics and the report."""
+    from heads.registry import specs
 
-    return {s.model_name: layout.model_dir(s.kind, s.name) for s in REGISTRY.values()}
+    return {s.model_name: layout.model_dir(s.kind, s.name) for s in specs(task)}
+
+
+def run_expr(params_path: Path) -> dict:
+    """Score the EXPR models (heads.registry task "expr") on `evaluate.split`; returns the summary."""
+    from pipeline.evaluate import evaluate_expr, expr_table, load_expr_labels
+
+    params = load_params(params_path)
+    split = str(params.get("evaluate.split", "validation"))
+    layout = Layout()
+    records = read_index(layout.index)
+    summary = evaluate_expr(model_dirs(layout, "expr"), load_expr_labels(records, split),
+                            load_expr_labels(records, "train"), layout.metrics / "expr_summary.json",
+                            layout.plots / "confusion")
+    click.echo(expr_table(summary))
+    return summary
 
 
 def run(params_path: Path) -> None:

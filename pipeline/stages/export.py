@@ -1,4 +1,8 @@
-"""`affcache export`: an ABAW submission file from one model's predictions."""
+"""`affcache export`: an ABAW submission file from one model's predictions.
+
+The model's task (heads.registry) picks the format: a VA model writes the VA submission, an EXPR
+model (`expr_<...>`) the EXPR one; a template, when given, must be that task's.
+"""
 
 from __future__ import annotations
 
@@ -17,8 +21,10 @@ def run(params_path: Path, model: str | None, split: str, template: Path | None,
     from pipeline.evaluate import outputs_url
     from pipeline.export import ExportError, export_submission, predictions_from_store
 
+    from heads.registry import by_model_name
+
     layout = Layout()
-    models = model_dirs(layout)
+    models = {**model_dirs(layout, "va"), **model_dirs(layout, "expr")}
     if model is None:
         summary_path = layout.metrics / "summary.json"
         if not summary_path.exists():
@@ -29,11 +35,12 @@ def run(params_path: Path, model: str | None, split: str, template: Path | None,
     videos = [v for v in read_index(layout.index) if v.split == split]
     if not videos:
         raise StageFailed(f"{layout.index}: no video in split {split!r}")
+    task = by_model_name(model).task
     url = outputs_url(models[model])
     preds = predictions_from_store(url, [v.video_id for v in videos])
-    frames = {v.video_id: int(v.label_frames.get("va", v.num_frames)) for v in videos}
+    frames = {v.video_id: int(v.label_frames.get(task, v.num_frames)) for v in videos}
     try:
-        rows = export_submission(preds, out, num_frames=frames, template=template, source=url)
+        rows = export_submission(preds, out, num_frames=frames, template=template, source=url, task=task)
     except ExportError as exc:
         raise StageFailed(str(exc)) from exc
     log.info("export: %d rows of %s (%s split) -> %s", rows, model, split, out)

@@ -12,6 +12,9 @@ the same file twice recomputes nothing and a changed `extract.*` param starts a 
 params (all optional): `predict.model` (a model name of heads.registry: a head or `fusion_<fusion>`;
 default: the best model in metrics/summary.json, else `heads.registry.DEFAULT_MODEL`), `predict.device` ("auto"),
 `predict.keep_old_stores` (false). Extraction reads `extract.<modality>` like the extraction stages.
+When EXPR models were trained, the CSV also holds per-frame class probabilities `p_neutral` ...
+`p_other` of the best evaluated EXPR model (metrics/expr_summary.json; else expr_fusion_gated_moe),
+provided the features it reads were extracted for the chosen VA model.
 One bad file never stops the others: it is listed in `<out>/predict_report.json` and the command
 exits non-zero at the end.
 """
@@ -68,8 +71,10 @@ def run(params_path: Path, videos: list[Path], out: Path, model: str | None = No
     if usable:
         inputs = head_videos(usable, urls, predictor.modalities, report)
         predictions = _guarded(predictor.model, predictor.predict, inputs)
+        expr = expr_probabilities(params, layout, usable, urls, report)
         for v in usable:
-            report.outputs[v.video_id] = write_outputs(v, predictions[v.video_id], out, frame_columns(v, urls, report))
+            report.outputs[v.video_id] = write_outputs(v, predictions[v.video_id], out, frame_columns(v, urls, report),
+                                                       expr.get(v.video_id))
     write_json(out / REPORT, report.to_json())
     log.info("predict (%s): %d video(s) predicted -> %s; %d problem(s)", predictor.model, len(report.outputs), out,
              len(report.failed))
@@ -253,6 +258,58 @@ def head_videos(records: list[Video], urls: dict[str, str], modalities: list[str
     return out
 
 
+# --------------------------------------------------------------------------- expression
+
+
+def expr_model_name(layout: Layout) -> str | None:
+    """The EXPR model to add probabilities from: the best in metrics/expr_summary.json, else the
+    gated_moe EXPR fusion; None when it was not trained."""
+    from heads.registry import by_model_name, model_names
+
+    name = "expr_fusion_gated_moe"
+    summary = layout.metrics / "expr_summary.json"
+    if summary.exists():
+        name = json.loads(summary.read_text()).get("best", {}).get("model", name)
+    if name not in model_names("expr"):
+        return None
+    s = by_model_name(name)
+    return name if (layout.model_dir(s.kind, s.name) / "model.pt").exists() else None
+
+
+def expr_probabilities(params: Params, layout: Layout, records: list[Video], urls: dict[str, str],
+                       report: PredictReport) -> dict[str, dict]:
+    """{video_id: {p_<class>: [F]}} from the EXPR model, or {} when there is none or its inputs were
+    not extracted (the VA prediction never waits on, or fails for, the expression model)."""
+    from heads.inference import load_expr_predictor
+    from heads.registry import specs
+    from pipeline.labels import EXPR_CLASSES
+
+    name = expr_model_name(layout)
+    if name is None:
+        return {}
+    predictor = _guarded(name, load_expr_predictor, name,
+                         {s.name: layout.head_dir(s.name) for s in specs("expr", "head")},
+                         {s.model_name: layout.fusion_dir(s.name) for s in specs("expr", "fusion")},
+                         str(params.get("predict.device", "auto")))
+    needed = predictor.modalities + (["reliability"] if predictor.fusion is not None else [])
+    if any(m not in urls for m in needed):
+        log.info("predict: no expression probabilities: %s reads %s, not all extracted for the chosen model",
+                 name, ", ".join(needed))
+        return {}
+    probs = _guarded(name, predictor.probabilities, head_videos(records, urls, predictor.modalities, report))
+    nan = float("nan")
+    return {vid: {f"p_{c.lower()}": [float(x) if ok else nan for x, ok in zip(p[:, i], valid)]
+                  for i, c in enumerate(EXPR_CLASSES)} for vid, (p, valid) in probs.items()}
+
+
+def with_columns(cols: dict, extra: dict | None) -> dict:
+    """`cols` with the `extra` columns inserted before the gate weights (which stay last)."""
+    if not extra:
+        return cols
+    gates = {k: v for k, v in cols.items() if k.startswith("gate_")}
+    return {**{k: v for k, v in cols.items() if k not in gates}, **extra, **gates}
+
+
 # --------------------------------------------------------------------------- outputs
 
 
@@ -318,19 +375,20 @@ def _interp_rows(t: np.ndarray, values, t0, t1) -> np.ndarray:
 
 
 def write_outputs(video: Video, prediction: "VideoPrediction", out: Path,
-                  frame_cols: dict[str, np.ndarray] | None = None) -> dict:
+                  frame_cols: dict[str, np.ndarray] | None = None, extra: dict | None = None) -> dict:
     """`<out>/<id>.csv` (one row per decoded frame) and `<out>/<id>.png`; returns their paths.
 
     `frame_cols` (`frame_columns`): their `time` replaces the nominal one, the others follow
-    `valence`/`arousal`."""
+    `valence`/`arousal`; `extra` columns (EXPR probabilities) go before the gate weights."""
     out.mkdir(parents=True, exist_ok=True)
     cols = prediction.columns()
     if frame_cols:
         n = len(cols["frame"])
-        extra = {k: np.asarray(v)[:n] for k, v in frame_cols.items()}
-        head = {"frame": cols["frame"], "time": extra.pop("time", cols["time"]),
+        per_frame = {k: np.asarray(v)[:n] for k, v in frame_cols.items()}
+        head = {"frame": cols["frame"], "time": per_frame.pop("time", cols["time"]),
                 "valence": cols["valence"], "arousal": cols["arousal"]}
-        cols = {**head, **extra, **{k: v for k, v in cols.items() if k not in head}}
+        cols = {**head, **per_frame, **{k: v for k, v in cols.items() if k not in head}}
+    cols = with_columns(cols, extra)
     csv_path, png_path = out / f"{video.video_id}.csv", out / f"{video.video_id}.png"
     write_csv(csv_path, cols)
     plot(png_path, cols, prediction.model, list(prediction.per_model), video)

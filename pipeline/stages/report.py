@@ -1,4 +1,8 @@
-"""Stage `report`: the static HTML report (data/reports/index.html). params `report`: ReportConfig."""
+"""Stage `report`: the static HTML report (data/reports/index.html). params `report`: ReportConfig.
+
+The Expression section appears when metrics/expr_summary.json exists (stage evaluate_expr); its
+confusion matrices are counted from plots/confusion/<model>.csv.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ log = logging.getLogger(__name__)
 
 
 def run(params_path: Path) -> None:
-    from pipeline.evaluate import EvalConfig, load_labels
+    from pipeline.evaluate import EvalConfig, load_labels, read_confusion
     from pipeline.report import ReportConfig, build_report
 
     params = load_params(params_path)
@@ -23,5 +27,13 @@ def run(params_path: Path) -> None:
     layout = Layout()
     summary = json.loads((layout.metrics / "summary.json").read_text())
     labels = load_labels(read_index(layout.index), EvalConfig().split)
-    path = build_report(summary, model_dirs(layout), labels, layout.reports / "index.html", cfg)
+    expr_path = layout.metrics / "expr_summary.json"
+    expr = json.loads(expr_path.read_text()) if expr_path.exists() else None
+    confusion = {}
+    for name in model_dirs(layout, "expr") if expr else ():
+        f = layout.plots / "confusion" / f"{name}.csv"
+        if f.exists():
+            confusion[name] = read_confusion(f)
+    path = build_report(summary, model_dirs(layout), labels, layout.reports / "index.html", cfg,
+                        expr_summary=expr, confusion=confusion)
     log.info("report: %s", path)

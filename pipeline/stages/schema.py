@@ -23,6 +23,7 @@ def params_schema() -> Schema:
     evaluate/report configs."""
     from extractors.base import REGISTRY, _import_builtin_extractors
     from heads.registry import REGISTRY as MODELS
+    from heads.registry import model_names
     from heads.postprocess import LateFusionConfig
     from pipeline.datasets import ADAPTERS
     from pipeline.datasets.synthetic import DemoConfig
@@ -40,7 +41,7 @@ def params_schema() -> Schema:
         extractors={name: config_class(cls) for name, cls in REGISTRY.items()},
         adapters={name: adapter_options(cls) for name, cls in ADAPTERS.items()},
         splits=SPLITS,
-        models=tuple(s.model_name for s in MODELS.values()),
+        models=tuple(model_names()),  # late fusion and predict choose among the VA models
     )
 
 

@@ -2,23 +2,25 @@
 
 params `train.<head>` / `fuse.<fusion>`: the model's config dataclass (published defaults live in
 its module; params.yaml only overrides), with the same-shaped `train:` block (heads.train.TrainConfig)
-in every one. Reads the index and the model's registry inputs (feature stores, head outputs),
+in every one. The EXPR models have sections of their own (`train.expr_<head>`, `fuse.expr_<fusion>`);
+their `task` is fixed by the registry entry, not by params. Reads the index and the model's registry inputs (feature stores, head outputs),
 writes data/heads/<head>/ or data/fusion/<fusion>/, metrics/<model>.json and the history plot.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
 
-from pipeline.config import load_params
+from pipeline.config import Params, ParamsError, load_params
 from pipeline.records import read_index
 from pipeline.stages import Layout, write_json
 
 log = logging.getLogger(__name__)
 
-HEADLINE_KEYS = ("ccc_valence", "ccc_arousal", "ccc_mean", "f1")
+HEADLINE_KEYS = ("ccc_valence", "ccc_arousal", "ccc_mean", "f1", "accuracy")
 
 
 def publish_metrics(metrics: dict, out_dir: Path, metrics_path: Path) -> None:
@@ -37,6 +39,19 @@ def publish_history(out_dir: Path, plot_path: Path) -> None:
     write_json(plot_path, history)
 
 
+def fixed_keys(params: Params, spec, cls: type) -> dict:
+    """The config keys the registry entry fixes (its `task`); a params section that sets them
+    otherwise is an error rather than a silently retargeted model."""
+    fields = {f.name for f in dataclasses.fields(cls)}
+    fixed = {k: v for k, v in spec.task_overrides().items() if k in fields}
+    section = params.section(spec.params_section) or {}
+    for k, v in fixed.items():
+        if k in section and section[k] != v:
+            raise ParamsError(f"{params.path}: {spec.params_section}.{k}: is {section[k]!r}, but model {spec.name!r} "
+                              f"is the {v!r} entry of heads.registry; drop the key (or use that task's model)")
+    return fixed
+
+
 def run(params_path: Path, name: str, kind: str = "head") -> dict:
     """Train registry model `name` of `kind` through the one driver; returns its metrics."""
     from heads import registry
@@ -44,7 +59,8 @@ def run(params_path: Path, name: str, kind: str = "head") -> dict:
 
     spec = registry.spec(name, kind)  # type: ignore[arg-type]
     params = load_params(params_path)
-    cfg = params.build(spec.params_section, spec.config_class())
+    cls = spec.config_class()
+    cfg = params.build(spec.params_section, cls, **fixed_keys(params, spec, cls))
     head = spec.build(cfg)
     layout = Layout()
     records = read_index(layout.index)  # first: a missing index is the error to report, not a missing store
