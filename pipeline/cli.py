@@ -185,8 +185,12 @@ def index(ctx: click.Context, adapter: str | None, root: Path | None, out: Path 
               "default: the config's `device` (not part of the store's fingerprint: same store on any device).")
 @click.option("--videos", "video_ids", multiple=True, metavar="ID",
               help="Extract only these video ids of the index (repeat the option, or separate ids by commas).")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default=None,
+              help="local (threads in this process) or ray (an actor pool on a Ray cluster, params "
+                   "`extract.<modality>.ray`); default: params `extract.<modality>.engine`, else local.")
 @click.pass_context
-def extract(ctx: click.Context, modality: str, device: str | None, video_ids: tuple[str, ...]) -> None:
+def extract(ctx: click.Context, modality: str, device: str | None, video_ids: tuple[str, ...],
+            engine: str | None) -> None:
     """Extract one modality's features for every video in the index into its Zarr store.
 
     Resumable and incremental: videos already complete in the store are skipped; a video that
@@ -196,7 +200,8 @@ def extract(ctx: click.Context, modality: str, device: str | None, video_ids: tu
     from pipeline.stages import extract as extract_stage
 
     ids = [i for item in video_ids for i in item.split(",") if i]
-    _run_stage(extract_stage.run, ctx.obj["params_path"], modality, device=device, video_ids=ids or None)
+    _run_stage(extract_stage.run, ctx.obj["params_path"], modality, device=device, video_ids=ids or None,
+               engine=engine)
 
 
 @main.command("train")

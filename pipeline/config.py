@@ -268,6 +268,8 @@ class ExtractParams:
     workers: Positive = 2
     prefetch: Positive = 2
     keep_old_stores: bool = False
+    engine: Literal["local", "ray"] = "local"
+    ray: dict[str, Any] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
 
 
@@ -292,7 +294,8 @@ class PredictParams:
 class Schema:
     """What params.yaml may hold beyond its fixed skeleton, supplied by the layer that owns it.
 
-    sections: dotted section -> config dataclass: `train.<head>`, `fuse.<strategy>`, `evaluate`
+    sections: dotted section -> config dataclass: `train.<head>`, `fuse.<strategy>`, `extract.ray` (the
+        `ray` block of every `extract.<modality>`), `evaluate`
         (its keys other than `late_fusion`), `evaluate.late_fusion` (other than `enabled`/`models`),
         `report`, `demo.overrides`. Once any `train.*` (or `fuse.*`) class is given, an entry of that
         section without one is an unknown key; sections not given are left to their stage.
@@ -366,6 +369,8 @@ def check_params(params: Params, schema: Schema) -> None:
         choice(ex.extractor, sorted(schema.extractors), f"{dotted}.extractor", "extractor")
         if ex.extractor in schema.extractors:
             check(schema.extractors[ex.extractor], ex.config, f"{dotted}.config")
+        if (cls := schema.sections.get("extract.ray")) is not None:
+            check(cls, ex.ray, f"{dotted}.ray")
 
     for top in ("train", "fuse"):
         given = {k.split(".", 1)[1]: v for k, v in schema.sections.items() if k.startswith(f"{top}.")}

@@ -97,6 +97,16 @@ def test_typo_in_extract_entry_lists_known_keys() -> None:
     assert "workers" in msg and "prefetch" in msg
 
 
+def test_engine_and_ray_block_are_checked() -> None:
+    msg = bad(lambda d: d["extract"]["face"].update(engine="dask"))
+    assert msg.startswith("p/params.yaml: extract.face.engine: ") and "'local'" in msg and "'ray'" in msg
+    msg = bad(lambda d: d["extract"]["face"].update(engine="ray", ray={"actor": 2}))
+    assert "p/params.yaml: extract.face.ray: unknown option `actor`; known options of RayConfig" in msg
+    assert "actors" in msg and "gpus_per_actor" in msg
+    msg = bad(lambda d: d["extract"]["behavior"].update(ray={"actors": 0}))
+    assert "extract.behavior.ray" in msg and "actors must be >= 1" in msg
+
+
 def test_extractor_config_is_checked_against_its_class() -> None:
     msg = bad(lambda d: d["extract"]["face"]["config"].update(image_sise=64))
     assert "p/params.yaml: extract.face.config: unknown option `image_sise`; known options of FaceConfig" in msg

@@ -216,3 +216,26 @@ def test_export_with_template_from_the_stage(demo_project: Path, tmp_path: Path)
     bad = affcache(project, "export", "--split", "validation", "--template", str(template), "--out",
                    str(tmp_path / "bad.txt"), check=False)
     assert bad.returncode != 0 and train["video_id"] in bad.stdout + bad.stderr and str(template) in bad.stdout + bad.stderr
+
+
+def test_ray_engine_writes_the_local_engine_s_store(demo_project: Path, tmp_path: Path) -> None:
+    """`affcache extract face --engine ray` (2 actors on a local Ray) = the local engine, array for array
+    (each actor uses as many torch threads as the local process: CPU sums depend on the thread count)."""
+    pytest.importorskip("ray", reason="ray is not installed (the test extra installs it)")
+    local = copy_of(demo_project, tmp_path / "local")
+    affcache(local, "extract", "face")
+    distributed = copy_of(demo_project, tmp_path / "ray")
+    params = yaml.safe_load((distributed / "params.yaml").read_text())
+    threads = int(subprocess.run([sys.executable, "-c", "import torch; print(torch.get_num_threads())"], env=_env(),
+                                 capture_output=True, text=True, check=True, timeout=120).stdout)
+    params["extract"]["face"]["ray"] = {"actors": 2, "cpus_per_actor": 1, "threads_per_actor": threads}
+    (distributed / "params.yaml").write_text(yaml.safe_dump(params))
+    run = affcache(distributed, "extract", "face", "--engine", "ray")
+    total = len(index_videos(distributed))
+    assert f"extract face: {total} extracted, 0 cached, 0 failed" in run.stdout + run.stderr
+    want, got = _read_all(current_store(local, "face")), _read_all(current_store(distributed, "face"))
+    assert Path(current_store(local, "face").url).name == Path(current_store(distributed, "face").url).name
+    assert sorted(got) == sorted(want)
+    for vid in want:
+        for k in want[vid]:
+            np.testing.assert_array_equal(got[vid][k], want[vid][k], err_msg=f"{vid}/{k}")

@@ -1,8 +1,9 @@
 """Stages `extract_<modality>`: run one extractor over the index into its feature store.
 
 params `extract.<modality>`: `extractor` (registry name), `workers`/`prefetch` (decode threads and
-how many videos they run ahead of the model), `keep_old_stores`, and `config` (the extractor's config
-dataclass, checked strictly before any video is touched).
+how many videos they run ahead of the model), `keep_old_stores`, `engine` (`local`, or `ray`: an actor
+pool shaped by the `ray` block, `extractors.engine_ray.RayConfig`), and `config` (the extractor's
+config dataclass, checked strictly before any video is touched).
 """
 
 from __future__ import annotations
@@ -55,25 +56,36 @@ def build_extractor(params: Params, modality: str, overrides: dict[str, Any] | N
     return extractor
 
 
-def run(params_path: Path, modality: str, device: str | None = None, video_ids: list[str] | None = None) -> None:
-    """Extract every indexed video (or only `video_ids`); `device` overrides the config's device."""
+def run(params_path: Path, modality: str, device: str | None = None, video_ids: list[str] | None = None,
+        engine: str | None = None) -> None:
+    """Extract every indexed video (or only `video_ids`); `device` overrides the config's device,
+    `engine` the params' `extract.<modality>.engine`."""
     from extractors.base import ExtractorError, run_extraction
-    from pipeline.store import prune_stores
 
     params = load_params(params_path)
     layout = Layout()
     extractor = build_extractor(params, modality, {"device": device} if device else None)
     videos = select_videos(read_index(layout.index), video_ids, layout.index)
+    engine = engine or params.get(f"extract.{modality}.engine", "local")
     try:
-        report = run_extraction(
-            extractor,
-            videos,
-            str(layout.features),
-            workers=int(params.get(f"extract.{modality}.workers", 2)),
-            prefetch=int(params.get(f"extract.{modality}.prefetch", 2)),
-        )
+        if engine == "ray":
+            from extractors.engine_ray import RayConfig, run_extraction_ray
+
+            ray_cfg = build_config(RayConfig, params.get(f"extract.{modality}.ray") or {},
+                                   where=f"{params.path}: extract.{modality}.ray")
+            report = run_extraction_ray(extractor, videos, str(layout.features), ray_cfg)
+        else:
+            report = run_extraction(
+                extractor,
+                videos,
+                str(layout.features),
+                workers=int(params.get(f"extract.{modality}.workers", 2)),
+                prefetch=int(params.get(f"extract.{modality}.prefetch", 2)),
+            )
     except ExtractorError as exc:
         raise StageFailed(f"extract {modality}: {exc}") from exc
+    from pipeline.store import prune_stores
+
     if not params.get(f"extract.{modality}.keep_old_stores", False):
         for removed in prune_stores(str(layout.feature_dir(modality)), keep=report.url):
             log.info("removed store of an older configuration: %s (still in the DVC cache)", removed)

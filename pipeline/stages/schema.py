@@ -22,6 +22,7 @@ def params_schema() -> Schema:
     `fuse.<fusion>` -> its config class), the splits, the model names, and the demo's and the
     evaluate/report configs."""
     from extractors.base import REGISTRY, _import_builtin_extractors
+    from extractors.engine_ray import RayConfig
     from heads.registry import REGISTRY as MODELS
     from heads.registry import model_names
     from heads.postprocess import LateFusionConfig
@@ -33,7 +34,8 @@ def params_schema() -> Schema:
     from pipeline.stages.extract import config_class
 
     _import_builtin_extractors()
-    sections = {"demo.overrides": DemoConfig, "evaluate": EvalConfig, "evaluate.late_fusion": LateFusionConfig,
+    sections = {"demo.overrides": DemoConfig, "extract.ray": RayConfig, "evaluate": EvalConfig,
+                "evaluate.late_fusion": LateFusionConfig,
                 "report": ReportConfig}
     sections.update({s.params_section: s.config_class() for s in MODELS.values()})
     return Schema(
