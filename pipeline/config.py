@@ -283,11 +283,26 @@ class LateFusionParams:
 
 @dataclass
 class PredictParams:
-    """Section `predict` (optional; `affcache predict`)."""
+    """Section `predict` (optional; `affcache predict`). `features`: the new videos' feature cache
+    (a folder or an `s3://` URL; default `<out>/features`)."""
 
     model: str | None = None
     device: str = "auto"
     keep_old_stores: bool = False
+    features: str | None = None
+
+
+@dataclass
+class StorageParams:
+    """Section `storage` (optional): where the feature stores live, and the S3-compatible endpoint.
+
+    features: root of the stores (default data/features, which dvc.yaml tracks); an `s3://bucket/prefix`
+        URL puts them in object storage for runs of the `affcache` commands outside `dvc repro`.
+    endpoint_url: the S3 API endpoint (MinIO, Ceph, ...); empty: AWS, or the AWS_ENDPOINT_URL variable.
+    """
+
+    features: str = ""
+    endpoint_url: str = ""
 
 
 @dataclass(frozen=True)
@@ -314,7 +329,8 @@ class Schema:
     models: Sequence[str] = ()
 
 
-TOP_LEVEL = ("demo", "demo_models", "dataset", "extract", "train", "fuse", "evaluate", "report", "predict")
+TOP_LEVEL = ("demo", "demo_models", "dataset", "extract", "train", "fuse", "evaluate", "report", "predict",
+             "storage")
 
 
 def check_params(params: Params, schema: Schema) -> None:
@@ -396,6 +412,8 @@ def check_params(params: Params, schema: Schema) -> None:
                 check(cls, {k: v for k, v in late.items() if k not in own}, "evaluate.late_fusion")
     if "report" in data and (cls := schema.sections.get("report")) is not None:
         check(cls, data["report"], "report")
+    if "storage" in data:
+        check(StorageParams, data["storage"], "storage")
     if "predict" in data and (pred := check(PredictParams, data["predict"], "predict")) is not None:
         if pred.model is not None:
             choice(pred.model, list(schema.models), "predict.model", "model")

@@ -1,8 +1,9 @@
-"""Writing and hashing local files: the one atomic writer and the one file hasher.
+"""Writing and hashing files: the one atomic writer and the one file hasher.
 
 Every file a stage writes goes through `atomic_write_*`: the content lands in a temporary file in
 the same folder and is renamed over the target, so a crash (or DVC hashing the folder meanwhile)
-never sees half a file. Hashes are for identity, not security: `sha256_file` for whole files whose
+never sees half a file. A URL (`s3://...`, any fsspec protocol) is written with one object PUT,
+which object stores make atomic; `read_bytes` and `exists` read either kind. Hashes are for identity, not security: `sha256_file` for whole files whose
 exact content identifies them (weights, templates), `sampled_digest` for large trees where reading
 every byte would cost minutes (media, checkpoints) and the first/last MiB plus sizes suffice.
 """
@@ -38,10 +39,47 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+def is_url(path: str | os.PathLike) -> bool:
+    """A fsspec URL other than a plain local path (`file://` counts as local)."""
+    return "://" in str(path) and not str(path).startswith("file://")
+
+
+def local_path(path: str | os.PathLike) -> str:
+    return str(path)[len("file://"):] if str(path).startswith("file://") else str(path)
+
+
+def url_fs(url: str) -> tuple[Any, str]:
+    """(fsspec filesystem, path inside it) of a URL; credentials and endpoint come from the
+    environment (AWS_* variables) and fsspec's config (see `pipeline.stages.configure_storage`)."""
+    import fsspec
+
+    return fsspec.core.url_to_fs(str(url))
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write `data` to `path` atomically (temporary file in the same folder, then rename)."""
-    with atomic_output(path) as tmp:
+    """Write `data` to `path` atomically (temporary file in the same folder, then rename; one PUT
+    for a URL)."""
+    if is_url(path):
+        fs, inner = url_fs(str(path))
+        fs.pipe_file(inner, data)
+        return
+    with atomic_output(local_path(path)) as tmp:
         tmp.write_bytes(data)
+
+
+def read_bytes(path: str | os.PathLike) -> bytes:
+    """The content of a local file or an object (FileNotFoundError when there is none)."""
+    if is_url(path):
+        fs, inner = url_fs(str(path))
+        return fs.cat_file(inner)
+    return Path(local_path(path)).read_bytes()
+
+
+def exists(path: str | os.PathLike) -> bool:
+    if is_url(path):
+        fs, inner = url_fs(str(path))
+        return fs.exists(inner)
+    return Path(local_path(path)).exists()
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

@@ -55,7 +55,8 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 from zarr.storage import FsspecStore, LocalStore
 
-from pipeline.files import atomic_output, atomic_write_text, sampled_digest
+from pipeline.files import (atomic_output, atomic_write_text, is_url, local_path, read_bytes, sampled_digest,
+                            url_fs)
 from pipeline.records import Video
 from pipeline.shard_reader import read_shard, shard_layout
 
@@ -614,7 +615,7 @@ def _json_or_error(url: str, what: str, obj: dict) -> None:
 
 
 def write_failures(path: str | os.PathLike, failures: list[dict]) -> None:
-    """Write a stage's failed videos ({video_id, file, error}) as JSON, atomically."""
+    """Write a stage's failed videos ({video_id, file, error}) as JSON, atomically (a file or an object)."""
     bad = [f for f in failures if not {"video_id", "file", "error"} <= set(f)]
     if bad:
         raise StoreError(f"{path}: failure records need video_id, file and error keys, got {bad[:2]}")
@@ -623,11 +624,10 @@ def write_failures(path: str | os.PathLike, failures: list[dict]) -> None:
 
 def read_failures(path: str | os.PathLike) -> list[dict]:
     """The failures recorded by the last run ([] when the file does not exist: nothing failed)."""
-    path = Path(path)
-    if not path.exists():
-        return []
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(read_bytes(path))
+    except FileNotFoundError:
+        return []
     except ValueError as e:
         raise StoreError(f"{path}: not valid JSON ({e}); delete it and re-run the stage") from e
     if not isinstance(data, list):
@@ -637,38 +637,49 @@ def read_failures(path: str | os.PathLike) -> list[dict]:
 
 def prune_stores(dir: str | os.PathLike, keep: str) -> list[str]:
     """Delete sibling `*.zarr` stores of old configurations in `dir` (and their claims folders),
-    keeping `keep` (path or name)."""
-    dir = Path(dir)
-    keep_name = Path(str(keep).rstrip("/")).name
+    keeping `keep` (path or name). `dir` may be a URL (`s3://bucket/features/face`)."""
+    keep_name = str(keep).rstrip("/").rsplit("/", 1)[-1]
+    keep = {keep_name, f"{keep_name}.claims"}
+    if is_url(dir):
+        fs, inner = url_fs(str(dir))
+        try:
+            names = [p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(inner, detail=False)]
+        except FileNotFoundError:
+            return []
+        doomed = [n for n in sorted(names) if n.endswith((".zarr", ".zarr.claims")) and n not in keep]
+        for n in doomed:
+            fs.rm(f"{inner.rstrip('/')}/{n}", recursive=True)
+        return [f"{str(dir).rstrip('/')}/{n}" for n in doomed if n.endswith(".zarr")]
+    folder = Path(local_path(dir))
     removed = []
-    for p in sorted(dir.glob("*.zarr")):
-        if p.name != keep_name and p.is_dir():
+    for p in sorted(folder.glob("*.zarr")) + sorted(folder.glob("*.zarr.claims")):
+        if p.name not in keep and p.is_dir():  # claims: leases left by killed runs of old configurations
             shutil.rmtree(p)
-            removed.append(str(p))
-    for p in sorted(dir.glob("*.zarr.claims")):  # leases left by killed runs of old configurations
-        if p.name != f"{keep_name}.claims" and p.is_dir():
-            shutil.rmtree(p)
+            if p.suffix == ".zarr":
+                removed.append(str(p))
     return removed
 
 
 def write_current(dir: str | os.PathLike, url: str) -> None:
     """Record the active store of a modality in dir/current.json (relative path for local stores,
-    so a moved or cloned checkout still resolves it)."""
-    dir = Path(dir)
-    value = str(url) if _is_remote(url) else os.path.relpath(os.path.abspath(_local_path(url)), os.path.abspath(dir))
-    atomic_write_text(dir / "current.json", json.dumps({"store": value}, indent=1) + "\n")
+    so a moved or cloned checkout still resolves it; the full URL for a store in object storage)."""
+    if _is_remote(url) or is_url(dir):
+        value = str(url)
+    else:
+        value = os.path.relpath(os.path.abspath(_local_path(url)), os.path.abspath(local_path(dir)))
+    atomic_write_text(f"{str(dir).rstrip('/')}/current.json", json.dumps({"store": value}, indent=1) + "\n")
 
 
 def read_current(dir: str | os.PathLike) -> str:
     """The active store URL/path of a modality (local paths resolved against `dir`)."""
-    path = Path(dir) / "current.json"
-    if not path.exists():
-        raise StoreError(f"{path}: not found; run the extraction stage for this modality first")
+    path = f"{str(dir).rstrip('/')}/current.json"
     try:
-        value = json.loads(path.read_text())["store"]
+        value = json.loads(read_bytes(path))["store"]
+    except FileNotFoundError:
+        raise StoreError(f"{path}: not found; run the extraction stage for this modality first") from None
     except (ValueError, KeyError, TypeError) as e:
         raise StoreError(f"{path}: malformed ({e}); delete it and re-run the extraction stage") from e
-    return value if _is_remote(value) else os.path.normpath(os.path.join(str(dir), value))
+    return value if _is_remote(value) else os.path.normpath(os.path.join(local_path(dir), value))
 
 
 # ---------------------------------------------------------------------------------------- inspection

@@ -18,20 +18,31 @@ class StageFailed(RuntimeError):
 
 @dataclass(frozen=True)
 class Layout:
-    """Where each stage reads and writes, relative to the project root (see dvc.yaml)."""
+    """Where each stage reads and writes, relative to the project root (see dvc.yaml).
+
+    `features_root` (params `storage.features`) moves the feature stores elsewhere, e.g. to
+    `s3://bucket/affcache/features`; empty keeps them in data/features, where dvc.yaml expects them.
+    """
 
     root: Path = Path(".")
+    features_root: str = ""
+
+    @classmethod
+    def from_params(cls, params: Any) -> "Layout":
+        """The layout a stage uses: `storage.features` applied, object-storage settings configured."""
+        configure_storage(params.get("storage.endpoint_url", "") or "")
+        return cls(features_root=str(params.get("storage.features", "") or ""))
 
     @property
     def index(self) -> Path:
         return self.root / "data" / "index.json"
 
     @property
-    def features(self) -> Path:
-        return self.root / "data" / "features"
+    def features(self) -> Path | str:
+        return self.features_root.rstrip("/") if self.features_root else self.root / "data" / "features"
 
-    def feature_dir(self, modality: str) -> Path:
-        return self.features / modality
+    def feature_dir(self, modality: str) -> Path | str:
+        return f"{self.features}/{modality}" if self.features_root else self.features / modality
 
     def head_dir(self, head: str) -> Path:
         return self.root / "data" / "heads" / head
@@ -65,6 +76,17 @@ class Layout:
     @property
     def reports(self) -> Path:
         return self.root / "data" / "reports"
+
+
+def configure_storage(endpoint_url: str) -> None:
+    """Point fsspec's S3 filesystem at an S3-compatible endpoint (MinIO, Ceph, a local test server)
+    for every store URL of this process. Credentials stay where AWS tools read them (AWS_* variables,
+    ~/.aws); an empty endpoint leaves AWS's own (or the AWS_ENDPOINT_URL variable) in charge."""
+    if not endpoint_url:
+        return
+    import fsspec.config
+
+    fsspec.config.conf.setdefault("s3", {})["endpoint_url"] = endpoint_url
 
 
 def write_json(path: Path, data: Any) -> None:

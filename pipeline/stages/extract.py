@@ -63,7 +63,7 @@ def run(params_path: Path, modality: str, device: str | None = None, video_ids: 
     from extractors.base import ExtractorError, run_extraction
 
     params = load_params(params_path)
-    layout = Layout()
+    layout = Layout.from_params(params)
     extractor = build_extractor(params, modality, {"device": device} if device else None)
     videos = select_videos(read_index(layout.index), video_ids, layout.index)
     engine = engine or params.get(f"extract.{modality}.engine", "local")

@@ -61,12 +61,13 @@ class PredictReport:
 def run(params_path: Path, videos: list[Path], out: Path, model: str | None = None) -> PredictReport:
     """Predict every video; raise StageFailed at the end if any video (or one of its modalities) failed."""
     params = load_params(params_path)
-    layout = Layout()
+    layout = Layout.from_params(params)
     out = Path(out)
     predictor = load_model(params, layout, model)
     report = PredictReport(model=predictor.model)
     records = probe_videos(expand_inputs(videos), report)
-    urls = extract(params, layout, stores_needed(predictor), records, out / "features", report) if records else {}
+    cache = str(params.get("predict.features") or out / "features")
+    urls = extract(params, layout, stores_needed(predictor), records, cache, report) if records else {}
     usable = [v for v in records if has_any_head_input(v, predictor.modalities, report)]
     if usable:
         inputs = head_videos(usable, urls, predictor.modalities, report)
@@ -195,7 +196,7 @@ def probe_videos(paths: list[Path], report: PredictReport) -> list[Video]:
 # --------------------------------------------------------------------------- features
 
 
-def extract(params: Params, layout: Layout, modalities: list[str], records: list[Video], root: Path,
+def extract(params: Params, layout: Layout, modalities: list[str], records: list[Video], root: str,
             report: PredictReport) -> dict[str, str]:
     """Run each modality's extractor into `root` (cached per fingerprint); returns {modality: store URL}."""
     from extractors.base import ExtractorError, run_extraction
@@ -206,12 +207,12 @@ def extract(params: Params, layout: Layout, modalities: list[str], records: list
     for m in modalities:
         extractor = build_extractor(params, m)
         try:
-            res = run_extraction(extractor, records, str(root), workers=int(params.get(f"extract.{m}.workers", 2)),
+            res = run_extraction(extractor, records, root, workers=int(params.get(f"extract.{m}.workers", 2)),
                                  prefetch=int(params.get(f"extract.{m}.prefetch", 2)))
         except ExtractorError as exc:
             raise StageFailed(f"predict: extract {m}: {exc}") from exc
         if not params.get("predict.keep_old_stores", False):
-            prune_stores(str(root / m), keep=res.url)
+            prune_stores(f"{root.rstrip('/')}/{m}", keep=res.url)
         warn_if_not_training_features(layout, m, res.url)
         urls[m] = res.url
         report.extraction[m] = {"store": res.url, "extracted": res.done, "cached": res.skipped,
