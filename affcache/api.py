@@ -86,7 +86,7 @@ def open_features(store: PathLike, video: str | None = None, *, arrays: Sequence
     if video is not None:
         return fs.read_video(video, arrays)
     ids = [v for v in fs.video_ids() if fs.is_complete(v)]
-    return dict(zip(ids, fs.read_many(ids, arrays)))
+    return fs.read_many(ids, arrays)
 
 
 def predict(videos: PathLike | Sequence[PathLike], *, project: PathLike = ".", params: PathLike = "params.yaml",
