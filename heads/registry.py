@@ -57,6 +57,8 @@ REGISTRY: dict[str, ModelSpec] = {s.name: s for s in (
               ("features/audio", "features/reliability")),
     ModelSpec("gated_moe", "fusion", "heads.fusion_gated_moe", "GatedMoEConfig", "GatedMoE", _HEAD_OUTPUTS),
     ModelSpec("raav", "fusion", "heads.fusion_raav", "RAAVConfig", "RAAV", _HEAD_OUTPUTS),
+    ModelSpec("dcmmoe", "fusion", "heads.fusion_dcmmoe", "DCMMOEConfig", "DCMMOE",
+              ("heads/face", "heads/behavior", "features/reliability")),
 )}
 
 HEADS: tuple[str, ...] = tuple(n for n, s in REGISTRY.items() if s.kind == "head")
