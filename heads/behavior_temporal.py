@@ -6,8 +6,9 @@ with stride 8; AdamW 3e-4 / wd 1e-3; early stopping 12; model selection on FRAME
 expanding segment predictions to frames (average of every covering segment).
 
 Deviations (documented): we use transformers' `MambaMixer` (standard Mamba maths; the published
-block uses a non-standard discretisation) with PRE-norm residual blocks, and conv kernel 4 (the
-MambaMixer default; the published custom block uses 5 -- set `conv_kernel=5` to match).
+block uses a non-standard discretisation, no expansion and a post-LN D-scaled residual; README,
+"Behavior Mamba") with PRE-norm residual blocks, and conv kernel 4 (the MambaMixer default; the
+published custom block uses 5, which the paper profile sets).
 Exported embedding: the 256-d final-normed state before the head (not the 512 post-GELU), so
 every head exports 256-d tokens (every head output store holds emb [F, 256]).
 
