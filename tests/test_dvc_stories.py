@@ -98,10 +98,10 @@ def test_a_repro_builds_everything(built) -> None:
     stages = ran_stages(built["first"])
     expected = {"demo_data", "demo_models", "index", "extract_face", "extract_audio", "extract_behavior",
                 "extract_reliability", "train@face", "train@behavior", "train@audio", "fuse@gated_moe",
-                "fuse@raav", "evaluate", "report"}
+                "fuse@raav", "fuse@dcmmoe", "evaluate", "report"}
     assert expected <= stages, f"missing stages: {expected - stages}"
     summary = json.loads((project / "metrics" / "summary.json").read_text())
-    assert {"face", "behavior", "audio", "fusion_gated_moe", "fusion_raav", "best"} <= set(summary)
+    assert {"face", "behavior", "audio", "fusion_gated_moe", "fusion_raav", "fusion_dcmmoe", "best"} <= set(summary)
     assert (project / "data" / "reports" / "index.html").stat().st_size > 1000
     shown = sh(project, "dvc", "metrics", "show")
     assert "ccc_mean" in shown
