@@ -24,6 +24,18 @@ Why it looks like this:
   (`cache_size` files), so the second id of a pair costs a dictionary lookup and no model pass (the
   engine processes ids in sorted order, so a pair is adjacent). When both ids are prefetched before
   the first is computed, the track is decoded twice but still encoded once.
+- **Emotion-fine-tuned WavLM (the published audio branch).** The Odyssey 2024 SER baseline
+  (`3loi/SER-Odyssey-Baseline-WavLM-Multi-Attributes`) is a custom model class whose `model.safetensors`
+  holds the WavLM encoder as `ssl_model.*` tensors next to its pooling and regression head;
+  `AutoModel` cannot build it. `ssl_weights` names such a checkpoint (hub id, folder or
+  .safetensors file): the encoder is built from `model` (microsoft/wavlm-large) and the `ssl_model.*`
+  tensors replace its weights, as the published code does. Any other tensor in the file is ignored.
+- **Per-clip mode.** `mode: per_clip` embeds every chunk on its own with its own z-normalisation
+  (the published run embeds each 4-s clip separately; with `chunk_seconds: 4, overlap_seconds: 2`
+  the chunks are the published 4 s / 2 s clips). Each row still comes from the clip in which it is
+  most central, so one head window draws on the rows of up to three clips; the published window
+  uses only its own clip (the cost of one row grid instead of two overlapping copies). `long`
+  (default) z-normalises the whole track once and uses long chunks for context.
 - **Voice activity** (`vad`, one probability per row) comes from `extractors.vad` on this model's
   grid. It runs in prepare() (worker threads) so it overlaps the model; each thread has its own
   silero-vad model, because that TorchScript model is stateful.
@@ -42,6 +54,8 @@ from extractors.vad import VAD_BACKENDS, resolve_vad_backend, voice_activity_row
 from pipeline.records import Video
 
 SCHEMA = 1
+MODES = ("long", "per_clip")
+SSL_PREFIX = "ssl_model."
 
 
 @dataclass
@@ -60,6 +74,8 @@ class AudioConfig:
     bf16: bool = True  # autocast on CUDA only; execution only, not in the fingerprint
     cache_size: int = 2  # media files whose results are memoised (left/right pairs are adjacent)
     vad_backend: str = "auto"  # extractors.vad.voice_activity backend: auto | energy | silero
+    mode: str = "long"  # "long": whole-track z-norm, long chunks | "per_clip": each chunk embedded and normalised alone
+    ssl_weights: str | None = None  # checkpoint whose `ssl_model.*` tensors replace `model`'s weights (Odyssey SER)
 
 
 # ------------------------------------------------------------------------------------ frame grid
@@ -129,6 +145,64 @@ def zscore(audio: np.ndarray) -> np.ndarray:
     return ((audio - mean) / np.sqrt(std * std + 1e-7)).astype(np.float32)
 
 
+# ------------------------------------------------------------------------------------ SER checkpoint
+def ssl_weights_file(ref: str, revision: str | None = None) -> str:
+    """The safetensors file of `ssl_weights`: a file, `<folder>/model.safetensors`, or a hub id's
+    `model.safetensors` (from the local Hugging Face cache when offline)."""
+    from pathlib import Path
+
+    path = Path(ref)
+    if path.is_file():
+        return str(path)
+    if path.is_dir():
+        found = path / "model.safetensors"
+        if not found.is_file():
+            raise ExtractorError(f"audio ssl_weights {ref!r}: folder has no model.safetensors")
+        return str(found)
+    if ref.startswith((".", "/")) or ref.endswith(".safetensors"):
+        raise ExtractorError(f"audio ssl_weights {ref!r}: file or folder not found")
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return hf_hub_download(repo_id=ref, filename="model.safetensors", revision=revision)
+    except Exception as e:  # offline and not cached, unknown id, ...
+        raise ExtractorError(
+            f"audio ssl_weights {ref!r}: cannot get its model.safetensors ({type(e).__name__}: {e}); "
+            "download it once with internet access (it lands in the Hugging Face cache) or point "
+            "ssl_weights at the file"
+        ) from e
+
+
+def load_ssl_weights(model: torch.nn.Module, path: str) -> int:
+    """Copy the `ssl_model.*` tensors of the checkpoint at `path` into `model`; returns how many.
+
+    Every `ssl_model.*` tensor must match a parameter of `model` by name and shape (a different
+    architecture is an error, not a silent partial load); parameters the checkpoint lacks keep
+    `model`'s weights, as the published `strict=False` load does (WavLM's pre-training-only
+    `masked_spec_embed` is such a parameter).
+    """
+    from safetensors.torch import load_file
+
+    try:
+        tensors = load_file(path)
+    except Exception as e:
+        raise ExtractorError(f"audio ssl_weights {path}: not a readable safetensors file ({e})") from e
+    ssl = {k[len(SSL_PREFIX):]: v for k, v in tensors.items() if k.startswith(SSL_PREFIX)}
+    if not ssl:
+        raise ExtractorError(f"audio ssl_weights {path}: no `{SSL_PREFIX}*` tensors (not the Odyssey SER layout)")
+    own = model.state_dict()
+    unknown = sorted(k for k in ssl if k not in own)
+    wrong = sorted(k for k in ssl if k in own and tuple(own[k].shape) != tuple(ssl[k].shape))
+    if unknown or wrong:
+        raise ExtractorError(
+            f"audio ssl_weights {path}: its encoder does not fit {type(model).__name__} "
+            f"(unknown tensors {unknown[:3]}, shape mismatches {wrong[:3]}); set `model` to the architecture "
+            "the checkpoint was trained from (microsoft/wavlm-large for the Odyssey SER baseline)"
+        )
+    model.load_state_dict(ssl, strict=False)
+    return len(ssl)
+
+
 # ------------------------------------------------------------------------------------ extractor
 @dataclass
 class _Prepared:
@@ -167,6 +241,8 @@ class SpeechSSLExtractor:
             )
         if c.vad_backend not in VAD_BACKENDS:
             raise ExtractorError(f"audio vad_backend {c.vad_backend!r}: use one of {', '.join(VAD_BACKENDS)}")
+        if c.mode not in MODES:
+            raise ExtractorError(f"audio mode {c.mode!r}: use one of {', '.join(MODES)}")
         if c.batch_size < 1 or c.keep_lower_layers < 0:
             raise ExtractorError(f"audio: batch_size must be >= 1 and keep_lower_layers >= 0, got {c}")
 
@@ -188,6 +264,11 @@ class SpeechSSLExtractor:
             "keep_lower_layers": c.keep_lower_layers,
             "vad_backend": self.vad_backend,
         }
+        if c.mode != "long":  # keys only when set, so stores of the default setup keep their identity
+            fp["mode"] = c.mode
+        if c.ssl_weights:
+            fp["ssl_weights"] = c.ssl_weights
+            fp["ssl_weights_file"] = weights_fingerprint(c.ssl_weights)
         return fp
 
     def load(self) -> None:
@@ -202,6 +283,8 @@ class SpeechSSLExtractor:
         except Exception as e:  # OSError (offline / unknown id), ValueError (not a model folder)...
             hint = "e.g. the demo's data/models/demo/wavlm"
             raise ExtractorError(hf_load_error("audio", self.cfg.model, self.cfg.revision, e, hint)) from e
+        if self.cfg.ssl_weights:
+            load_ssl_weights(model, ssl_weights_file(self.cfg.ssl_weights))
         cfg = model.config
         if not hasattr(cfg, "conv_kernel") or not hasattr(cfg, "conv_stride"):
             raise ExtractorError(
@@ -280,7 +363,8 @@ class SpeechSSLExtractor:
         rows = self.rows(audio)
         if rows == 0:
             return self._empty()
-        wav = zscore(audio) if self.cfg.normalize else audio.astype(np.float32)
+        whole_track = self.cfg.normalize and self.cfg.mode == "long"
+        wav = zscore(audio) if whole_track else audio.astype(np.float32)
         last, lower = self._chunked_states(wav, rows)
         t0 = (np.arange(rows) * self.hop / self.cfg.sample_rate).astype(np.float32)
         t1 = (t0 + self.receptive / self.cfg.sample_rate).astype(np.float32)
@@ -318,7 +402,7 @@ class SpeechSSLExtractor:
         lower = np.zeros((rows, dim), np.float32) if self.cfg.keep_lower_layers else None
         for b in range(0, len(starts), self.cfg.batch_size):
             idx = range(b, min(b + self.cfg.batch_size, len(starts)))
-            batch = np.stack([wav[starts[j] : starts[j] + length] for j in idx])
+            batch = np.stack([self._clip(wav[starts[j] : starts[j] + length]) for j in idx])
             top, low = self.forward(batch)
             for i, j in enumerate(idx):
                 lo, hi = bounds[j]
@@ -326,6 +410,10 @@ class SpeechSSLExtractor:
                 if lower is not None:
                     lower[lo:hi] = low[i, lo - first[j] : hi - first[j]]
         return last, lower
+
+    def _clip(self, clip: np.ndarray) -> np.ndarray:
+        """One chunk as the model sees it: z-normalised on its own samples in `per_clip` mode."""
+        return zscore(clip) if self.cfg.normalize and self.cfg.mode == "per_clip" else clip
 
     def forward(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """One model call on [B, samples] -> (last layer [B,T,D], states below the top k or None)."""

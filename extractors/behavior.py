@@ -5,8 +5,12 @@ Why it looks like this (published system, seed-systems.md B2):
   edge cases included, so segment indices and frame ranges line up with the published pipeline.
 - **Frames:** up to 16 frames at 4 fps per segment, sampled like qwen-vl-utils samples a cut clip
   (an even count, at least 4 when the clip has them, spread evenly over the segment's frames), decoded
-  once per batch with `pipeline.media.frames_at` and resized on decode (memory stays bounded: a
-  `BackgroundStream` hands batches to the model while the next batch decodes).
+  once per batch with `pipeline.media.frames_at` (memory stays bounded: a `BackgroundStream` hands
+  batches to the model while the next batch decodes).
+- **Frame resolution:** by default frames reach the processor at the video's own resolution and the
+  processor's per-frame pixel budget decides how many visual tokens they cost (the published run
+  hands the clip to Qwen's video processing unchanged). `min_pixels`/`max_pixels` set that budget
+  per frame explicitly; `frame_long_side` pre-resizes on decode (the demo's cap: fewer tokens on CPU).
 - **Timestamps:** Qwen3-VL writes `<t seconds>` tokens before each frame pair. The frames are
   pre-sampled, so `video_metadata` (source fps + the frames' indices *relative to the segment start*)
   is passed to the processor; without it the processor would assume 24 fps. Relative times match
@@ -59,7 +63,9 @@ class BehaviorConfig:
     sample_fps: float = 4.0
     max_frames: int = 16
     min_frames: int = 4  # qwen-vl-utils' floor (when the segment has that many frames)
-    frame_long_side: int = 336  # frames are resized on decode; the processor then fits its pixel budget
+    frame_long_side: int | None = None  # pre-resize on decode (a cap); None: native frames (published)
+    min_pixels: int | None = None  # per-frame pixel floor of the processor; None: the processor's own
+    max_pixels: int | None = None  # per-frame pixel budget of the processor; None: the processor's own
     prompt: str = DEFAULT_PROMPT
     generate: bool = False
     max_new_tokens: int = 0  # > 0 (or generate=True) -> greedy descriptions stored in `text`
@@ -205,11 +211,15 @@ class QwenVLBehaviorExtractor:
         c = self.cfg
         if c.segment_seconds <= 0 or c.hop_seconds <= 0 or c.sample_fps <= 0:
             raise ExtractorError(f"behavior: segment_seconds, hop_seconds and sample_fps must be > 0 ({c})")
-        if c.max_frames < 2 or c.batch_size < 1 or c.frame_long_side < 32 or c.max_new_tokens < 0:
+        long_side_ok = c.frame_long_side is None or c.frame_long_side >= 32
+        if c.max_frames < 2 or c.batch_size < 1 or not long_side_ok or c.max_new_tokens < 0:
             raise ExtractorError(
-                "behavior: need max_frames >= 2, batch_size >= 1, frame_long_side >= 32, max_new_tokens >= 0; "
-                f"got {c.max_frames}, {c.batch_size}, {c.frame_long_side}, {c.max_new_tokens}"
+                "behavior: need max_frames >= 2, batch_size >= 1, frame_long_side >= 32 (or null), "
+                f"max_new_tokens >= 0; got {c.max_frames}, {c.batch_size}, {c.frame_long_side}, {c.max_new_tokens}"
             )
+        low, high = c.min_pixels, c.max_pixels
+        if (low is not None and low < 1) or (high is not None and high < 1) or (low and high and low > high):
+            raise ExtractorError(f"behavior: need 0 < min_pixels <= max_pixels per frame, got {low} and {high}")
         if not c.prompt.strip():
             raise ExtractorError("behavior: prompt is empty; set behavior.prompt or leave the default")
 
@@ -241,6 +251,9 @@ class QwenVLBehaviorExtractor:
             "cap_pixels_per_frame": c.cap_pixels_per_frame,
             "prompt": c.prompt,
             "new_tokens": self.new_tokens,
+            # keys only when set, so stores of configurations without them keep their identity
+            **({"min_pixels": c.min_pixels} if c.min_pixels is not None else {}),
+            **({"max_pixels": c.max_pixels} if c.max_pixels is not None else {}),
         }
 
     def load(self) -> None:
@@ -301,9 +314,11 @@ class QwenVLBehaviorExtractor:
         (i + 0.5) / fps: robust to pts rounding ("last frame with pts <= t")."""
         from pipeline.media import frames_at
 
-        first = frames_at(path, [0.0])  # native size, to keep the aspect ratio when resizing
-        height, width = first.images.shape[1:3]
-        size = resized_size(width, height, self.cfg.frame_long_side)
+        size = None
+        if self.cfg.frame_long_side is not None:
+            first = frames_at(path, [0.0])  # native size, to keep the aspect ratio when resizing
+            height, width = first.images.shape[1:3]
+            size = resized_size(width, height, self.cfg.frame_long_side)
         for b in range(0, len(fs), self.cfg.batch_size):
             idx = list(range(b, min(b + self.cfg.batch_size, len(fs))))
             rel = [sample_indices(int(fs[s]), int(fe[s]), fps, self.cfg) for s in idx]
@@ -363,11 +378,32 @@ class QwenVLBehaviorExtractor:
             videos=list(frames),
             video_metadata=metadata,
             do_sample_frames=False,
-            cap_pixels_per_frame=self.cfg.cap_pixels_per_frame,
+            **{"cap_pixels_per_frame": self.cfg.cap_pixels_per_frame,
+               **self.pixel_budget(max(len(r) for r in rel_indices))},
             padding=True,
             return_tensors="pt",
         )
         return inputs.to(self.device)
+
+    def pixel_budget(self, num_frames: int) -> dict[str, Any]:
+        """Processor kwargs for explicit per-frame pixel bounds ({} keeps the processor's own budget).
+
+        Qwen3-VL's video processor budgets a whole clip (`size` bounds the clip's pixel total) and,
+        under `cap_pixels_per_frame`, derives a per-frame cap from it. Explicit per-frame bounds are
+        the budget themselves: `size` becomes the bounds times the clip's (2-frame padded) frame
+        count, without the derived cap. A bound left unset takes the processor's per-frame value
+        (`shortest_edge`; `max_video_tokens` merged patches).
+        """
+        c = self.cfg
+        if c.min_pixels is None and c.max_pixels is None:
+            return {}
+        vp = self.processor.video_processor
+        factor = int(vp.patch_size) * int(vp.merge_size)
+        low = c.min_pixels if c.min_pixels is not None else int(vp.size["shortest_edge"])
+        high = c.max_pixels if c.max_pixels is not None else int(vp.max_video_tokens) * factor * factor
+        frames = num_frames + num_frames % 2  # the 2-frame temporal patch pads odd counts
+        return {"size": {"shortest_edge": int(low) * frames, "longest_edge": int(max(low, high)) * frames},
+                "cap_pixels_per_frame": False}
 
     def encode(self, frames: list[np.ndarray], rel_indices: list[np.ndarray], fps: float) -> dict[str, Any]:
         """ONE prefill forward: last-layer state of the last token + masked mean (+ text if asked)."""

@@ -6,8 +6,10 @@ with stride 8; AdamW 3e-4 / wd 1e-3; early stopping 12; model selection on FRAME
 expanding segment predictions to frames (average of every covering segment).
 
 Deviations (documented): we use transformers' `MambaMixer` (standard Mamba maths; the published
-block uses a non-standard discretisation) with PRE-norm residual blocks, and conv kernel 4 (the
-MambaMixer default; the published custom block uses 5 -- set `conv_kernel=5` to match).
+block uses a non-standard discretisation, no expansion and a post-LN D-scaled residual; README,
+"Behavior Mamba") with PRE-norm residual blocks, and conv kernel 4 (the MambaMixer default; the
+published custom block uses 5, which the paper profile sets). `block: published` runs the published
+block instead (heads.mamba_published; the paper profile's choice).
 Exported embedding: the 256-d final-normed state before the head (not the 512 post-GELU), so
 every head exports 256-d tokens (every head output store holds emb [F, 256]).
 
@@ -62,7 +64,8 @@ class BehaviorTemporalConfig:
     d_state: int = 8
     layers: int = 12
     conv_kernel: int = 4           # MambaMixer default; published custom block: 5
-    expand: int = 2
+    expand: int = 2                # MambaMixer only (the published block has no expansion)
+    block: str = "mixer"           # "mixer": transformers' MambaMixer, pre-norm | "published" (heads.mamba_published)
     dropout: float = 0.2
     head_hidden: int = 512
     feature: str = "emb"           # store array: last-token state ("emb") or "emb_mean"
@@ -100,18 +103,32 @@ class BehaviorTemporalModel(nn.Module):
             # install them (once per kernel, at the first forward) reads like a fault and cannot be followed
             logging.getLogger("transformers.integrations.hub_kernels").setLevel(logging.ERROR)
         d = cfg.d_model
-        mcfg = MambaConfig(hidden_size=d, state_size=cfg.d_state, num_hidden_layers=cfg.layers,
-                           conv_kernel=cfg.conv_kernel, expand=cfg.expand,
-                           use_mambapy=cfg.use_mambapy and importlib.util.find_spec("mambapy") is not None)
+        self.published = cfg.block == "published"
         self.proj = nn.Sequential(nn.Linear(in_dim, d), nn.LayerNorm(d), nn.Dropout(cfg.dropout))
-        self.blocks = nn.ModuleList(MambaBlock(mcfg, i, cfg.dropout) for i in range(cfg.layers))
-        self.norm = nn.LayerNorm(d)
+        if self.published:  # post-LN blocks of their own; no final norm before the head (as published)
+            from heads.mamba_published import PublishedMambaBlock
+
+            self.blocks = nn.ModuleList(PublishedMambaBlock(d, cfg.d_state, cfg.conv_kernel, cfg.dropout)
+                                        for _ in range(cfg.layers))
+            self.norm = nn.Identity()
+        else:
+            mcfg = MambaConfig(hidden_size=d, state_size=cfg.d_state, num_hidden_layers=cfg.layers,
+                               conv_kernel=cfg.conv_kernel, expand=cfg.expand,
+                               use_mambapy=cfg.use_mambapy and importlib.util.find_spec("mambapy") is not None)
+            self.blocks = nn.ModuleList(MambaBlock(mcfg, i, cfg.dropout) for i in range(cfg.layers))
+            self.norm = nn.LayerNorm(d)
         self.head = nn.Sequential(nn.Linear(d, cfg.head_hidden), nn.LayerNorm(cfg.head_hidden), nn.GELU(),
                                   nn.Dropout(cfg.dropout), nn.Linear(cfg.head_hidden, TASK_OUTPUTS[cfg.task]))
 
     def forward(self, x: torch.Tensor, pad: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        mask = None if pad is None else (~pad).long()
         h = self.proj(x)
+        if self.published:
+            valid = None if pad is None else ~pad
+            h = h if valid is None else h * valid.unsqueeze(-1).to(h.dtype)
+            for block in self.blocks:
+                h = block(h, valid)
+            return self.head(h), h
+        mask = None if pad is None else (~pad).long()
         for block in self.blocks:
             h = block(h, mask)
         emb = self.norm(h)
@@ -197,6 +214,11 @@ class BehaviorTemporal(Head[BehaviorTemporalConfig]):
     """
 
     name = "behavior"
+
+    def check(self) -> None:
+        super().check()
+        if self.cfg.block not in ("mixer", "published"):
+            raise ValueError(f"BehaviorTemporalConfig.block must be 'mixer' or 'published', got {self.cfg.block!r}")
 
     def load(self, records, urls):
         return load_head_videos(records, urls["features/behavior"], task=self.task)

@@ -58,6 +58,7 @@ class FaceTemporalConfig:
     head_dim: int = 256            # penultimate (exported) embedding size
     feature: str = "emb"
     face_flag: bool = True         # append a face-present channel to the input
+    loss: str = "per_window"       # CCC per window, averaged (published) | "pooled" (all frames of a batch)
     loss_weights: tuple[float, float] = (0.5, 0.5)
     mse_weight: float = 0.0
     infer_batch: int = 16
@@ -178,13 +179,20 @@ class FaceTemporal(Head[FaceTemporalConfig]):
     def build_model(self, dims):
         return FaceTemporalModel(int(dims["in_dim"]), self.cfg)
 
+    def check(self) -> None:
+        super().check()
+        if self.cfg.loss not in ("per_window", "pooled"):
+            raise ValueError(f"FaceTemporalConfig.loss must be 'per_window' or 'pooled', got {self.cfg.loss!r}")
+
     def loss(self):
         """Masked CCC (VA) or cross-entropy (EXPR) over a batch of windows; padding excluded.
 
-        CCC is computed over all valid frames of the batch together (not per window and averaged):
-        a window may hold only a few valid frames, and their CCC alone is noise.
+        `per_window` (published) scores each window on its own and averages; `pooled` computes CCC
+        over all valid frames of the batch together, which is steadier when windows hold only a
+        few valid frames (short demo windows), whose CCC alone is noise.
         """
-        return window_task_loss(self.cfg.task, self.cfg.loss_weights, self.cfg.mse_weight, self.class_weight)
+        return window_task_loss(self.cfg.task, self.cfg.loss_weights, self.cfg.mse_weight, self.class_weight,
+                                self.cfg.loss)
 
     def predict(self, model, videos, inputs, dims, device):
         model.eval()

@@ -29,6 +29,16 @@ from heads.windows import overlap_add
 PREDICT_BATCH = 16  # windows per inference batch
 
 
+def safe_key_padding_mask(valid: torch.Tensor) -> torch.Tensor:
+    """`~valid`, except rows with no valid key are left unmasked.
+
+    A fully masked row makes attention return NaN, and 0 * NaN is still NaN in a gate's weighted
+    sum. Such rows only occur where the source is missing at every frame of the window: the
+    gated mixture then gives that expert weight exactly 0, and dcmmoe's output there is finite.
+    """
+    kpm = ~valid
+    return kpm & ~kpm.all(dim=1, keepdim=True)
+
 
 class ModalityProjection(nn.Module):
     """[emb ; pred] -> d_model, LayerNorm, dropout; missing frames are zeroed *after* projection.

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from heads.fusion import FusionHead, ModalityProjection, output_width
+from heads.fusion import FusionHead, ModalityProjection, output_width, safe_key_padding_mask
 from heads.fusion_windows import FrameWindowing
 from heads.positional import sinusoidal_encoding
 from heads.postprocess import SmoothingConfig
@@ -93,17 +93,6 @@ def expert_names(cfg: GatedMoEConfig) -> list[str]:
     """Expert names in gate order: self experts `m` first, then directed `target<-source`."""
     names = [f"{m}" for m in cfg.modalities] if cfg.self_experts else []
     return names + [f"{t}<-{s}" for t, s in cfg.resolved_pairs()]
-
-
-def safe_key_padding_mask(valid: torch.Tensor) -> torch.Tensor:
-    """`~valid`, except rows with no valid key are left unmasked.
-
-    A fully masked row makes attention return NaN, and 0 * NaN is still NaN in the gate's weighted
-    sum. Such rows only occur where the expert is unavailable at every frame, so its (finite,
-    meaningless) output always receives gate weight exactly 0.
-    """
-    kpm = ~valid
-    return kpm & ~kpm.all(dim=1, keepdim=True)
 
 
 class _AttentionBlock(nn.Module):

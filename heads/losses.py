@@ -86,6 +86,53 @@ def ccc_loss(
     return loss
 
 
+def ccc_loss_per_window(
+    pred: torch.Tensor,
+    true: torch.Tensor,
+    mask: torch.Tensor,
+    weights: Sequence[float] = (0.5, 0.5),
+    mse_weight: float = 0.0,
+) -> torch.Tensor:
+    """1 - CCC computed inside each window [B, T, D] and averaged over the windows (published rule).
+
+    The published face and DCMMOE models score every window on its own; windows without a single
+    valid frame carry no information and are left out of the average (the published loss counts
+    them as a constant 1, which only rescales the loss). A window with one valid frame has zero
+    variance: its CCC is 0 through the epsilon, as in `ccc`.
+    """
+    if pred.shape != true.shape or pred.dim() != 3:
+        raise ValueError(f"ccc_loss_per_window: expected equal [B, T, D] shapes, got {tuple(pred.shape)} and "
+                         f"{tuple(true.shape)}")
+    w = mask.float().unsqueeze(-1).expand(pred.shape) if mask.dim() == 2 else mask.float()
+    p, t = pred.float(), true.float()
+    cnt = w.sum(1)                                        # [B, D]
+    keep = cnt[:, 0] > 0
+    if not bool(keep.any()):
+        raise ValueError("ccc_loss_per_window: no window holds a valid frame -- check labels or skip empty windows")
+    n = cnt.clamp_min(1.0)
+    mp, mt = (w * p).sum(1) / n, (w * t).sum(1) / n
+    dp, dt = (p - mp.unsqueeze(1)) * w, (t - mt.unsqueeze(1)) * w
+    cov = (dp * dt).sum(1) / n
+    vp, vt = (dp ** 2).sum(1) / n, (dt ** 2).sum(1) / n
+    c = 2 * cov / (vp + vt + (mp - mt) ** 2 + _EPS)       # [B, D]
+    dim_w = torch.as_tensor(weights, dtype=c.dtype, device=c.device)
+    loss = ((1 - c[keep]) * dim_w).sum(-1).mean() / dim_w.sum()
+    if mse_weight > 0:
+        loss = loss + mse_weight * ((w * (p - t) ** 2).sum() / w.sum().clamp_min(1.0))
+    return loss
+
+
+def va_loss(pred: torch.Tensor, true: torch.Tensor, mask: torch.Tensor, weights: Sequence[float],
+            mse_weight: float, mode: str = "pooled") -> torch.Tensor:
+    """Masked CCC loss over a batch of windows: `pooled` (every valid frame of the batch together) or
+    `per_window` (CCC per window, averaged; published face and DCMMOE rule)."""
+    if mode == "pooled":
+        return ccc_loss(pred, true, mask, weights=weights, mse_weight=mse_weight)
+    if mode == "per_window":
+        return ccc_loss_per_window(pred, true, mask, weights=weights, mse_weight=mse_weight)
+    raise ValueError(f"unknown CCC loss mode {mode!r}: use 'per_window' or 'pooled'")
+
+
 CLASS_WEIGHTINGS = ("none", "inv_sqrt", "inverse")
 
 
@@ -141,14 +188,15 @@ def weighted_cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: t
 
 
 def window_task_loss(task: str, loss_weights: Sequence[float], mse_weight: float,
-                     class_weight: torch.Tensor | None = None):
+                     class_weight: torch.Tensor | None = None, mode: str = "pooled"):
     """Loss for window models whose forward is `model(x, pad) -> (pred, emb)` and whose batches hold
-    `y`, `yv` (valid labels) and `pad`: masked CCC (VA) or cross-entropy (EXPR) over the valid,
-    unpadded steps of the batch (EXPR: weighted by `class_weight`). The face and behavior heads share it."""
+    `y`, `yv` (valid labels) and `pad`: masked CCC (VA; `mode` as in `va_loss`) or cross-entropy
+    (EXPR, weighted by `class_weight`) over the valid, unpadded steps of the batch. The face and
+    behavior heads share it."""
     def loss_fn(model: torch.nn.Module, b: dict) -> torch.Tensor:
         pred, _ = model(b["x"], b["pad"])
         mask = b["yv"] & ~b["pad"]
         if task == "va":
-            return ccc_loss(pred, b["y"], mask, weights=loss_weights, mse_weight=mse_weight)
+            return va_loss(pred, b["y"], mask, loss_weights, mse_weight, mode)
         return cross_entropy(pred, b["y"], mask, class_weight)
     return loss_fn

@@ -88,6 +88,8 @@ _VA_MODELS: tuple[ModelSpec, ...] = (
               ("features/audio", "features/reliability")),
     ModelSpec("gated_moe", "fusion", "heads.fusion_gated_moe", "GatedMoEConfig", "GatedMoE", _HEAD_OUTPUTS),
     ModelSpec("raav", "fusion", "heads.fusion_raav", "RAAVConfig", "RAAV", _HEAD_OUTPUTS),
+    ModelSpec("dcmmoe", "fusion", "heads.fusion_dcmmoe", "DCMMOEConfig", "DCMMOE",
+              ("heads/face", "heads/behavior", "features/reliability")),
 )
 EXPR_MODELS = ("face", "behavior", "audio", "gated_moe", "raav")  # VA models that also train on EXPR
 

@@ -279,6 +279,37 @@ def predict(ctx: click.Context, videos: tuple[Path, ...], out: Path, model: str 
     _run_stage(predict_stage.run, ctx.obj["params_path"], list(videos), out, model=model)
 
 
+# --------------------------------------------------------------------------- params
+
+
+@main.group("params")
+def params_group() -> None:
+    """Inspect params files and profiles."""
+
+
+@params_group.command("show")
+@click.argument("profile", default="params.yaml")
+@click.option("--stage", "stages", multiple=True, help="Only this stage (dvc.yaml name, e.g. fuse@dcmmoe); repeatable.")
+def params_show(profile: str, stages: tuple[str, ...]) -> None:
+    """Print every stage's fully resolved config (defaults filled in) as YAML.
+
+    PROFILE is a profile name (`paper`: pipeline/profiles/paper.yaml) or a params file.
+    """
+    import yaml
+
+    from pipeline.stages.resolve import resolve_profile
+
+    try:
+        resolved = resolve_profile(profile)
+    except _user_errors() as exc:
+        raise UserError(str(exc)) from exc
+    unknown = [s for s in stages if s not in resolved]
+    if unknown:
+        raise UserError(f"{profile}: unknown stage(s) {', '.join(unknown)}; known: {', '.join(resolved)}")
+    shown = {s: resolved[s] for s in stages} if stages else resolved
+    click.echo(yaml.safe_dump(shown, sort_keys=False, default_flow_style=False, width=100), nl=False)
+
+
 # --------------------------------------------------------------------------- store tools
 
 

@@ -98,11 +98,11 @@ def test_a_repro_builds_everything(built) -> None:
     stages = ran_stages(built["first"])
     expected = {"demo_data", "demo_models", "index", "extract_face", "extract_audio", "extract_behavior",
                 "extract_reliability", "train@face", "train@behavior", "train@audio", "fuse@gated_moe",
-                "fuse@raav", "evaluate", "report", "train_expr@face", "train_expr@behavior", "train_expr@audio",
-                "fuse_expr@gated_moe", "fuse_expr@raav", "evaluate_expr"}
+                "fuse@raav", "fuse@dcmmoe", "evaluate", "report", "train_expr@face", "train_expr@behavior",
+                "train_expr@audio", "fuse_expr@gated_moe", "fuse_expr@raav", "evaluate_expr"}
     assert expected <= stages, f"missing stages: {expected - stages}"
     summary = json.loads((project / "metrics" / "summary.json").read_text())
-    assert {"face", "behavior", "audio", "fusion_gated_moe", "fusion_raav", "best"} <= set(summary)
+    assert {"face", "behavior", "audio", "fusion_gated_moe", "fusion_raav", "fusion_dcmmoe", "best"} <= set(summary)
     expr = json.loads((project / "metrics" / "expr_summary.json").read_text())
     assert {"expr_face", "expr_fusion_gated_moe", "majority_baseline", "best"} <= set(expr)
     assert (project / "data" / "reports" / "index.html").stat().st_size > 1000

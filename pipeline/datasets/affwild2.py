@@ -207,11 +207,17 @@ class AffWild2Adapter(AdapterOptions):
       test_labels: keep label paths of Test_Set ids in `Video.labels`. Off by default: test labels
         are placeholders in real releases and must not reach training. `label_frames` is always
         filled, because the label line count is the frame grid a submission must follow.
+      test_list: a file naming the test set, one id per line (the form ABAW releases the test set in;
+        blank lines and `#` comments skipped, a `.txt`/video extension stripped). Relative paths are
+        read from the working directory, else from `root`. Listed ids without an annotation file
+        become unlabeled `test` records: the frame grid is the container's frame count, and
+        `export --split test` writes them without placeholder label files.
       workers / progress: probing thread pool size; tqdm bar (None = when more than a few files).
     """
 
     tasks: Sequence[str] = TASKS
     test_labels: bool = False
+    test_list: str | None = None
 
     name = "affwild2"
 
@@ -226,11 +232,14 @@ class AffWild2Adapter(AdapterOptions):
             raise DatasetError(f"{root}: unknown task(s) {sorted(unknown)}; fix: use a subset of {list(TASKS)}")
         self.warnings = []
         annotations = find_annotations(root, self.tasks)
-        ids = sorted({vid for per_id in annotations.values() for vid in per_id})
+        listed = self._test_ids(root, annotations)
+        ids = sorted({vid for per_id in annotations.values() for vid in per_id} | set(listed))
         if not ids:
             wanted = ", ".join(f"{ANNOTATION_DIRS[t]}/{{{','.join(SPLIT_DIRS)}}}/*.txt" for t in self.tasks)
             raise DatasetError(f"{root}: no annotation files found; fix: expected {wanted} under the root")
         label_frames = self._label_frames(annotations)
+        for vid in listed:
+            label_frames.setdefault(vid, {})
         media_paths = self._resolve_media(root, ids)
         infos = probe_many(sorted(set(media_paths.values())), self.workers, self.progress)
         videos = []
@@ -245,6 +254,34 @@ class AffWild2Adapter(AdapterOptions):
                 continue
             videos.append(self._record(root, vid, info, annotations, label_frames[vid]))
         return videos
+
+    def _test_ids(self, root: Path, annotations: dict[str, dict[str, _Annotation]]) -> list[str]:
+        """Ids of `test_list` (empty without one); an id annotated in another split is an error."""
+        if not self.test_list:
+            return []
+        path = Path(self.test_list)
+        if not path.is_file() and not path.is_absolute() and (root / path).is_file():
+            path = root / path
+        if not path.is_file():
+            raise DatasetError(f"{self.test_list}: test list not found (looked in the working directory and in {root}); "
+                               "fix dataset.options.test_list")
+        ids: list[str] = []
+        for number, line in enumerate(path.read_text().splitlines(), start=1):
+            name = line.split("#", 1)[0].strip()
+            if not name:
+                continue
+            if "/" in name or "," in name or " " in name:
+                raise DatasetError(f"{path}, line {number}: {name!r} is not a video id (one id per line, e.g. 2-30-640x360)")
+            stem = Path(name).stem if Path(name).suffix.lower() in (".txt", *VIDEO_EXTS) else name
+            for task, per_id in annotations.items():
+                ann = per_id.get(stem)
+                if ann is not None and ann.split != "test":
+                    raise DatasetError(f"{path}, line {number}: {stem!r} is annotated as {ann.split} in {ann.path}; "
+                                       "a test id cannot be in another split")
+            ids.append(stem)
+        if not ids:
+            raise DatasetError(f"{path}: test list names no video id")
+        return sorted(set(ids))
 
     def _label_frames(self, annotations: dict[str, dict[str, _Annotation]]) -> dict[str, dict[str, int]]:
         """Parse every label file now (fail before any expensive stage) and keep its line count."""
@@ -295,8 +332,11 @@ class AffWild2Adapter(AdapterOptions):
         return video_record(vid, info, split, root, labels, label_frames)
 
     def _split(self, vid: str, annotations: dict[str, dict[str, _Annotation]]) -> str:
-        """VA's split folder wins over EXPR's (VA is the primary task); a conflict is reported."""
+        """VA's split folder wins over EXPR's (VA is the primary task); a conflict is reported.
+        An id known only from the test list is a test video."""
         splits = {task: per_id[vid].split for task, per_id in annotations.items() if vid in per_id}
+        if not splits:
+            return "test"
         chosen = splits.get("va") or next(iter(splits.values()))
         if len(set(splits.values())) > 1:
             note(self.warnings, f"{vid}: split differs between tasks {splits}; using {chosen!r} (VA wins)")

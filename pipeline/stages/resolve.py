@@ -1,0 +1,115 @@
+"""Every stage's fully resolved config from a params file: what `affcache params show` prints.
+
+params.yaml lists only what differs from the library's defaults (the config dataclasses of the
+extractors, heads and fusions hold the published values), so reading it alone does not say what a
+stage will run with. This module builds each stage's config exactly as the stage does and renders
+it as plain data, defaults filled in. It lives with the stages because it imports every registry
+(extractors, heads, dataset adapters), which foundation modules must not.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import Params, ParamsError, build_config, load_params
+
+PROFILES_DIR = Path(__file__).resolve().parents[1] / "profiles"
+
+
+def profile_path(profile: str | Path) -> Path:
+    """A profile name (`paper` -> pipeline/profiles/paper.yaml) or a params file path."""
+    p = Path(profile)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        return p
+    named = PROFILES_DIR / f"{profile}.yaml"
+    if not named.exists():
+        known = ", ".join(sorted(x.stem for x in PROFILES_DIR.glob("*.yaml")))
+        raise ParamsError(f"{profile}: no such profile (known: {known}) and no such params file")
+    return named
+
+
+def plain(obj: Any) -> Any:
+    """A config value as YAML-ready plain data (dataclasses -> mappings, tuples -> lists, paths -> str)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {str(k): plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [plain(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, enum.Enum):
+        return plain(obj.value)
+    return obj
+
+
+def resolve(params: Params) -> dict[str, dict[str, Any]]:
+    """{dvc stage name: its resolved config}, in pipeline order (dvc.yaml's stage names)."""
+    from extractors.base import REGISTRY as EXTRACTORS, _import_builtin_extractors
+    from heads.postprocess import LateFusionConfig
+    from heads.registry import REGISTRY as MODELS
+    from pipeline.datasets import ADAPTERS
+    from pipeline.datasets import synthetic
+    from pipeline.evaluate import EvalConfig
+    from pipeline.report import ReportConfig
+    from pipeline.stages.extract import config_class
+    from pipeline.stages.schema import adapter_options
+
+    where = str(params.path)
+    out: dict[str, dict[str, Any]] = {}
+    if params.get("demo") is not None:
+        preset = params.get("demo.preset", "default")
+        presets = {"default": synthetic.DemoConfig.default, "tiny": synthetic.DemoConfig.tiny}
+        if preset not in presets:
+            raise ParamsError(f"{where}: demo.preset must be one of {', '.join(presets)}, got {preset!r}")
+        base = dataclasses.asdict(presets[preset]())
+        base.update(params.get("demo.overrides") or {})
+        out["demo_data"] = {"root": params.get("demo.root"), "preset": preset,
+                            "config": plain(build_config(synthetic.DemoConfig, base, where=f"{where}: demo.overrides"))}
+    if params.get("demo_models") is not None:
+        out["demo_models"] = plain(dict(params.section("demo_models")))
+
+    adapter = params.section("dataset.adapter")
+    if adapter not in ADAPTERS:
+        raise ParamsError(f"{where}: dataset.adapter: unknown adapter {adapter!r}; known: {', '.join(ADAPTERS)}")
+    options = build_config(adapter_options(ADAPTERS[adapter]), params.get("dataset.options") or {},
+                           where=f"{where}: dataset.options")
+    out["index"] = {"adapter": adapter, "root": params.section("dataset.root"),
+                    "index": params.get("dataset.index", "data/index.json"), "options": plain(options)}
+
+    _import_builtin_extractors()
+    for modality in ("face", "audio", "behavior", "reliability"):
+        section = f"extract.{modality}"
+        name = params.section(f"{section}.extractor")
+        if name not in EXTRACTORS:
+            raise ParamsError(f"{where}: {section}.extractor: unknown extractor {name!r}")
+        cfg = build_config(config_class(EXTRACTORS[name]), params.get(f"{section}.config") or {},
+                           where=f"{where}: {section}.config")
+        out[f"extract_{modality}"] = {
+            "extractor": name, "workers": int(params.get(f"{section}.workers", 2)),
+            "prefetch": int(params.get(f"{section}.prefetch", 2)),
+            "keep_old_stores": bool(params.get(f"{section}.keep_old_stores", False)), "config": plain(cfg)}
+
+    for spec in MODELS.values():
+        group, _, name = spec.params_section.partition(".")
+        if name not in (params.get(group) or {}):
+            continue  # a model the file has no section for is not trained by it
+        stage = f"{'train' if spec.kind == 'head' else 'fuse'}@{spec.name}"
+        out[stage] = plain(params.build(spec.params_section, spec.config_class()))
+
+    evaluate = dict(params.get("evaluate") or {})
+    late = dict(evaluate.pop("late_fusion", None) or {})
+    enabled, models = bool(late.pop("enabled", False)), late.pop("models", None)
+    out["evaluate"] = {**plain(build_config(EvalConfig, evaluate, where=f"{where}: evaluate")),
+                       "late_fusion": {"enabled": enabled, "models": models,
+                                       **plain(build_config(LateFusionConfig, late, where=f"{where}: evaluate.late_fusion"))}}
+    out["report"] = plain(params.build("report", ReportConfig) if params.get("report") is not None else ReportConfig())
+    return out
+
+
+def resolve_profile(profile: str | Path) -> dict[str, dict[str, Any]]:
+    """`resolve` of a profile name or params file."""
+    return resolve(load_params(profile_path(profile)))

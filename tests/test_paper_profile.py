@@ -1,0 +1,103 @@
+"""The README's paper-profile table is checked against the resolved configs, row by row.
+
+Each row names a resolved setting (`<dvc stage>.<key path>`, as `affcache params show` prints it),
+its published value, the paper profile's and the demo's. The paper profile must equal the published
+value, and both files must resolve to what the table says, so the table cannot drift.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from pipeline.cli import main
+from pipeline.stages.resolve import profile_path, resolve_profile
+
+ROOT = Path(__file__).resolve().parents[1]
+HEADER = "| setting | published value (source file) | paper profile | demo |"
+
+
+def table_rows() -> list[tuple[str, Any, str, Any, Any]]:
+    """(setting, published, source, paper, demo) of every row of the README table."""
+    lines = (ROOT / "README.md").read_text().splitlines()
+    start = lines.index(HEADER)
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert len(cells) == 4, line
+        m = re.fullmatch(r"`([^`]+)` \(`([^`]+)`\)", cells[1])
+        assert m, f"published cell must read `value` (`source file`): {line}"
+        values = [yaml.safe_load(c.strip("`")) for c in (cells[2], cells[3])]
+        rows.append((cells[0].strip("`"), yaml.safe_load(m.group(1)), m.group(2), *values))
+    return rows
+
+
+def lookup(resolved: dict, setting: str) -> Any:
+    stage, _, path = setting.partition(".")
+    node: Any = resolved[stage]
+    for part in path.split("."):
+        node = node[part]
+    return node
+
+
+def same(a: Any, b: Any) -> bool:
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        return math.isclose(float(a), float(b), rel_tol=1e-9)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+ROWS = table_rows()
+
+
+def test_table_has_the_published_settings():
+    settings = {r[0] for r in ROWS}
+    assert len(ROWS) >= 30 and len(settings) == len(ROWS)
+    for needed in ("fuse@dcmmoe.layers", "train@face.loss", "train@behavior.conv_kernel"):
+        assert needed in settings
+
+
+@pytest.fixture(scope="module")
+def resolved() -> dict[str, dict]:
+    return {"paper": resolve_profile("paper"), "demo": resolve_profile(ROOT / "params.yaml")}
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[r[0] for r in ROWS])
+def test_row_matches_the_resolved_configs(row, resolved):
+    setting, published, source, paper, demo = row
+    assert same(paper, published), f"{setting}: the paper profile column differs from the published value"
+    assert same(lookup(resolved["paper"], setting), paper), f"{setting}: pipeline/profiles/paper.yaml resolves otherwise"
+    assert same(lookup(resolved["demo"], setting), demo), f"{setting}: params.yaml resolves otherwise"
+    assert "/" in source or source.endswith((".py", ".toml", ".yaml"))
+
+
+def test_params_show_prints_every_stage_with_defaults(tmp_path):
+    result = CliRunner().invoke(main, ["params", "show", "paper"])
+    assert result.exit_code == 0, result.output
+    shown = yaml.safe_load(result.output)
+    assert {"index", "extract_face", "extract_audio", "train@face", "fuse@dcmmoe", "fuse@gated_moe", "evaluate"} <= set(shown)
+    assert shown["fuse@dcmmoe"]["layers"] == 5 and shown["train@face"]["train"]["batch_size"] == 8  # class defaults
+    one = CliRunner().invoke(main, ["params", "show", str(profile_path("paper")), "--stage", "fuse@dcmmoe"])
+    assert one.exit_code == 0 and list(yaml.safe_load(one.output)) == ["fuse@dcmmoe"]
+    bad = CliRunner().invoke(main, ["params", "show", "paper", "--stage", "fuse@nothing"])
+    assert bad.exit_code != 0 and "fuse@dcmmoe" in bad.output
+    missing = CliRunner().invoke(main, ["params", "show", "no-such-profile"])
+    assert missing.exit_code != 0 and "paper" in missing.output
+
+
+def test_params_show_names_a_bad_key(tmp_path):
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["fuse"]["dcmmoe"]["layerz"] = 3
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    result = CliRunner().invoke(main, ["params", "show", str(path)])
+    assert result.exit_code != 0 and "layerz" in result.output and "fuse.dcmmoe" in result.output
