@@ -31,6 +31,13 @@ def train_model(head: Head, videos: Sequence, out_dir: str | Path) -> dict:
     config, dims, registry name), history.json, outputs.zarr (every split) and metrics.json.
     Returns the validation metrics of the final (best) model plus the bank statistics, the
     unsmoothed figures (`raw`/`smoothed`) of a model that smooths, best epoch and wall time.
+
+    The headline figures are scored the ABAW way, as `affcache evaluate` and a submission score
+    them: every validly labelled frame, frames the model did not predict filled with its nearest
+    prediction. A head that leaves frames to fusion (no face, no speech) also reports the figures
+    on its own frames, under `predicted_frames_only`. Epochs are selected on the head's own rule
+    (`Head.fill_missing` / `select_array`); each history row also holds the headline-way figures
+    (`val_abaw_*`), so the training curves show what the metric shows.
     """
     out_dir = Path(out_dir)
     tcfg = head.train_config
@@ -51,7 +58,9 @@ def train_model(head: Head, videos: Sequence, out_dir: str | Path) -> dict:
         if not val_videos:
             return {}
         outputs = head.predict(m, val_videos, inputs, dims, next(m.parameters()).device)
-        return score(val_targets, outputs, head.task, head.fill_missing, head.select_array)
+        selection = score(val_targets, outputs, head.task, head.fill_missing, head.select_array)
+        headline = score(val_targets, outputs, head.task, fill_missing=True)
+        return {**selection, **{f"abaw_{k}": v for k, v in headline.items() if k != "num_frames"}}
 
     t0 = time.perf_counter()
     if head.task == "expr":
@@ -69,10 +78,12 @@ def train_model(head: Head, videos: Sequence, out_dir: str | Path) -> dict:
     outputs = head.predict(model, videos, inputs, dims, device)
     write_outputs(out_dir, head.registry_name, type(head).kind, videos, outputs, _jsonable(head.cfg), head.task,
                   head.output_attrs())
-    metrics = score(val_targets, outputs, head.task, head.fill_missing) or {}
+    metrics = score(val_targets, outputs, head.task, fill_missing=True) or {}
+    if not head.fill_missing and metrics:
+        metrics["predicted_frames_only"] = score(val_targets, outputs, head.task, fill_missing=False)
     if outputs and all("pred_raw" in o.extras for o in outputs.values()):
-        raw = score(val_targets, outputs, head.task, head.fill_missing, "pred_raw")
-        metrics = {**metrics, "raw": raw, "smoothed": dict(metrics)}
+        raw = score(val_targets, outputs, head.task, True, "pred_raw")
+        metrics = {**metrics, "raw": raw, "smoothed": {k: v for k, v in metrics.items() if k != "predicted_frames_only"}}
     best = max(history, key=lambda r: r.get(f"val_{head.metric}", -math.inf)) if history else {}
     metrics.update(stats)
     metrics.update({"best_epoch": best.get("epoch"), "epochs": len(history),

@@ -91,8 +91,8 @@ def score(targets: Mapping[str, tuple[np.ndarray, np.ndarray]], outputs: Mapping
     for vid, (y, yv) in targets.items():
         o = outputs[vid]
         p = o.array(array)
-        if fill_missing:
-            p = fill_nearest(p, o.valid)
+        if fill_missing:  # a non-finite prediction counts as missing, as in the export
+            p = fill_nearest(p, np.asarray(o.valid, bool) & np.isfinite(p).reshape(len(p), -1).all(1))
             valids.append(np.asarray(yv, bool))
         else:
             valids.append(np.asarray(yv, bool) & o.valid)

@@ -29,7 +29,8 @@ from pipeline.export import fill_nearest, predictions_from_store
 from pipeline.labels import EXPR_CLASSES
 
 Labels = Mapping[str, tuple[np.ndarray, np.ndarray]]  # {video_id: (values [F, 2], valid [F])}
-CURVE_COLUMNS = ("epoch", "train_loss", "val_ccc_valence", "val_ccc_arousal", "val_ccc_mean")
+CURVE_COLUMNS = ("epoch", "train_loss", "val_ccc_valence", "val_ccc_arousal", "val_ccc_mean", "val_abaw_ccc_mean")
+SERIES_COLUMNS = ("panel", "series", "x", "value")  # the long format of DVC's `series` template
 
 
 @dataclass
@@ -114,11 +115,13 @@ def read_history(model: str | Path) -> list[dict]:
 
 
 def evaluate(models: Mapping[str, str | Path], labels: Labels, summary_path: str | Path,
-             plots_dir: str | Path | None = None, cfg: EvalConfig | None = None) -> dict:
+             plots_dir: str | Path | None = None, cfg: EvalConfig | None = None,
+             frame_times: Mapping[str, np.ndarray] | None = None) -> dict:
     """Score every model, write summary.json (+ curves and traces under `plots_dir`); return the summary.
 
     `models`: {name: model dir or outputs.zarr}. Summary: {name: {ccc_valence, ccc_arousal, ccc_mean,
-    num_frames, coverage}, ..., "best": {"model": name, "ccc_mean": x}}.
+    num_frames, coverage}, ..., "best": {"model": name, "ccc_mean": x}}. `frame_times` ({video: the
+    label frames' presentation times}) puts the trace plots on a seconds axis (frame / 1 otherwise).
     """
     cfg = cfg or EvalConfig()
     if not labels:
@@ -138,8 +141,11 @@ def evaluate(models: Mapping[str, str | Path], labels: Labels, summary_path: str
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(summary, indent=2) + "\n")
     if plots_dir is not None:
+        shown = trace_videos(labels, cfg.trace_videos)
         write_curves(models, Path(plots_dir) / "curves")
-        write_traces(aligned_all, labels, Path(plots_dir) / "traces", trace_videos(labels, cfg.trace_videos))
+        write_traces(aligned_all, labels, Path(plots_dir) / "traces", shown)
+        write_series_traces(aligned_all, labels, Path(plots_dir) / "va_traces", shown, frame_times or {})
+        write_series_curves(models, Path(plots_dir) / "va_curves.csv")
     return summary
 
 
@@ -193,6 +199,77 @@ def write_traces(aligned: Mapping[str, Mapping[str, np.ndarray]], labels: Labels
                 w.writerow(row)
         written.append(f)
     return written
+
+
+def write_series_traces(aligned: Mapping[str, Mapping[str, np.ndarray]], labels: Labels, out_dir: Path,
+                        video_ids: Sequence[str], frame_times: Mapping[str, np.ndarray]) -> list[Path]:
+    """plots/va_traces/{valence,arousal}.csv in DVC's `series` long format: one panel per trace
+    video, the truth and every model as series over time (s), so `dvc plots show` draws the truth
+    and all models together, one chart per video (invalid label frames are left out of the truth)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for d, dim in enumerate(("valence", "arousal")):
+        f = out_dir / f"{dim}.csv"
+        with f.open("w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(SERIES_COLUMNS)
+            for vid in video_ids:
+                values, valid = labels[vid]
+                t = np.asarray(frame_times.get(vid, np.arange(len(values))), np.float64)[: len(values)]
+                for i in np.flatnonzero(valid):
+                    w.writerow([vid, "truth", f"{t[i]:.4f}", _cell(values[i, d])])
+                for name in aligned:
+                    pred = aligned[name][vid][:, d]
+                    for i in np.flatnonzero(np.isfinite(pred)):
+                        w.writerow([vid, name, f"{t[i]:.4f}", _cell(pred[i])])
+        written.append(f)
+    return written
+
+
+def coverage(labels: Labels, reliability: Mapping[str, Mapping[str, np.ndarray]],
+             frame_times: Mapping[str, np.ndarray]) -> dict:
+    """How much of the scored split each modality could see: `face_found` (share of validly labelled
+    frames with a detected face) and `speech` (share of those frames inside a voice-active audio
+    row, VAD > 0.5), from the reliability store; `videos_without_audio` counts the rest."""
+    from pipeline.labels import rows_to_frames
+
+    face_hits = speech_hits = total = no_audio = 0
+    for vid, (values, valid) in labels.items():
+        g = reliability.get(vid)
+        if g is None:
+            continue
+        n = len(values)
+        t = np.asarray(frame_times.get(vid, np.arange(n)), np.float64)[:n]
+        idx, ok = rows_to_frames(g["t0"], g["t1"], None, n, 1.0, t)
+        face = np.where(ok, np.asarray(g["face"], np.float64)[np.clip(idx, 0, None)] > 0.5, False)
+        vad = np.asarray(g["vad"], np.float64) if "vad" in g else np.zeros(0)
+        if len(vad):
+            c = (np.asarray(g["vad_t0"], np.float64) + np.asarray(g["vad_t1"], np.float64)) / 2
+            speech = (np.interp(t, c, vad) > 0.5) & (t >= float(np.min(g["vad_t0"]))) & (t < float(np.max(g["vad_t1"])))
+        else:
+            speech, no_audio = np.zeros(n, bool), no_audio + 1
+        total += int(valid.sum())
+        face_hits += int((face & valid).sum())
+        speech_hits += int((speech & valid).sum())
+    return {"face_found": round(face_hits / max(total, 1), 4), "speech": round(speech_hits / max(total, 1), 4),
+            "labelled_frames": total, "videos_without_audio": no_audio}
+
+
+def write_series_curves(models: Mapping[str, str | Path], path: Path) -> Path:
+    """plots/va_curves.csv: every model's validation CCC per epoch, scored the way its headline
+    metric is (`val_abaw_ccc_mean`: the model's final outputs on all validly labelled frames,
+    unpredicted ones filled), overlaid in one chart. Histories written before that column fall back
+    to the selection score `val_ccc_mean`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(SERIES_COLUMNS)
+        for name, model in models.items():
+            for row in read_history(model):
+                value = row.get("val_abaw_ccc_mean", row.get("val_ccc_mean"))
+                if value is not None:
+                    w.writerow(["validation CCC (ABAW way)", name, row["epoch"], _cell(value)])
+    return path
 
 
 def _cell(x) -> str:

@@ -109,6 +109,11 @@ def test_a_repro_builds_everything(built) -> None:
     assert '<table id="expr">' in (project / "data" / "reports" / "index.html").read_text()
     shown = sh(project, "dvc", "metrics", "show")
     assert "ccc_mean" in shown and "expr_fusion_gated_moe.f1" in shown
+    assert "metrics/late_fusion.json" in shown and "metrics/coverage.json" in shown and "face_found" in shown
+    # `dvc plots show`: the trace charts hold the truth and every VA model (DVC's own rendering)
+    plots = sh(project, "dvc", "plots", "show", "--json", "plots/va_traces/valence.csv")
+    for series in ("truth", "face", "behavior", "audio", "fusion_gated_moe", "fusion_raav", "fusion_dcmmoe"):
+        assert f'"series": "{series}"' in plots or f'"series":"{series}"' in plots, series
     status = sh(project, "dvc", "status")
     assert "up to date" in status
 

@@ -84,6 +84,42 @@ def test_evaluate_writes_summary_curves_traces(tiny_models, tmp_path):
     assert table.splitlines()[2].startswith("fusion_gated_moe") and table.splitlines()[2].endswith("*")
 
 
+def test_dvc_series_plots_hold_truth_and_every_model(tiny_models, tmp_path):
+    """plots/va_traces/{valence,arousal}.csv (long format for DVC's `series` template): per trace video
+    the truth and every model on a seconds axis; plots/va_curves.csv every model's curve in one file."""
+    models, labels = tiny_models
+    times = {v: np.arange(len(labels[v][0])) / 25.0 for v in labels}
+    evaluate(models, labels, tmp_path / "m" / "summary.json", tmp_path / "plots", EvalConfig(trace_videos=2), times)
+    rows = list(csv.DictReader((tmp_path / "plots" / "va_traces" / "valence.csv").open()))
+    assert {r["panel"] for r in rows} == {"vid0", "vid1"}
+    assert {r["series"] for r in rows} == {"truth", *models}
+    truth = [r for r in rows if r["panel"] == "vid0" and r["series"] == "truth"]
+    assert len(truth) == int(labels["vid0"][1].sum())  # invalid label frames are left out
+    assert float(truth[0]["x"]) == pytest.approx(5 / 25.0)  # the first valid frame, in seconds
+    assert float(truth[0]["value"]) == pytest.approx(float(labels["vid0"][0][5, 0]), abs=1e-4)
+    curves = list(csv.DictReader((tmp_path / "plots" / "va_curves.csv").open()))
+    assert {r["series"] for r in curves} == set(models) and len(curves) == 3 * len(models)
+
+
+def test_coverage_counts_face_and_speech_on_labelled_frames():
+    from pipeline.evaluate import coverage
+
+    n = 100
+    values, valid = np.zeros((n, 2), np.float32), np.ones(n, bool)
+    valid[:10] = False
+    t = np.arange(n) / 10.0
+    face = np.zeros(n, np.float32)
+    face[:60] = 1  # frames 10..59 of the 90 labelled ones
+    vad_t0 = np.arange(0, 10, 0.5)
+    vad = (vad_t0 >= 5.0).astype(np.float32)  # speech from 5 s on: frames 50..99
+    rel = {"v": {"t0": t.astype(np.float32), "t1": (t + 0.1).astype(np.float32), "face": face, "vad": vad,
+                 "vad_t0": vad_t0, "vad_t1": vad_t0 + 0.5}}
+    got = coverage({"v": (values, valid), "silent": (values, valid)}, rel, {"v": t})
+    assert got["labelled_frames"] == 90
+    assert got["face_found"] == pytest.approx(50 / 90, abs=1e-4)
+    assert got["speech"] == pytest.approx(50 / 90, abs=0.02)  # row centres interpolate at the edge
+
+
 def test_evaluate_errors_name_the_problem(tiny_models, tmp_path):
     models, labels = tiny_models
     with pytest.raises(FileNotFoundError, match="nowhere"):

@@ -47,17 +47,20 @@ def run_expr(params_path: Path) -> dict:
 
 def run(params_path: Path) -> None:
     from heads.postprocess import LateFusionConfig, late_fusion
-    from pipeline.evaluate import EvalConfig, evaluate, load_labels, metrics_table, prediction_sets
+    from pipeline.evaluate import EvalConfig, coverage, evaluate, load_labels, metrics_table, prediction_sets
 
     params = load_params(params_path)
     section = dict(params.get("evaluate") or {})
     late = dict(section.pop("late_fusion", None) or {})
     cfg = build_config(EvalConfig, section, where=f"{params.path}: evaluate")
     layout = Layout()
-    labels = load_labels(read_index(layout.index), cfg.split)
+    records = read_index(layout.index)
+    labels = load_labels(records, cfg.split)
+    times = {v.video_id: v.frame_grid(len(labels[v.video_id][0]))[0] for v in records if v.video_id in labels}
     models = model_dirs(layout)
-    summary = evaluate(models, labels, layout.metrics / "summary.json", layout.plots, cfg)
+    summary = evaluate(models, labels, layout.metrics / "summary.json", layout.plots, cfg, times)
     click.echo(metrics_table(summary))
+    write_json(layout.metrics / "coverage.json", {cfg.split: coverage(labels, reliability_rows(layout, labels), times)})
     late_path = layout.metrics / "late_fusion.json"
     if not late.pop("enabled", False):
         write_json(late_path, {"enabled": False})
@@ -68,3 +71,12 @@ def run(params_path: Path) -> None:
     write_json(late_path, {"enabled": True, **result.to_json(), "note": f"weights searched on {cfg.split}"})
     log.info("late fusion of %s: ccc_mean=%.4f (weights searched on %s)", ", ".join(names),
              result.to_json()["ccc"]["mean"], cfg.split)
+
+
+def reliability_rows(layout: Layout, labels: dict) -> dict:
+    """The reliability store's rows of the scored videos (face found, voice activity)."""
+    from pipeline.store import FeatureStore
+
+    store = FeatureStore.open(layout.input_url("features/reliability"))
+    ids = [v for v in labels if store.is_complete(v)]
+    return store.read_many(ids, ["t0", "t1", "face", "vad", "vad_t0", "vad_t1"]) if ids else {}
