@@ -84,3 +84,18 @@ def test_extract_train_and_predict_with_stores_in_s3(endpoint_from_params_only, 
     assert (project / next(iter(report.outputs.values()))["csv"]).stat().st_size > 0
     fs = fsspec.filesystem("s3", endpoint_url=s3["endpoint"])
     assert fs.exists(f"{prefix}/predict/face/current.json")
+
+
+def test_an_unreachable_endpoint_fails_before_any_video(tmp_path: Path) -> None:
+    import socket
+
+    from pipeline.stages import StageFailed, extract
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nobody listens there
+    params = copy.deepcopy(PARAMS)
+    params["storage"] = {"features": "s3://affcache/x/features", "endpoint_url": f"http://127.0.0.1:{port}"}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    with cwd(tmp_path), pytest.raises(StageFailed, match=f"127.0.0.1:{port}: cannot reach the object store"):
+        extract.run(Path("params.yaml"), "reliability")  # no index either: the endpoint is checked first

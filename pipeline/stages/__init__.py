@@ -78,14 +78,28 @@ class Layout:
         return self.root / "data" / "reports"
 
 
-def configure_storage(endpoint_url: str) -> None:
+def configure_storage(endpoint_url: str, timeout_s: float = 10.0) -> None:
     """Point fsspec's S3 filesystem at an S3-compatible endpoint (MinIO, Ceph, a local test server)
-    for every store URL of this process. Credentials stay where AWS tools read them (AWS_* variables,
-    ~/.aws); an empty endpoint leaves AWS's own (or the AWS_ENDPOINT_URL variable) in charge."""
+    for every store URL of this process, after checking that something listens there (botocore
+    would otherwise retry for minutes, mid-run). Credentials stay where AWS tools read them (AWS_*
+    variables, ~/.aws); an empty endpoint leaves AWS's own (or the AWS_ENDPOINT_URL variable) in charge."""
     if not endpoint_url:
         return
+    import socket
+    from urllib.parse import urlsplit
+
     import fsspec.config
 
+    url = urlsplit(endpoint_url)
+    if url.scheme not in ("http", "https") or not url.hostname:
+        raise StageFailed(f"storage.endpoint_url {endpoint_url!r}: expected http(s)://host[:port]")
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname, port), timeout=timeout_s):
+            pass
+    except OSError as exc:
+        raise StageFailed(f"storage.endpoint_url {endpoint_url}: cannot reach the object store ({exc}); check the "
+                          "URL and that the server runs, before any video is touched") from exc
     fsspec.config.conf.setdefault("s3", {})["endpoint_url"] = endpoint_url
 
 
