@@ -3,7 +3,8 @@
 Every file a stage writes goes through `atomic_write_*`: the content lands in a temporary file in
 the same folder and is renamed over the target, so a crash (or DVC hashing the folder meanwhile)
 never sees half a file. A URL (`s3://...`, any fsspec protocol) is written with one object PUT,
-which object stores make atomic; `read_bytes` and `exists` read either kind. Hashes are for identity, not security: `sha256_file` for whole files whose
+which object stores make atomic; `read_bytes` and `exists` read either kind. Hashes are for
+identity, not security: `sha256_file` for whole files whose
 exact content identifies them (weights, templates), `sampled_digest` for large trees where reading
 every byte would cost minutes (media, checkpoints) and the first/last MiB plus sizes suffice.
 """

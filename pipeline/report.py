@@ -101,19 +101,46 @@ def video_figure(vid: str, labels: tuple[np.ndarray, np.ndarray], preds: Mapping
     return out
 
 
-def metrics_html(summary: Mapping) -> str:
-    """The metrics table; the best model's row is bold."""
+def per_video_ccc(aligned: Mapping[str, Mapping[str, np.ndarray]], labels: Labels) -> dict[str, np.ndarray]:
+    """{model: CCC mean per labelled video} (videos with fewer than two valid frames left out)."""
+    from pipeline.metrics import va_score
+
+    out = {}
+    for name, preds in aligned.items():
+        vals = []
+        for vid, (values, valid) in labels.items():
+            ok = valid & np.isfinite(preds[vid]).all(1)
+            if ok.sum() >= 2:
+                vals.append(va_score([preds[vid]], [values], [ok])["ccc_mean"])
+        out[name] = np.asarray(vals, np.float64)
+    return out
+
+
+def metrics_html(summary: Mapping, per_video: Mapping[str, np.ndarray] | None = None,
+                 late_fusion: Mapping | None = None) -> str:
+    """The metrics table (best model bold): CCC over all frames, and the spread over videos (mean ±
+    std, min of the per-video CCC); the late-fusion row last when it ran."""
     best = summary.get("best", {}).get("model")
     names = sorted((n for n in summary if n != "best"), key=lambda n: -summary[n]["ccc_mean"])
+    per_video = per_video or {}
     rows = []
     for n in names:
         m = summary[n]
         cells = [html.escape(n)] + [f"{m[k]:.4f}" for k in ("ccc_valence", "ccc_arousal", "ccc_mean")]
+        v = per_video.get(n, np.zeros(0))
+        cells += [f"{v.mean():.3f} ± {v.std():.3f}" if len(v) else "-", f"{v.min():.3f}" if len(v) else "-",
+                  f"{m.get('coverage', 1.0):.0%}"]
         if n == best:
             cells = [f"<b>{c}</b>" for c in cells]
         cls = ' class="best"' if n == best else ""
         rows.append(f"<tr{cls}>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-    head = "<tr><th>model</th><th>CCC valence</th><th>CCC arousal</th><th>CCC mean</th></tr>"
+    if late_fusion and late_fusion.get("enabled"):
+        c = late_fusion.get("ccc", {})
+        cells = ["<i>late fusion</i> (weights searched on validation)"] + [
+            f"{c[k]:.4f}" if k in c else "-" for k in ("valence", "arousal", "mean")] + ["-", "-", "-"]
+        rows.append("<tr>" + "".join(f"<td>{x}</td>" for x in cells) + "</tr>")
+    head = ("<tr><th>model</th><th>CCC valence</th><th>CCC arousal</th><th>CCC mean</th>"
+            "<th>per video: mean ± std</th><th>per video: min</th><th>frames scored</th></tr>")
     return f'<table id="metrics">{head}{"".join(rows)}</table>'
 
 
@@ -180,13 +207,17 @@ tr.best{background:#eef6ee}img{max-width:100%;border:1px solid #ddd;margin:0.5em
 
 def build_report(summary: Mapping, models: Mapping[str, str | Path], labels: Labels, out_path: str | Path,
                  cfg: ReportConfig | None = None, video_ids: Sequence[str] | None = None,
-                 expr_summary: Mapping | None = None, confusion: Mapping[str, np.ndarray] | None = None) -> Path:
+                 expr_summary: Mapping | None = None, confusion: Mapping[str, np.ndarray] | None = None,
+                 late_fusion: Mapping | None = None, coverage: Mapping | None = None,
+                 run_info: Mapping[str, str] | None = None) -> Path:
     """Write the HTML report; returns its path.
 
     `summary` is `pipeline.evaluate.evaluate`'s result, `models` {name: model dir or outputs.zarr},
     `labels` the validation labels. Plotted videos: `video_ids` or the `cfg.videos` longest.
     `expr_summary` (`pipeline.evaluate.evaluate_expr`'s result) and `confusion` ({model: [8, 8]
-    counts}) add the Expression section.
+    counts}) add the Expression section; `late_fusion` (metrics/late_fusion.json) its table row,
+    `coverage` (metrics/coverage.json's split entry) a line on what the modalities could see, and
+    `run_info` ({label: value}: git revision, params hash) the run's identity.
     """
     cfg = cfg or ReportConfig()
     vids = list(video_ids) if video_ids is not None else trace_videos(labels, cfg.videos)
@@ -200,10 +231,17 @@ def build_report(summary: Mapping, models: Mapping[str, str | Path], labels: Lab
         png = video_figure(vid, labels[vid], {n: aligned[n][vid] for n in models}, gates, cfg)
         sections.append(f'<h3>{html.escape(vid)}</h3><img alt="{html.escape(vid)}" src="data:image/png;base64,{png}">')
     best = summary.get("best", {})
+    spread = per_video_ccc({n: aligned_predictions(predictions_from_store(outputs_url(m), list(labels)), labels)
+                            for n, m in models.items()}, labels)
+    seen = (f"<p>Coverage of the scored frames: face found {coverage['face_found']:.0%}, inside speech "
+            f"{coverage['speech']:.0%} ({coverage['labelled_frames']} labelled frames).</p>") if coverage else ""
+    meta = ("<p class='meta'>" + " · ".join(f"{html.escape(k)}: <code>{html.escape(str(v))}</code>"
+                                          for k, v in run_info.items()) + "</p>") if run_info else ""
     doc = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(cfg.title)}</title>"
            f"<style>{_CSS}</style></head><body><h1>{html.escape(cfg.title)}</h1>"
            f"<p>Validation, ABAW metric (CCC over all frames concatenated; invalid labels excluded). "
-           f"Best: <b>{html.escape(str(best.get('model', '-')))}</b>.</p>{metrics_html(summary)}"
+           f"Best: <b>{html.escape(str(best.get('model', '-')))}</b>.</p>{meta}"
+           f"{metrics_html(summary, spread, late_fusion)}{seen}"
            f"{expr_section(expr_summary, confusion or {}, cfg) if expr_summary else ''}"
            f"<h2>Per-video traces</h2>{''.join(sections)}</body></html>\n")
     out = Path(out_path)

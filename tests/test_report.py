@@ -151,6 +151,27 @@ def test_report_html_has_table_and_images(tiny_models, tmp_path):
     assert "<script" not in doc and "http://" not in doc and "https://" not in doc  # self-contained
 
 
+def test_report_has_spread_late_fusion_coverage_and_run_identity(tiny_models, tmp_path):
+    from pipeline.evaluate import aligned_predictions
+    from pipeline.export import predictions_from_store
+    from pipeline.report import per_video_ccc
+
+    models, labels = tiny_models
+    summary = evaluate(models, labels, tmp_path / "summary.json")
+    late = {"enabled": True, "ccc": {"valence": 0.81, "arousal": 0.82, "mean": 0.815}}
+    cov = {"face_found": 0.9, "speech": 0.5, "labelled_frames": 255}
+    out = build_report(summary, models, labels, tmp_path / "index.html", ReportConfig(videos=1), late_fusion=late,
+                       coverage=cov, run_info={"git revision": "abc123", "params sha256": "0123456789ab"})
+    doc = out.read_text()
+    face = aligned_predictions(predictions_from_store(str(models["face"] / "outputs.zarr"), list(labels)), labels)
+    spread = per_video_ccc({"face": face}, labels)
+    assert len(spread["face"]) == 3  # one CCC per validation video
+    assert f"{spread['face'].mean():.3f} ± {spread['face'].std():.3f}" in doc
+    assert "late fusion" in doc and "0.8150" in doc
+    assert "face found 90%" in doc and "inside speech 50%" in doc
+    assert "abc123" in doc and "0123456789ab" in doc
+
+
 def _chromium() -> str | None:
     found = [p for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser") if Path(p).exists()]
     return found[0] if found else shutil.which("chromium")

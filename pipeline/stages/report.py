@@ -34,6 +34,34 @@ def run(params_path: Path) -> None:
         f = layout.plots / "confusion" / f"{name}.csv"
         if f.exists():
             confusion[name] = read_confusion(f)
+    split = EvalConfig().split
+    late = _json(layout.metrics / "late_fusion.json")
+    coverage = (_json(layout.metrics / "coverage.json") or {}).get(split)
     path = build_report(summary, model_dirs(layout), labels, layout.reports / "index.html", cfg,
-                        expr_summary=expr, confusion=confusion)
+                        expr_summary=expr, confusion=confusion, late_fusion=late, coverage=coverage,
+                        run_info=run_info(params_path))
     log.info("report: %s", path)
+
+
+def _json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def run_info(params_path: Path) -> dict[str, str]:
+    """What identifies the run: the git revision of the code (with `+changes` when the work tree
+    differs) and the SHA-256 of the params file (first 12 hex digits)."""
+    import subprocess
+
+    from pipeline.files import sha256_file
+
+    info = {"params sha256": sha256_file(params_path)[:12]}
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, timeout=10,
+                             check=True).stdout.strip()
+        # the pipeline's own bookkeeping (dvc.lock, metrics/) changes during every run: not "changes"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!dvc.lock",
+                                ":!metrics", ":!plots"], capture_output=True, text=True, timeout=10).stdout.strip()
+        info["git revision"] = rev + ("+changes" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        info["git revision"] = "unknown (not a git checkout)"
+    return info
