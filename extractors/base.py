@@ -419,8 +419,6 @@ def run_extraction(
     other processes wait for a video whose process died. poll_s: how often, when every remaining
     video is leased by other processes, to look again (default: a tenth of the TTL, at most 5 s).
     """
-    from pipeline.store import write_failures
-
     extractor.load()  # a bad model id / weights file fails here, before any video
     store = open_store(extractor, store_root)
     todo = store.todo(list(videos), source=extractor.source)
@@ -468,14 +466,7 @@ def run_extraction(
                 # every video left is leased by a live process: wait for them (no busy loop), then
                 # take over what was released or expired, and count what they completed
                 time.sleep(poll)
-                still = store.todo(waiting, source=extractor.source)
-                still_ids = {v.video_id for v in still}
-                for v in waiting:
-                    if v.video_id not in still_ids:
-                        report.others.append(v.video_id)
-                        bar.update(1)
-                remaining.extend(still)
-                waiting.clear()
+                remaining.extend(settle_waiting(store, extractor, waiting, report, bar))
                 continue
             video, fut = pending.popleft()
             refill()  # keep `prefetch` videos decoding while this one computes
@@ -491,16 +482,35 @@ def run_extraction(
                 keeper.release(video.video_id)
             bar.update(1)
     bar.close()
-    claims.close()
-
-    write_failures(failures_path(store_root, extractor.modality, extractor.name), report.failed)
-    store.consolidate()
-    if report.others:
-        log.info("%s: %d video(s) extracted by other processes on this store", extractor.name, len(report.others))
+    finish_run(store, store_root, extractor, claims, report)
     if report.failed:
         log.error("%s: %d of %d videos failed; see %s", extractor.name, len(report.failed), len(todo),
                   failures_path(store_root, extractor.modality, extractor.name))
     return report
+
+
+def settle_waiting(store: Any, extractor: Extractor, waiting: list[Video], report: RunReport, bar: Any) -> list[Video]:
+    """After a wait: count the videos other processes completed meanwhile, return the rest (to be
+    claimed again: released or expired leases are taken over), and empty `waiting`."""
+    still = store.todo(waiting, source=extractor.source)
+    still_ids = {v.video_id for v in still}
+    for v in waiting:
+        if v.video_id not in still_ids:
+            report.others.append(v.video_id)
+            bar.update(1)
+    waiting.clear()
+    return still
+
+
+def finish_run(store: Any, store_root: str, extractor: Extractor, claims: Claims, report: RunReport) -> None:
+    """The end of every engine's run: the claims folder tidied, failures recorded, metadata consolidated."""
+    from pipeline.store import write_failures
+
+    claims.close()
+    write_failures(failures_path(store_root, extractor.modality, extractor.name), report.failed)
+    store.consolidate()
+    if report.others:
+        log.info("%s: %d video(s) extracted by other processes on this store", extractor.name, len(report.others))
 
 
 def _record(report: RunReport, extractor: Extractor, video: Video, exc: BaseException) -> None:

@@ -40,8 +40,9 @@ from extractors.base import (
     _progress_bar,
     _record,
     extract_one,
-    failures_path,
+    finish_run,
     open_store,
+    settle_waiting,
 )
 from pipeline.claims import DEFAULT_TTL_S, Claims, LeaseKeeper, claims_url
 from pipeline.records import Video
@@ -186,8 +187,6 @@ def run_extraction_ray(extractor: Extractor, videos: Sequence[Video], store_root
     Returns the same RunReport as the local engine. A video whose actor died is retried on a fresh
     actor up to `cfg.retries` times; an extractor exception is recorded as the video's failure.
     """
-    from pipeline.store import write_failures
-
     ray = connect(cfg)
     store = open_store(extractor, store_root)
     todo = store.todo(list(videos), source=extractor.source)
@@ -233,14 +232,7 @@ def run_extraction_ray(extractor: Extractor, videos: Sequence[Video], store_root
                 if not waiting:
                     break
                 time.sleep(poll)  # every video left is leased by another process: look again later
-                still = store.todo(waiting, source=extractor.source)
-                still_ids = {v.video_id for v in still}
-                for v in waiting:
-                    if v.video_id not in still_ids:
-                        report.others.append(v.video_id)
-                        bar.update(1)
-                remaining.extend(still)
-                waiting.clear()
+                remaining.extend(settle_waiting(store, extractor, waiting, report, bar))
                 continue
             done, _ = ray.wait(list(running), num_returns=1)
             ref = done[0]
@@ -267,12 +259,7 @@ def run_extraction_ray(extractor: Extractor, videos: Sequence[Video], store_root
         for actor in actors + idle:
             ray.kill(actor, no_restart=True)
     bar.close()
-    claims.close()
-
-    write_failures(failures_path(store_root, extractor.modality, extractor.name), report.failed)
-    store.consolidate()
-    if report.others:
-        log.info("%s: %d video(s) extracted by other processes on this store", extractor.name, len(report.others))
+    finish_run(store, store_root, extractor, claims, report)
     return report
 
 
