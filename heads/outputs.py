@@ -92,7 +92,9 @@ def score(targets: Mapping[str, tuple[np.ndarray, np.ndarray]], outputs: Mapping
         o = outputs[vid]
         p = o.array(array)
         if fill_missing:  # a non-finite prediction counts as missing, as in the export
-            p = fill_nearest(p, np.asarray(o.valid, bool) & np.isfinite(p).reshape(len(p), -1).all(1))
+            ok = np.asarray(o.valid, bool) & np.isfinite(p).reshape(len(p), -1).all(1)
+            # nothing predicted in the whole video: neutral 0 for VA (as `pipeline.evaluate` scores it)
+            p = fill_nearest(p, ok) if ok.any() or task != "va" else np.zeros_like(p)
             valids.append(np.asarray(yv, bool))
         else:
             valids.append(np.asarray(yv, bool) & o.valid)

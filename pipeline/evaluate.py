@@ -69,17 +69,20 @@ def aligned_predictions(preds: Mapping[str, tuple[np.ndarray, np.ndarray]], labe
     out = {}
     for vid, (values, _) in labels.items():
         n = len(values)
+        # filled: a video the model did not predict at all (e.g. audio of a silent video) scores as
+        # neutral 0, the value a complete submission must then hold, so every model is scored on
+        # the same frames
+        missing = np.full((n, width), 0.0 if fill and width == 2 else np.nan, np.float32)
         if vid not in preds:
-            out[vid] = np.full((n, width), np.nan, np.float32)
+            out[vid] = missing
             continue
         pred, valid = preds[vid]
         if fill:
             try:
                 out[vid] = fill_nearest(pred[:, :width], valid, n).astype(np.float32)
-                continue
             except ValueError:
-                out[vid] = np.full((n, width), np.nan, np.float32)
-                continue
+                out[vid] = missing
+            continue
         p = np.full((n, width), np.nan, np.float32)
         k = min(n, len(pred))
         p[:k] = np.where(np.asarray(valid, bool)[:k, None], pred[:k, :width], np.nan)
