@@ -221,8 +221,9 @@ def build_report(summary: Mapping, models: Mapping[str, str | Path], labels: Lab
     """
     cfg = cfg or ReportConfig()
     vids = list(video_ids) if video_ids is not None else trace_videos(labels, cfg.videos)
-    sub = {v: labels[v] for v in vids}
-    aligned = {n: aligned_predictions(predictions_from_store(outputs_url(m), vids), sub) for n, m in models.items()}
+    # every labelled video once: the plotted ones and the per-video spread read the same predictions
+    aligned = {n: aligned_predictions(predictions_from_store(outputs_url(m), list(labels)), labels)
+               for n, m in models.items()}
     gated = {n: _gates(outputs_url(m), vids) for n, m in models.items()}
     sections = []
     for vid in vids:
@@ -231,8 +232,7 @@ def build_report(summary: Mapping, models: Mapping[str, str | Path], labels: Lab
         png = video_figure(vid, labels[vid], {n: aligned[n][vid] for n in models}, gates, cfg)
         sections.append(f'<h3>{html.escape(vid)}</h3><img alt="{html.escape(vid)}" src="data:image/png;base64,{png}">')
     best = summary.get("best", {})
-    spread = per_video_ccc({n: aligned_predictions(predictions_from_store(outputs_url(m), list(labels)), labels)
-                            for n, m in models.items()}, labels)
+    spread = per_video_ccc(aligned, labels)
     seen = (f"<p>Coverage of the scored frames: face found {coverage['face_found']:.0%}, inside speech "
             f"{coverage['speech']:.0%} ({coverage['labelled_frames']} labelled frames).</p>") if coverage else ""
     meta = ("<p class='meta'>" + " · ".join(f"{html.escape(k)}: <code>{html.escape(str(v))}</code>"
