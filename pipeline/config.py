@@ -237,6 +237,8 @@ class DemoParams:
     preset: Literal["default", "tiny"] = "default"
     overrides: dict[str, Any] = field(default_factory=dict)
     labels_from: str | None = None
+    # dvc.yaml's `foreach` of the demo stages: [demo] builds them, [] (a real dataset) drops them
+    build: Annotated[list[Literal["demo"]], pydantic.Field(max_length=1)] = field(default_factory=lambda: ["demo"])
 
 
 @dataclass
@@ -265,6 +267,7 @@ class ExtractParams:
     """One `extract.<modality>` entry; `config` is checked against the named extractor's config class."""
 
     extractor: str
+    weights: str | None = None  # the DVC dep holding the encoder's weights (stages.extract.check_weights)
     workers: Positive = 2
     prefetch: Positive = 2
     keep_old_stores: bool = False

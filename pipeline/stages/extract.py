@@ -2,8 +2,9 @@
 
 params `extract.<modality>`: `extractor` (registry name), `workers`/`prefetch` (decode threads and
 how many videos they run ahead of the model), `keep_old_stores`, `engine` (`local`, or `ray`: an actor
-pool shaped by the `ray` block, `extractors.engine_ray.RayConfig`), and `config` (the extractor's
-config dataclass, checked strictly before any video is touched).
+pool shaped by the `ray` block, `extractors.engine_ray.RayConfig`), `weights` (the local file or folder
+holding the encoder's weights: a DVC dep of the stage, see `check_weights`), and `config` (the
+extractor's config dataclass, checked strictly before any video is touched).
 """
 
 from __future__ import annotations
@@ -56,6 +57,59 @@ def build_extractor(params: Params, modality: str, overrides: dict[str, Any] | N
     return extractor
 
 
+WEIGHT_FIELDS = ("weights", "model", "ssl_weights")
+
+
+def hub_cache_name(repo_id: str) -> str:
+    """The folder the Hugging Face cache keeps a Hub repository in (`org/name` -> `models--org--name`)."""
+    return "models--" + repo_id.replace("/", "--")
+
+
+def check_weights(params: Params, modality: str, cfg: Any) -> None:
+    """`extract.<modality>.weights` must hold the weights the extractor loads.
+
+    Why: it is the DVC dep that re-runs the extraction when a weights file is replaced (dvc.yaml lists
+    `${extract.<modality>.weights}`); if the config loaded weights from somewhere else, DVC would call a
+    stale store up to date. A config field that names a local file or folder must lie inside it; a
+    field that names a Hub id (pinned by that id and its `revision` in params) may be covered by
+    pointing `weights` at its Hugging Face cache folder (`<HF_HOME>/hub/models--org--name`). At least
+    one of the config's weights sources must be covered.
+    """
+    sources = {f: str(getattr(cfg, f)) for f in WEIGHT_FIELDS if isinstance(getattr(cfg, f, None), str)}
+    backbone = getattr(cfg, "backbone", None)
+    if isinstance(backbone, str) and backbone.startswith("hf:"):  # the face extractor's Hub backbones
+        sources["backbone"] = backbone[3:]
+    if not sources:
+        return
+    key = f"extract.{modality}.weights"
+    declared = params.get(key)
+    if not declared:
+        raise ParamsError(f"{params.path}: {key} is not set; name the file or folder that holds "
+                          f"{', '.join(f'config.{f} ({v})' for f, v in sources.items())} so DVC re-runs "
+                          "this extraction when the weights change")
+    root = Path(str(declared)).resolve()
+
+    def inside(p: Path) -> bool:
+        return p == root or root in p.parents
+
+    covered = []
+    for field, value in sources.items():
+        local = Path(value)
+        if local.exists():
+            if not inside(local.resolve()):
+                raise ParamsError(f"{params.path}: {modality} config.{field} ({value}) is not inside {key} "
+                                  f"({declared}): DVC would not see a change of these weights; point {key} "
+                                  "at the file or a folder that holds it")
+            covered.append(field)
+        elif hub_cache_name(value) in root.parts:
+            covered.append(field)
+    if not covered:
+        raise ParamsError(f"{params.path}: {key} ({declared}) holds none of the weights the {modality} extractor "
+                          f"loads ({', '.join(f'config.{f} = {v}' for f, v in sources.items())}); for a Hub id "
+                          "point it at the id's Hugging Face cache folder (.../hub/models--org--name), "
+                          "see the README (weights as DVC deps)")
+
+
 def run(params_path: Path, modality: str, device: str | None = None, video_ids: list[str] | None = None,
         engine: str | None = None) -> None:
     """Extract every indexed video (or only `video_ids`); `device` overrides the config's device,
@@ -65,6 +119,7 @@ def run(params_path: Path, modality: str, device: str | None = None, video_ids: 
     params = load_params(params_path)
     layout = Layout.from_params(params)
     extractor = build_extractor(params, modality, {"device": device} if device else None)
+    check_weights(params, modality, extractor.cfg)
     videos = select_videos(read_index(layout.index), video_ids, layout.index)
     engine = engine or params.get(f"extract.{modality}.engine", "local")
     try:

@@ -67,10 +67,12 @@ def resolve(params: Params) -> dict[str, dict[str, Any]]:
             raise ParamsError(f"{where}: demo.preset must be one of {', '.join(presets)}, got {preset!r}")
         base = dataclasses.asdict(presets[preset]())
         base.update(params.get("demo.overrides") or {})
-        out["demo_data"] = {"root": params.get("demo.root"), "preset": preset,
-                            "config": plain(build_config(synthetic.DemoConfig, base, where=f"{where}: demo.overrides"))}
-    if params.get("demo_models") is not None:
-        out["demo_models"] = plain(dict(params.section("demo_models")))
+        demo_data = {"root": params.get("demo.root"), "preset": preset,
+                     "config": plain(build_config(synthetic.DemoConfig, base, where=f"{where}: demo.overrides"))}
+        for name in params.get("demo.build", ["demo"]) or []:  # dvc.yaml: one stage per listed name
+            out[f"demo_data@{name}"] = demo_data
+            if params.get("demo_models") is not None:
+                out[f"demo_models@{name}"] = plain(dict(params.section("demo_models")))
 
     adapter = params.section("dataset.adapter")
     if adapter not in ADAPTERS:
@@ -89,7 +91,7 @@ def resolve(params: Params) -> dict[str, dict[str, Any]]:
         cfg = build_config(config_class(EXTRACTORS[name]), params.get(f"{section}.config") or {},
                            where=f"{where}: {section}.config")
         out[f"extract_{modality}"] = {
-            "extractor": name, "workers": int(params.get(f"{section}.workers", 2)),
+            "extractor": name, "weights": params.get(f"{section}.weights"), "workers": int(params.get(f"{section}.workers", 2)),
             "prefetch": int(params.get(f"{section}.prefetch", 2)),
             "keep_old_stores": bool(params.get(f"{section}.keep_old_stores", False)), "config": plain(cfg)}
 
