@@ -140,6 +140,14 @@ class Head(abc.ABC, Generic[C]):
                 device: torch.device) -> dict[str, HeadOutput]:
         """Per-frame outputs of `videos` on their label grids (a list, so fusions can batch windows)."""
 
+    def final_outputs(self, outputs: dict[str, HeadOutput]) -> dict[str, HeadOutput]:
+        """The outputs to write after training (and at inference), from `predict`'s.
+
+        The identity by default; a fusion whose written outputs are smoothed differently from the
+        validation outputs that selected its epoch re-smooths them here.
+        """
+        return outputs
+
     def output_attrs(self) -> dict:
         """Extra attributes of the output store (e.g. the fusion's gate names)."""
         return {}

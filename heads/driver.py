@@ -75,7 +75,7 @@ def train_model(head: Head, videos: Sequence, out_dir: str | Path) -> dict:
                                     **head.output_attrs()})
     train_s = time.perf_counter() - t0
     model.eval()
-    outputs = head.predict(model, videos, inputs, dims, device)
+    outputs = head.final_outputs(head.predict(model, videos, inputs, dims, device))
     write_outputs(out_dir, head.registry_name, type(head).kind, videos, outputs, _jsonable(head.cfg), head.task,
                   head.output_attrs())
     metrics = score(val_targets, outputs, head.task, fill_missing=True) or {}

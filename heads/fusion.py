@@ -175,6 +175,14 @@ class FusionHead(Head):
             out.update(self._predict_windows(model, vs, ws, device))
         return out
 
+    def final_outputs(self, outputs: dict[str, HeadOutput]) -> dict[str, HeadOutput]:
+        """Re-smooth `pred_raw` with `smoothing.output_kernels` when they differ from the selection's."""
+        s = smoothing_for(self.cfg)
+        if not s.enabled or s.output_kernels is None:
+            return outputs
+        final = smoothing_for(replace(self.cfg, smoothing=s.for_outputs()))
+        return {vid: replace(o, pred=smooth(o.extras["pred_raw"], o.valid, final)) for vid, o in outputs.items()}
+
     def output_attrs(self) -> dict:
         return {"gate_names": list(self.gate_names)}
 

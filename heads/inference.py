@@ -121,7 +121,7 @@ def predict_head(head: TrainedModel, videos: Sequence[HeadVideo]) -> dict[str, H
     except ValueError as exc:
         raise ModelLoadError(f"{head.path / CHECKPOINT}: {exc}; extract with the `extract.{head.head.name}` params "
                              "the head was trained with (or re-train: `dvc repro`)") from exc
-    outputs = head.head.predict(head.model, videos, inputs, head.dims, head.device)
+    outputs = head.head.final_outputs(head.head.predict(head.model, videos, inputs, head.dims, head.device))
     return {v.video_id: clean(outputs[v.video_id]) for v in videos}
 
 
@@ -150,7 +150,7 @@ def predict_fusion(fusion: TrainedModel, videos: Sequence[HeadVideo],
     audio = "audio" if "audio" in head.modalities else None
     fvs = [fusion_video({m: output_video(v, outputs[m][v.video_id]) for m in head.modalities}, audio=audio)
            for v in videos]
-    preds = head.predict(fusion.model, fvs, head.prepare(fvs), fusion.dims, fusion.device)
+    preds = head.final_outputs(head.predict(fusion.model, fvs, head.prepare(fvs), fusion.dims, fusion.device))
     return {v.video_id: clean(preds[v.video_id]) for v in fvs}
 
 

@@ -245,8 +245,9 @@ def report(ctx: click.Context) -> None:
 
 
 @main.command("export")
-@click.option("--model", type=click.Choice(model_names(None)), default=None,
-              help="Which predictions to export (VA or EXPR model; default: the best VA model on validation).")
+@click.option("--model", type=click.Choice([*model_names(None), "late_fusion"]), default=None,
+              help="Which predictions to export (VA or EXPR model, or late_fusion: the weights fitted on "
+                   "validation; default: the best VA model on validation).")
 @click.option("--split", type=click.Choice(SPLITS), default="test", show_default=True, help="Split to export.")
 @click.option("--template", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="ABAW template file whose row order and count the submission follows.")

@@ -96,7 +96,7 @@ def built(tmp_path_factory) -> dict:
 def test_a_repro_builds_everything(built) -> None:
     project = built["project"]
     stages = ran_stages(built["first"])
-    expected = {"demo_data", "demo_models", "index", "extract_face", "extract_audio", "extract_behavior",
+    expected = {"demo_data@demo", "demo_models@demo", "index", "extract_face", "extract_audio", "extract_behavior",
                 "extract_reliability", "train@face", "train@behavior", "train@audio", "fuse@gated_moe",
                 "fuse@raav", "fuse@dcmmoe", "evaluate", "report", "train_expr@face", "train_expr@behavior",
                 "train_expr@audio", "fuse_expr@gated_moe", "fuse_expr@raav", "evaluate_expr"}
@@ -114,6 +114,13 @@ def test_a_repro_builds_everything(built) -> None:
     plots = sh(project, "dvc", "plots", "show", "--json", "plots/va_traces/valence.csv")
     for series in ("truth", "face", "behavior", "audio", "fusion_gated_moe", "fusion_raav", "fusion_dcmmoe"):
         assert f'"series": "{series}"' in plots or f'"series":"{series}"' in plots, series
+    # late fusion fitted on validation is stored for every split and submitted like any model
+    late = json.loads((project / "metrics" / "late_fusion.json").read_text())
+    sh(project, "affcache", "export", "--model", "late_fusion", "--split", "validation", "--out",
+       str(built["work"] / "late_fusion.txt"))
+    rows = (built["work"] / "late_fusion.txt").read_text().splitlines()
+    assert rows[0] == "image_location,valence,arousal" and len(rows) > 100
+    assert sum(late["videos_fused"].values()) > 0
     status = sh(project, "dvc", "status")
     assert "up to date" in status
 
@@ -156,6 +163,22 @@ def test_b3_expr_param_reruns_only_expr_stages(built) -> None:
                                   "report"}, output
     sh(project, "git", "add", "-A")
     sh(project, "git", "commit", "-qm", "expr_face seed")
+
+
+def test_b4_replaced_weights_file_invalidates_only_its_extraction(built) -> None:
+    """`extract.<modality>.weights` is a dep: a different face checkpoint makes only extract_face stale."""
+    project = built["project"]
+    weights = project / "data" / "models" / "demo" / "grada" / "grada_b1_demo.pth"
+    saved = weights.read_bytes()
+    try:
+        weights.write_bytes(saved + b"\0")
+        changed = json.loads(sh(project, "dvc", "status", "--json"))
+        face = json.dumps(changed.get("extract_face", []))
+        assert "data/models/demo/grada" in face and "modified" in face, changed
+        assert not {s for s in changed if s.startswith(EXTRACT_PREFIX)} - {"extract_face"}, changed
+    finally:
+        weights.write_bytes(saved)
+    assert "up to date" in sh(project, "dvc", "status")
 
 
 def test_c_teammate_pulls_and_recomputes_nothing(built) -> None:

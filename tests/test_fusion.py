@@ -401,3 +401,24 @@ def test_expr_smoothing_treats_every_class_logit_alike():
     assert smoothing_for(tiny_moe(task="expr")).kernels == (7,) * 8
     own = SmoothingConfig(kernels=(1, 3, 5, 7, 9, 11, 13, 15))
     assert smoothing_for(tiny_moe(task="expr", smoothing=own)) is own
+
+
+def test_written_outputs_take_output_kernels_while_selection_keeps_kernels():
+    """`smoothing.output_kernels` (published submission: 9/11) re-smooth the unsmoothed outputs."""
+    from heads.fusion_gated_moe import GatedMoE
+    from heads.outputs import HeadOutput
+    from heads.postprocess import SmoothingConfig, smooth
+
+    rng = np.random.default_rng(0)
+    raw = rng.normal(size=(60, 2)).astype(np.float32)
+    valid = np.ones(60, bool)
+    valid[20:25] = False
+    selected = smooth(raw, valid, SmoothingConfig())
+    outs = {"v": HeadOutput(selected, np.zeros((60, 4), np.float32), valid, {"pred_raw": raw})}
+    same = GatedMoE(tiny_moe()).final_outputs(outs)
+    np.testing.assert_array_equal(same["v"].pred, selected)
+    head = GatedMoE(tiny_moe(smoothing=SmoothingConfig(output_kernels=(9, 11))))
+    final = head.final_outputs(outs)["v"]
+    np.testing.assert_allclose(final.pred, smooth(raw, valid, SmoothingConfig(kernels=(9, 11))), atol=1e-6)
+    assert not np.allclose(final.pred, selected)
+    np.testing.assert_array_equal(final.extras["pred_raw"], raw)

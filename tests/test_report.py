@@ -200,9 +200,45 @@ def test_prediction_sets_feed_late_fusion(tiny_models, tmp_path):
     models, labels = tiny_models
     sets = prediction_sets({k: models[k] for k in ("face", "audio")})
     assert np.isnan(sets["audio"]["vid0"][30:40]).all()
+    filled = prediction_sets({"audio": models["audio"]}, fill=True)["audio"]["vid0"]
+    assert np.isfinite(filled).all()  # what the audio submission holds: the nearest prediction
+    np.testing.assert_array_equal(filled[30:35], np.repeat(filled[29:30], 5, 0))
     result, fused = late_fusion(sets, labels, LateFusionConfig(n_dirichlet=10))
     assert result.weights[0, 0] > 0.9 and result.weights[1, 1] > 0.9  # valence <- face, arousal <- audio
     assert fused["vid0"].shape == (120, 2)
+
+
+def test_late_fusion_weights_fitted_on_validation_are_applied_to_test_and_exported(tiny_models, tmp_path):
+    """The published late fusion: fit on validation, apply to test, clip, submit (`export --model late_fusion`)."""
+    from types import SimpleNamespace
+
+    from heads.postprocess import LateFusionConfig, apply_weights, late_fusion
+    from pipeline.evaluate import prediction_sets, write_late_fusion
+    from pipeline.export import export_submission, predictions_from_store
+
+    models, labels = tiny_models
+    # an unlabelled test video, predicted by both sets (one value outside [-1, 1] to see the clip)
+    face_test = np.full((40, 2), 0.5, np.float32)
+    face_test[3] = 3.0
+    audio_test = np.full((40, 2), -0.5, np.float32)
+    for name, pred in (("face", face_test), ("audio", audio_test)):
+        write_outputs_store(tmp_path / "extra" / name / "outputs.zarr", {"test0": pred})
+    sets = prediction_sets({k: models[k] for k in ("face", "audio")})
+    for name in ("face", "audio"):
+        sets[name].update(prediction_sets({name: tmp_path / "extra" / name})[name])
+    result, fused = late_fusion(sets, labels, LateFusionConfig(n_dirichlet=10))
+    assert set(fused) == {"vid0", "vid1", "vid2", "test0"}
+    expected = np.clip(apply_weights([face_test, audio_test], result.weights), -1, 1)
+    records = [SimpleNamespace(video_id=v, split="validation" if v in labels else "test", fps=10.0,
+                               frame_grid=lambda n: (np.arange(n) / 10.0, np.arange(1, n + 1) / 10.0)) for v in fused]
+    url = write_late_fusion(tmp_path / "late_fusion", fused, records, result.to_json()["weights"])
+    stored = predictions_from_store(url, ["test0"])["test0"]
+    np.testing.assert_allclose(stored[0], expected, atol=1e-6)
+    assert stored[0].max() <= 1.0 and stored[1].all()
+    out = tmp_path / "submission.txt"
+    assert export_submission({"test0": stored}, out) == 40
+    first = out.read_text().splitlines()[1].split(",")
+    assert first[0] == "test0/00001.jpg" and abs(float(first[1]) - expected[0, 0]) < 1e-3
 
 
 # --------------------------------------------------------------------------------------- EXPR

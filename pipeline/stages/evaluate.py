@@ -2,7 +2,9 @@
 
 params `evaluate`: the `EvalConfig` fields plus `late_fusion` (`enabled`, `models`, and the
 `LateFusionConfig` search settings). Late-fusion weights are searched on the validation split
-itself, so its figure is optimistic by construction; it is reported apart from the models.
+itself, so its figure is optimistic by construction; it is reported apart from the models. The
+weights are then applied to every indexed video (test included) and written to
+data/fusion/late_fusion/outputs.zarr, which `affcache export --model late_fusion` submits.
 
 Stage `evaluate_expr` (`affcache evaluate --task expr`) scores the EXPR models on the same split
 (`evaluate.split`): metrics/expr_summary.json (F1, accuracy, the first ABAW's score, the
@@ -47,7 +49,8 @@ def run_expr(params_path: Path) -> dict:
 
 def run(params_path: Path) -> None:
     from heads.postprocess import LateFusionConfig, late_fusion
-    from pipeline.evaluate import EvalConfig, coverage, evaluate, load_labels, metrics_table, prediction_sets
+    from pipeline.evaluate import (LATE_FUSION, EvalConfig, coverage, evaluate, load_labels, metrics_table,
+                                   prediction_sets, write_late_fusion)
 
     params = load_params(params_path)
     section = dict(params.get("evaluate") or {})
@@ -61,14 +64,21 @@ def run(params_path: Path) -> None:
     summary = evaluate(models, labels, layout.metrics / "summary.json", layout.plots, cfg, times)
     click.echo(metrics_table(summary))
     write_json(layout.metrics / "coverage.json", {cfg.split: coverage(labels, reliability_rows(layout, labels), times)})
-    late_path = layout.metrics / "late_fusion.json"
+    late_path, late_dir = layout.metrics / "late_fusion.json", layout.fusion_dir(LATE_FUSION)
     if not late.pop("enabled", False):
         write_json(late_path, {"enabled": False})
+        late_dir.mkdir(parents=True, exist_ok=True)  # the stage's declared output, empty when disabled
         return
     names = list(late.pop("models", None) or models)
     late_cfg = build_config(LateFusionConfig, late, where=f"{params.path}: evaluate.late_fusion")
-    result, _ = late_fusion(prediction_sets({n: models[n] for n in names}, list(labels)), labels, late_cfg)
-    write_json(late_path, {"enabled": True, **result.to_json(), "note": f"weights searched on {cfg.split}"})
+    every_video = [v.video_id for v in records]
+    result, fused = late_fusion(prediction_sets({n: models[n] for n in names}, every_video, fill=True),
+                                labels, late_cfg)
+    summary_json = result.to_json()
+    write_late_fusion(late_dir, fused, records, summary_json["weights"])
+    write_json(late_path, {"enabled": True, **summary_json, "note": f"weights searched on {cfg.split}",
+                           "videos_fused": {s: sum(1 for v in records if v.split == s and v.video_id in fused)
+                                            for s in dict.fromkeys(v.split for v in records)}})
     log.info("late fusion of %s: ccc_mean=%.4f (weights searched on %s)", ", ".join(names),
              result.to_json()["ccc"]["mean"], cfg.split)
 

@@ -1,7 +1,8 @@
 """`affcache export`: an ABAW submission file from one model's predictions.
 
 The model's task (heads.registry) picks the format: a VA model writes the VA submission, an EXPR
-model (`expr_<...>`) the EXPR one; a template, when given, must be that task's.
+model (`expr_<...>`) the EXPR one; a template, when given, must be that task's. `late_fusion` is
+the weighted late fusion the evaluate stage fits on validation and applies to every split (VA).
 """
 
 from __future__ import annotations
@@ -18,13 +19,13 @@ log = logging.getLogger(__name__)
 
 
 def run(params_path: Path, model: str | None, split: str, template: Path | None, out: Path) -> None:
-    from pipeline.evaluate import outputs_url
+    from pipeline.evaluate import LATE_FUSION, outputs_url
     from pipeline.export import ExportError, export_submission, predictions_from_store
 
     from heads.registry import by_model_name
 
     layout = Layout()
-    models = {**model_dirs(layout, "va"), **model_dirs(layout, "expr")}
+    models = {**model_dirs(layout, "va"), **model_dirs(layout, "expr"), LATE_FUSION: layout.fusion_dir(LATE_FUSION)}
     if model is None:
         summary_path = layout.metrics / "summary.json"
         if not summary_path.exists():
@@ -35,7 +36,10 @@ def run(params_path: Path, model: str | None, split: str, template: Path | None,
     videos = [v for v in read_index(layout.index) if v.split == split]
     if not videos:
         raise StageFailed(f"{layout.index}: no video in split {split!r}")
-    task = by_model_name(model).task
+    task = "va" if model == LATE_FUSION else by_model_name(model).task
+    if model == LATE_FUSION and not (models[model] / "outputs.zarr").exists():
+        raise StageFailed(f"{models[model]}/outputs.zarr: not found; enable `evaluate.late_fusion` and run "
+                          "`dvc repro evaluate`")
     url = outputs_url(models[model])
     preds = predictions_from_store(url, [v.video_id for v in videos])
     frames = {v.video_id: int(v.label_frames.get(task, v.num_frames)) for v in videos}
