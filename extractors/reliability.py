@@ -323,8 +323,8 @@ class ReliabilityExtractor:
         if video.fps <= 0:
             raise VideoError(f"{video.media_path}: fps {video.fps} is not positive; re-index the dataset")
         face, mouth = self._crops_signals(video) if self._use_crops(video) else self._detect_signals(video)
-        if self.mouth_method == "csv":
-            mouth = self._csv_signal(video, face.shape[0])
+        if self.mouth_method == "csv":  # NaN without a face, as for every method
+            mouth = np.where(face, self._csv_signal(video, face.shape[0]), np.nan)
         return ReliabilityPrepared(face.shape[0], face, mouth, self._vad(video))
 
     def _csv_signal(self, video: Video, n: int) -> np.ndarray:
