@@ -77,7 +77,10 @@ class Extractor(Protocol):
 
     def compute(self, video: Video, prepared: Any) -> dict[str, np.ndarray]: ...
 
-    def source(self, video: Video) -> str: ...
+    def source(self, video: Video) -> str | tuple[str, ...]:
+        """The file/folder (or several) whose content the video's arrays depend on: it keys the
+        video's cache entry (`pipeline.store.source_fingerprint`)."""
+        ...
 
 
 # ----------------------------------------------------------------------------------------- registry
@@ -317,6 +320,7 @@ def failures_path(store_root: str, modality: str, name: str) -> str:
 def _failure(extractor: Extractor, video: Video, exc: BaseException) -> dict:
     try:
         file = extractor.source(video)
+        file = ", ".join(map(str, file)) if isinstance(file, (list, tuple)) else file
     except Exception:  # noqa: BLE001 - the record must never fail
         file = video.media_path
     msg = f"{type(exc).__name__}: {exc}"

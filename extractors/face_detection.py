@@ -130,15 +130,24 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> float:
     return float(inter / union) if union > 0 else 0.0
 
 
-def square_crop(rgb: np.ndarray, box: np.ndarray, margin: float) -> np.ndarray:
-    """Square crop around `box` enlarged by `margin`, clipped to the frame (HWC uint8)."""
+def square_crop_bounds(shape: tuple[int, ...], box: np.ndarray, margin: float) -> tuple[int, int, int, int]:
+    """(x0, y0, x1, y1) pixel bounds of `square_crop` in a frame of `shape` (H, W, ...).
+
+    Exposed so that a caller holding only the crop can map the detector's box into it (the
+    reliability extractor places dlib's landmark rectangle there)."""
     x0, y0, x1, y1 = box
     cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
     half = max(x1 - x0, y1 - y0) * (1 + margin) / 2
-    h, w = rgb.shape[:2]
+    h, w = shape[:2]
     a, b = int(max(0, round(cx - half))), int(min(w, round(cx + half)))
     c, d = int(max(0, round(cy - half))), int(min(h, round(cy + half)))
-    return rgb[c:max(d, c + 1), a:max(b, a + 1)]
+    return a, c, max(b, a + 1), max(d, c + 1)
+
+
+def square_crop(rgb: np.ndarray, box: np.ndarray, margin: float) -> np.ndarray:
+    """Square crop around `box` enlarged by `margin`, clipped to the frame (HWC uint8)."""
+    a, c, b, d = square_crop_bounds(rgb.shape, box, margin)
+    return rgb[c:d, a:b]
 
 
 def crop_files(video: Video) -> dict[int, Path]:
@@ -167,13 +176,15 @@ class TrackedBatch:
 
     indices: frame indices with a face; crops: their square crops (HWC uint8 RGB views of the upright
     frame); boxes: the tracked face box of each (pixels of the upright frame, before the margin);
-    decoded: frames decoded so far (capped at the limit), i.e. the rows this video has at least.
+    decoded: frames decoded so far (capped at the limit), i.e. the rows this video has at least;
+    origins: each crop's top-left corner (x, y) in the frame (`box - origin` is the box in crop pixels).
     """
 
     indices: list[int]
     crops: list[np.ndarray]
     decoded: int
     boxes: list[np.ndarray] = field(default_factory=list)  # the tracked (x0, y0, x1, y1) of each crop
+    origins: list[tuple[int, int]] = field(default_factory=list)
 
 
 def iter_face_crops(media_path: str, cfg: FaceDetectorConfig, batch_size: int,
@@ -189,18 +200,20 @@ def iter_face_crops(media_path: str, cfg: FaceDetectorConfig, batch_size: int,
     track = BoxTracker(DETECTORS[cfg.name](cfg), cfg.every_n, cfg.smooth)
     decoded = 0
     for fb in iter_frames(media_path, batch_size=batch_size):
-        idx, crops, boxes = [], [], []
+        idx, crops, boxes, origins = [], [], [], []
         for img, i in zip(fb.images, fb.indices):
             if limit is not None and i >= limit:
                 break
             box = track(int(i), img)
             if box is not None:
+                a, c, b, d = square_crop_bounds(img.shape, box, cfg.margin)
                 idx.append(int(i))
-                crops.append(square_crop(img, box, cfg.margin))
+                crops.append(img[c:d, a:b])
                 boxes.append(np.asarray(box, np.float32))
+                origins.append((a, c))
         decoded = int(fb.indices[-1]) + 1 if len(fb.indices) else decoded
         if limit is not None:
             decoded = min(decoded, limit)
-        yield TrackedBatch(idx, crops, decoded, boxes)
+        yield TrackedBatch(idx, crops, decoded, boxes, origins)
         if limit is not None and decoded >= limit:
             break

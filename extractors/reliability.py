@@ -9,10 +9,23 @@ face [N] (1 = crop/detection present), mouth [N] openness (NaN without a face), 
 (smoothed rule below), extra mouth_raw [N]; and for audio rows: vad [M], vad_t0, vad_t1 [M]
 (20 ms hop, 25 ms window, the WavLM frame grid; M = 0 without audio).
 
-Mouth openness. The published system (ABAW_2024 `open_mouth_features_extraction.py`) uses the MediaPipe
-FaceMesh lip-ring area; mediapipe ships no model files offline, so this module uses an image statistic
-on *aligned* crops instead, where the mouth sits in a known region (`mouth_box`, lower-middle of the
-crop). Default "dark-extent": inside the box, pixels darker than the box's Otsu threshold (capped at
+Mouth openness (`mouth_method`). The published system (ABAW_2024 `open_mouth_features_extraction.py`)
+uses the MediaPipe FaceMesh lip-ring area and ships those areas per frame as CSV files; mediapipe
+ships no model files offline. Four methods, all giving one raw value per face frame:
+- "csv": the published per-frame signals read from `<mouth_csv_dir>/<video_id>.csv`
+  (`extractors.mouth.read_mouth_csv`; frames absent from the file have no value). Each file's content
+  is part of its video's cache key (`source()`), so editing one CSV re-extracts that video only.
+- "landmarks": dlib's 68-point shape predictor (the `mouth` extra) and the inner-lip aspect ratio
+  (`extractors.mouth.inner_lip_ratio`: mean inner-lip vertical gap / inner mouth width; its limits are
+  in that module's docstring). The rectangle handed to dlib: on aligned crops, the whole crop shrunk
+  by `landmark_inset` per side (aligned crops frame the face with a border; dlib was trained on
+  tight detector boxes); on the detect path, the tracked detector box itself (mapped into the crop,
+  which holds a `margin` around it), the box dlib's own detector would give most closely.
+- "auto": "landmarks" when dlib and its model are installed, else "dark-extent". The fingerprint
+  records the method actually used (and for landmarks dlib's version and the model's digest), so a
+  store never silently depends on what is installed.
+- "dark-extent" (the default) / "dark-fraction": an image statistic on *aligned* crops, where the
+  mouth sits in a known region (`mouth_box`, lower-middle of the crop). "dark-extent": inside the box, pixels darker than the box's Otsu threshold (capped at
 `dark_ratio` x 255) are "mouth"; the score is the median, over the box's central third of columns, of
 the longest vertical run of such pixels, divided by the box height - the height of the dark opening,
 the image analogue of the lip-ring area. ("dark-fraction", the plain share of dark pixels, is kept as
@@ -22,7 +35,7 @@ poorly aligned or detected crop (Haar boxes are looser than Aff-Wild2's alignmen
 synthetic demo faces, whose lips and opening share one colour, mouth shape driven by valence moves it
 as much as speech does. It says nothing about *who* speaks. It is only used *relative to the same
 video* (the rule compares with the video mean; `mouth` is scaled per video), which cancels much of the
-per-person bias. The method is pluggable (`MOUTH_METHODS`): a landmark-based one can replace it.
+per-person bias. (The image statistics are pluggable: `MOUTH_METHODS`.)
 
 Smoothing rule (published): on the sequence of face frames, a frame is open when the trailing
 rolling-30 mean of the openness exceeds the video mean (pandas `rolling(30)`: the first 29 face frames
@@ -38,12 +51,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from extractors.base import ExtractorError, VideoError, register
 from extractors.face_detection import DETECTORS, FaceDetectorConfig, crop_files, iter_face_crops
+from extractors.mouth import LandmarkMouth, landmarks_available, landmarks_identity, landmarks_problem, read_mouth_csv
 from extractors.vad import VAD_BACKENDS, resolve_vad_backend, silero_available, silero_model, vad_times, voice_activity
 from pipeline.records import Video
 
@@ -57,7 +72,13 @@ class ReliabilityConfig:
     """Reliability parameters; defaults are the published filter settings (seed-systems B3).
 
     source: "auto" (crops when the video has crops_dir, else detect) | "crops" | "detect".
-    mouth_method: "dark-extent" (default) | "dark-fraction"; see the module docstring.
+    mouth_method: "dark-extent" (default) | "dark-fraction" | "landmarks" | "auto" | "csv"; see the
+        module docstring.
+    landmark_inset: landmarks on aligned crops: the dlib rectangle is the crop shrunk by this fraction
+        of its side on every side (0 = the whole crop).
+    mouth_csv_dir: "csv": the folder of `<video_id>.csv` files (null otherwise); mouth_csv_frame_column
+        / mouth_csv_value_column: the frame-number and value columns; mouth_csv_frame_base: the number
+        of the first frame (1 in the published files).
     mouth_box: (x0, y0, x1, y1) as fractions of the aligned crop: where the mouth is.
     dark_ratio: dark-extent: cap of the Otsu threshold (x 255); dark-fraction: a pixel is dark below
         dark_ratio x the crop's median grey level.
@@ -70,6 +91,11 @@ class ReliabilityConfig:
 
     source: str = "auto"
     mouth_method: str = "dark-extent"
+    landmark_inset: float = 0.0
+    mouth_csv_dir: str | None = None
+    mouth_csv_frame_column: str = "frame"
+    mouth_csv_value_column: str = "surface_area_mouth"
+    mouth_csv_frame_base: int = 1
     mouth_box: tuple[float, float, float, float] = (0.3, 0.65, 0.7, 0.92)
     dark_ratio: float = 0.55
     thumb: int = 64
@@ -87,8 +113,18 @@ class ReliabilityConfig:
     def validate(self) -> None:
         if self.source not in ("auto", "crops", "detect"):
             raise ExtractorError(f"reliability source {self.source!r}: use 'auto', 'crops' or 'detect'")
-        if self.mouth_method not in MOUTH_METHODS:
-            raise ExtractorError(f"reliability mouth_method {self.mouth_method!r}: use one of {sorted(MOUTH_METHODS)}")
+        if self.mouth_method not in MOUTH_METHOD_NAMES:
+            raise ExtractorError(f"reliability mouth_method {self.mouth_method!r}: use one of {', '.join(MOUTH_METHOD_NAMES)}")
+        if self.mouth_method == "landmarks" and not landmarks_available():
+            raise ExtractorError(f"reliability mouth_method 'landmarks': {landmarks_problem()}; "
+                                 "or use mouth_method 'auto' (falls back to 'dark-extent')")
+        if self.mouth_method == "csv" and not self.mouth_csv_dir:
+            raise ExtractorError("reliability mouth_method 'csv' needs mouth_csv_dir (the folder of <video_id>.csv files)")
+        if self.mouth_csv_dir and self.mouth_method != "csv":
+            raise ExtractorError(f"reliability mouth_csv_dir is set but mouth_method is {self.mouth_method!r}: "
+                                 "set mouth_method 'csv' to use the files, or mouth_csv_dir null")
+        if not 0 <= self.landmark_inset < 0.5:
+            raise ExtractorError(f"reliability landmark_inset must be in [0, 0.5), got {self.landmark_inset}")
         if self.vad_backend not in VAD_BACKENDS:
             raise ExtractorError(f"reliability vad_backend {self.vad_backend!r}: use one of {', '.join(VAD_BACKENDS)}")
         if self.vad_backend == "silero" and not silero_available():
@@ -148,6 +184,17 @@ MOUTH_METHODS: dict[str, Callable[[np.ndarray, ReliabilityConfig], float]] = {
     "dark-extent": lambda gray, cfg: mouth_dark_extent(gray, cfg.mouth_box, cfg.dark_ratio),
     "dark-fraction": lambda gray, cfg: mouth_dark_fraction(gray, cfg.mouth_box, cfg.dark_ratio),
 }
+# the image statistics above, plus the methods the extractor runs itself (see the module docstring)
+MOUTH_METHOD_NAMES = (*MOUTH_METHODS, "landmarks", "auto", "csv")
+IMAGE_STATISTIC_KEYS = ("mouth_box", "dark_ratio", "thumb")  # settings only the image statistics read
+CSV_KEYS = ("mouth_csv_dir", "mouth_csv_frame_column", "mouth_csv_value_column", "mouth_csv_frame_base")
+
+
+def resolve_mouth_method(method: str) -> str:
+    """The method "auto" stands for here: "landmarks" when dlib and its model are installed."""
+    if method == "auto":
+        return "landmarks" if landmarks_available() else "dark-extent"
+    return method
 
 
 def normalise_per_video(raw: np.ndarray) -> np.ndarray:
@@ -229,10 +276,23 @@ class ReliabilityExtractor:
         self.cfg = cfg
         self.cfg.validate()
         self.vad_backend = resolve_vad_backend(self.cfg.vad_backend)
+        self.mouth_method = resolve_mouth_method(self.cfg.mouth_method)
+        self._landmarks: LandmarkMouth | None = None
 
     def fingerprint(self) -> dict:
-        fp = {k: v for k, v in asdict(self.cfg).items() if k != "vad_backend"}
-        fp.update(extractor=self.name, schema=SCHEMA, vad_backend=self.vad_backend)
+        """The config with the VAD backend and mouth method actually used; settings a method does not
+        read are left out (a store of the image statistics keeps the key it had before the other
+        methods existed). The CSV folder's path is left out too: each file's content keys its video."""
+        method = self.mouth_method
+        drop = {"vad_backend", "landmark_inset", *CSV_KEYS}
+        if method not in MOUTH_METHODS:
+            drop |= set(IMAGE_STATISTIC_KEYS)
+        fp = {k: v for k, v in asdict(self.cfg).items() if k not in drop}
+        fp.update(extractor=self.name, schema=SCHEMA, vad_backend=self.vad_backend, mouth_method=method)
+        if method == "landmarks":
+            fp.update(landmark_inset=self.cfg.landmark_inset, landmarks=landmarks_identity())
+        if method == "csv":
+            fp.update({k: getattr(self.cfg, k) for k in CSV_KEYS if k != "mouth_csv_dir"})
         if self.vad_backend == "silero":
             from importlib.metadata import version
 
@@ -242,12 +302,19 @@ class ReliabilityExtractor:
     def load(self) -> None:
         if self.vad_backend == "silero":
             silero_model()
+        if self.mouth_method == "landmarks":
+            self._landmarks = LandmarkMouth.shared()
         if self.cfg.source == "detect":  # "auto" needs it only for videos without crops
             DETECTORS[self.cfg.detector.name](self.cfg.detector)  # fail now if the detector cannot load
 
-    def source(self, video: Video) -> str:
-        """The crops folder when crops are used (its file list keys the cache), else the media file."""
-        return video.crops_dir if self._use_crops(video) and video.crops_dir else video.media_path
+    def source(self, video: Video) -> str | tuple[str, str]:
+        """The crops folder when crops are used (its file list keys the cache), else the media file;
+        with mouth_method "csv", also the video's CSV, so its content keys the video's cache entry."""
+        faces = video.crops_dir if self._use_crops(video) and video.crops_dir else video.media_path
+        return (faces, str(self.csv_path(video))) if self.mouth_method == "csv" else faces
+
+    def csv_path(self, video: Video) -> Path:
+        return Path(str(self.cfg.mouth_csv_dir)) / f"{video.video_id}.csv"
 
     def _use_crops(self, video: Video) -> bool:
         return self.cfg.source == "crops" or (self.cfg.source == "auto" and bool(video.crops_dir))
@@ -256,14 +323,37 @@ class ReliabilityExtractor:
         if video.fps <= 0:
             raise VideoError(f"{video.media_path}: fps {video.fps} is not positive; re-index the dataset")
         face, mouth = self._crops_signals(video) if self._use_crops(video) else self._detect_signals(video)
+        if self.mouth_method == "csv":  # NaN without a face, as for every method
+            mouth = np.where(face, self._csv_signal(video, face.shape[0]), np.nan)
         return ReliabilityPrepared(face.shape[0], face, mouth, self._vad(video))
 
-    def _score(self, gray: np.ndarray) -> float:
+    def _csv_signal(self, video: Video, n: int) -> np.ndarray:
+        """The CSV's values on the first `n` frames. Frame numbers are checked against the whole
+        video (a `max_frames` cut is not an out-of-range frame)."""
+        total = max(int(video.num_frames), n) if self.cfg.max_frames else n
+        c = self.cfg
+        return read_mouth_csv(self.csv_path(video), total, c.mouth_csv_frame_column, c.mouth_csv_value_column,
+                              c.mouth_csv_frame_base)[:n]
+
+    def _landmark_model(self) -> LandmarkMouth:
+        if self._landmarks is None:  # load() was not called (a caller driving prepare directly)
+            self._landmarks = LandmarkMouth.shared()
+        return self._landmarks
+
+    def _score(self, gray: np.ndarray, box: tuple[float, float, float, float] | None = None) -> float:
+        """Raw openness of one grey face image; `box`: the face in its pixels (landmarks only; None =
+        the whole image less `landmark_inset`)."""
+        if self.mouth_method == "landmarks":
+            if box is None:
+                h, w = gray.shape
+                i = self.cfg.landmark_inset
+                box = (i * w, i * h, (1 - i) * w - 1, (1 - i) * h - 1)
+            return self._landmark_model()(gray, box)
         import cv2
 
         t = self.cfg.thumb
         small = cv2.resize(gray, (t, t), interpolation=cv2.INTER_AREA)
-        return MOUTH_METHODS[self.cfg.mouth_method](small, self.cfg)
+        return MOUTH_METHODS[self.mouth_method](small, self.cfg)
 
     def _crops_signals(self, video: Video) -> tuple[np.ndarray, np.ndarray]:
         import cv2
@@ -275,6 +365,9 @@ class ReliabilityExtractor:
         face, mouth = np.zeros(n, bool), np.full(n, np.nan)
         for i, p in files.items():
             if i >= n:
+                continue
+            if self.mouth_method == "csv":  # the crop's presence is all that is needed
+                face[i] = True
                 continue
             gray = cv2.imread(str(p), cv2.IMREAD_GRAYSCALE)
             if gray is None:
@@ -292,9 +385,12 @@ class ReliabilityExtractor:
             if batch.decoded > face.shape[0]:  # more frames than the index says: extend
                 face = np.r_[face, np.zeros(batch.decoded - face.shape[0], bool)]
                 mouth = np.r_[mouth, np.full(batch.decoded - mouth.shape[0], np.nan)]
-            for i, crop in zip(batch.indices, batch.crops):
+            for i, crop, box, (ox, oy) in zip(batch.indices, batch.crops, batch.boxes, batch.origins):
                 face[i] = True
-                mouth[i] = self._score(cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY))
+                if self.mouth_method == "csv":
+                    continue
+                in_crop = (box[0] - ox, box[1] - oy, box[2] - ox, box[3] - oy)  # the detector's box
+                mouth[i] = self._score(cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY), in_crop)
         return face, mouth
 
     def _vad(self, video: Video) -> np.ndarray:

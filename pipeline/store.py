@@ -89,7 +89,7 @@ class VideoArrays(dict):
 # ---------------------------------------------------------------------------------------- fingerprints
 
 
-def source_fingerprint(path_or_dir: str | os.PathLike) -> dict:
+def source_fingerprint(path_or_dir: str | os.PathLike | Sequence[str | os.PathLike]) -> dict:
     """Identify a source file or directory cheaply enough to check 600 videos at every stage start.
 
     A file: size, mtime_ns and sha1 of its first and last MiB (catches replaced/re-encoded media
@@ -97,7 +97,12 @@ def source_fingerprint(path_or_dir: str | os.PathLike) -> dict:
     the sorted relative names and sizes (a re-run of the cropper that changes any crop changes it).
     Modification times are recorded for information but never compared (`same_source`): a fresh
     clone or a `dvc pull` gives every file a new mtime, and that must not re-extract anything.
+    A list/tuple of paths (a video whose arrays depend on several inputs, e.g. its crops and an
+    external per-frame CSV) gives `{"kind": "multi", "parts": [...]}`, one fingerprint per path, so a
+    change to any of them re-extracts that video.
     """
+    if isinstance(path_or_dir, (list, tuple)):
+        return {"kind": "multi", "parts": [source_fingerprint(p) for p in path_or_dir]}
     path = Path(path_or_dir)
     if path.is_dir():
         return _dir_fingerprint(path)
@@ -127,8 +132,16 @@ def same_source(stored: dict | None, current: dict) -> bool:
     """Whether a stored source fingerprint describes the same content as `current` (mtime ignored)."""
     if not stored:
         return False
-    keep = lambda d: {k: v for k, v in d.items() if k not in _VOLATILE_SOURCE_KEYS}  # noqa: E731
-    return keep(stored) == keep(current)
+    return _stable(stored) == _stable(current)
+
+
+def _stable(fp: Any) -> Any:
+    """A source fingerprint without its volatile keys, at any depth (multi-part sources nest)."""
+    if isinstance(fp, dict):
+        return {k: _stable(v) for k, v in fp.items() if k not in _VOLATILE_SOURCE_KEYS}
+    if isinstance(fp, (list, tuple)):
+        return [_stable(v) for v in fp]
+    return fp
 
 
 def fingerprint_hash(obj: dict) -> str:
@@ -459,7 +472,8 @@ class FeatureStore:
         (attrs,) = self._group_attrs_many([video_id])
         return bool(attrs and attrs.get("complete") is True)
 
-    def todo(self, videos: Sequence[Video], source: Callable[[Video], str] = lambda v: v.media_path) -> list[Video]:
+    def todo(self, videos: Sequence[Video],
+             source: Callable[[Video], str | Sequence[str]] = lambda v: v.media_path) -> list[Video]:
         """Videos that need (re-)extraction: group missing, incomplete, or its source changed."""
         attrs = self._group_attrs_many([v.video_id for v in videos])
         out = []
