@@ -376,9 +376,9 @@ def expr_section(summary: Mapping, confusion: Mapping[str, np.ndarray], cfg: "Re
             f"always answers the train split's majority class.</p><div class='scroll'>{expr_html(summary)}</div>{img}")
 
 
-_CSS = """body{font-family:sans-serif;margin:2em auto;padding:0 1.5em;max-width:1100px}
+_CSS = """body{font-family:sans-serif;margin:2em auto;padding:0 1.5em;max-width:1200px}
 table{border-collapse:collapse}td,th{border:1px solid #bbb;padding:4px 10px;text-align:right;white-space:nowrap}
-td:first-child,th:first-child{text-align:left}tr.best{background:#eef6ee}
+td:first-child,th:first-child{text-align:left;white-space:normal}tr.best{background:#eef6ee}
 .scroll{overflow-x:auto;max-width:100%}img{max-width:100%;height:auto;border:1px solid #ddd}
 figure{margin:0.6em 0 1.2em 0}figcaption{font-size:0.9em;color:#333;max-width:60em}
 .grid{display:flex;flex-wrap:wrap;gap:0 1.5em}.grid figure{flex:0 1 500px;min-width:0}
