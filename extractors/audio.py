@@ -51,6 +51,7 @@ import torch
 from extractors.base import ExtractorError, MediaCache, hf_load_error, inference
 from extractors.base import register, torch_device, weights_fingerprint
 from extractors.vad import VAD_BACKENDS, resolve_vad_backend, voice_activity_rows
+from pipeline.progress import inner_bar
 from pipeline.records import Video
 
 SCHEMA = 1
@@ -400,15 +401,17 @@ class SpeechSSLExtractor:
         dim = int(self.model.config.hidden_size)
         last = np.zeros((rows, dim), np.float32)
         lower = np.zeros((rows, dim), np.float32) if self.cfg.keep_lower_layers else None
-        for b in range(0, len(starts), self.cfg.batch_size):
-            idx = range(b, min(b + self.cfg.batch_size, len(starts)))
-            batch = np.stack([self._clip(wav[starts[j] : starts[j] + length]) for j in idx])
-            top, low = self.forward(batch)
-            for i, j in enumerate(idx):
-                lo, hi = bounds[j]
-                last[lo:hi] = top[i, lo - first[j] : hi - first[j]]
-                if lower is not None:
-                    lower[lo:hi] = low[i, lo - first[j] : hi - first[j]]
+        with inner_bar(len(starts), "chunk") as bar:
+            for b in range(0, len(starts), self.cfg.batch_size):
+                idx = range(b, min(b + self.cfg.batch_size, len(starts)))
+                batch = np.stack([self._clip(wav[starts[j] : starts[j] + length]) for j in idx])
+                top, low = self.forward(batch)
+                for i, j in enumerate(idx):
+                    lo, hi = bounds[j]
+                    last[lo:hi] = top[i, lo - first[j] : hi - first[j]]
+                    if lower is not None:
+                        lower[lo:hi] = low[i, lo - first[j] : hi - first[j]]
+                bar.update(len(idx))
         return last, lower
 
     def _clip(self, clip: np.ndarray) -> np.ndarray:

@@ -46,6 +46,7 @@ import torch
 
 from pipeline.claims import DEFAULT_TTL_S, Claims, LeaseKeeper, claims_url
 from pipeline.files import sampled_digest
+from pipeline.progress import logs_above_bars, unit_scope
 from pipeline.records import Video
 
 log = logging.getLogger(__name__)
@@ -441,7 +442,7 @@ def run_extraction(
     # otherwise start an OpenMP team as wide as the machine, pre-empting the model's team on the CPU
     # (measured: demo audio on 2 cores, engine/naive 0.80x without this); several of them still
     # work in parallel, one video each
-    with LeaseKeeper(claims) as keeper, ThreadPoolExecutor(
+    with logs_above_bars(), LeaseKeeper(claims) as keeper, ThreadPoolExecutor(
             max_workers=max(1, workers), thread_name_prefix="prepare",
             initializer=torch.set_num_threads, initargs=(1,)) as pool:
 
@@ -476,7 +477,9 @@ def run_extraction(
             refill()  # keep `prefetch` videos decoding while this one computes
             try:
                 prepared, src = fut.result()
-                if _compute_and_write(extractor, video, prepared, src, store, keeper):
+                with unit_scope(video.video_id, progress):  # the extractor's bar within the video
+                    written = _compute_and_write(extractor, video, prepared, src, store, keeper)
+                if written:
                     report.done.append(video.video_id)
                 else:
                     report.others.append(video.video_id)
@@ -525,6 +528,7 @@ def _record(report: RunReport, extractor: Extractor, video: Video, exc: BaseExce
 
 
 def _progress_bar(total: int, desc: str, enabled: bool) -> Any:
+    """The across-videos bar; each video's extractor adds its own bar within it (`inner_bar`)."""
     from pipeline.progress import progress_bar
 
     return progress_bar(enabled=enabled, total=total, desc=desc, unit="video")

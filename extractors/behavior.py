@@ -36,6 +36,7 @@ import torch
 
 from extractors.base import BackgroundStream, ExtractorError, MediaCache, hf_load_error, inference
 from extractors.base import register, torch_device, weights_fingerprint
+from pipeline.progress import inner_bar
 from pipeline.records import Video
 
 SCHEMA = 1
@@ -347,12 +348,14 @@ class QwenVLBehaviorExtractor:
         emb = np.zeros((n, hidden), np.float32)
         emb_mean = np.zeros((n, hidden), np.float32)
         text = [""] * n
-        for batch in prepared.batches:
-            out = self.encode(batch.frames, batch.rel_indices, prepared.fps)
-            emb[batch.index] = out["emb"]
-            emb_mean[batch.index] = out["emb_mean"]
-            for i, s in enumerate(batch.index):
-                text[s] = out["text"][i]
+        with inner_bar(n, "segment") as bar:
+            for batch in prepared.batches:
+                out = self.encode(batch.frames, batch.rel_indices, prepared.fps)
+                emb[batch.index] = out["emb"]
+                emb_mean[batch.index] = out["emb_mean"]
+                for i, s in enumerate(batch.index):
+                    text[s] = out["text"][i]
+                bar.update(len(batch.index))
         arrays = {
             "emb": emb,
             "emb_mean": emb_mean,

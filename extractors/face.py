@@ -49,6 +49,7 @@ from extractors.base import (
 )
 from extractors.face_detection import DETECTORS, FaceDetectorConfig, crop_files, iter_face_crops
 from pipeline.files import sha256_file
+from pipeline.progress import advance_to, inner_bar
 from pipeline.records import Video
 
 log = logging.getLogger(__name__)
@@ -535,9 +536,13 @@ class GradaFaceExtractor:
         if self.model is None:
             raise ExtractorError("GradaFaceExtractor.compute called before load()")
         embs: list[tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]] = []
-        with inference(self.device, self.cfg.bf16):
+        # frames through the model so far (a batch's last frame index): one bar update per batch
+        with inference(self.device, self.cfg.bf16), inner_bar(prepared.num_rows, "frame") as bar:
             for idx, x in prepared.batches:
                 embs.append((idx, *self._forward(x)))
+                if len(idx):
+                    advance_to(bar, int(idx.max()) + 1)
+            advance_to(bar, prepared.num_rows)
         n = max(prepared.num_rows, int(prepared.info.get("decoded", 0)))
         dim = embs[0][1].shape[1] if embs else self._embedding_dim()
         out = empty_face_rows(n, video.fps, dim, video.frame_grid(n))

@@ -33,7 +33,8 @@ from heads.train import TrainConfig
 @dataclass
 class GatedMoETrainConfig(TrainConfig):
     """Optimisation of gated_moe: the published face-head values (AdamW 1e-4 / wd 0.01, batch 8,
-    <= 100 epochs, early stopping 15); no progress bar (fusions train after the heads, logs stay short)."""
+    <= 100 epochs, early stopping 15); no per-batch bar (`progress`: fusions train after the heads,
+    logs stay short), the bar over epochs still shows."""
 
     epochs: int = 100
     lr: float = 1e-4

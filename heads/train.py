@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.progress import progress_bar
+from pipeline.progress import logs_above_bars, progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ class TrainConfig:
     max_minutes: float | None = None  # wall-clock safety cap: results then depend on machine load
     ema_decay: float = 0.0         # > 0: validate and checkpoint an EMA of the weights (audio: 0.998)
     max_steps_per_epoch: int | None = None  # cap (benchmarks, smoke runs); None = full epoch
-    progress: bool = True
+    progress: bool = True          # the per-batch bar (the bar over epochs follows -q / TQDM_DISABLE only)
     class_weighting: str = "inv_sqrt"  # EXPR loss: "none" | "inv_sqrt" | "inverse" (heads.losses.class_weights)
 
 
@@ -155,77 +155,83 @@ def fit(model: nn.Module, train_batches: Batches, loss_fn: Callable[[nn.Module, 
     out_of_time = False
     stopped = "epochs"  # why training ended: epochs | early_stopping | max_minutes
 
-    for epoch in range(cfg.epochs):
-        model.train()
-        t_epoch = time.perf_counter()
-        data_s = step_s = loss_sum = 0.0
-        steps = 0
-        total = len(train_batches) if cfg.max_steps_per_epoch is None else min(len(train_batches), cfg.max_steps_per_epoch)
-        bar = progress_bar(enabled=cfg.progress, total=total, desc=f"{name} epoch {epoch}", leave=False)
-        it = train_batches.epoch(epoch)
-        while steps < total:
-            t0 = time.perf_counter()
-            batch = next(it, None)
-            if batch is None:
-                break
-            batch = _to_device(batch, device)
-            t1 = time.perf_counter()
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                loss = loss_fn(model, batch)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
+    # the bar over epochs shows for every model (fusions too) unless bars are off (-q, TQDM_DISABLE);
+    # `cfg.progress` adds the bar over one epoch's batches. Its bound is the epoch budget: early
+    # stopping ends sooner. Bars only print to stderr: no result depends on them.
+    with progress_bar(total=cfg.epochs, desc=name, unit="epoch", leave=False) as epochs_bar, logs_above_bars():
+        for epoch in range(cfg.epochs):
+            model.train()
+            t_epoch = time.perf_counter()
+            data_s = step_s = loss_sum = 0.0
+            steps = 0
+            total = len(train_batches) if cfg.max_steps_per_epoch is None else min(len(train_batches), cfg.max_steps_per_epoch)
+            bar = progress_bar(enabled=cfg.progress, total=total, desc=f"{name} epoch {epoch}", leave=False)
+            it = train_batches.epoch(epoch)
+            while steps < total:
+                t0 = time.perf_counter()
+                batch = next(it, None)
+                if batch is None:
+                    break
+                batch = _to_device(batch, device)
+                t1 = time.perf_counter()
+                with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                    loss = loss_fn(model, batch)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip:
+                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                opt.step()
+                if ema is not None:
+                    ema.update(model)
+                loss_val = float(loss.detach())  # syncs CUDA, so step time is honest
+                t2 = time.perf_counter()
+                data_s += t1 - t0
+                step_s += t2 - t1
+                loss_sum += loss_val
+                steps += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss_sum / steps:.4f}")
+                if cfg.max_minutes is not None and (t2 - t_start) / 60 > cfg.max_minutes:
+                    out_of_time = True
+                    break
+            bar.close()
+
             if ema is not None:
-                ema.update(model)
-            loss_val = float(loss.detach())  # syncs CUDA, so step time is honest
-            t2 = time.perf_counter()
-            data_s += t1 - t0
-            step_s += t2 - t1
-            loss_sum += loss_val
-            steps += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss_sum / steps:.4f}")
-            if cfg.max_minutes is not None and (t2 - t_start) / 60 > cfg.max_minutes:
-                out_of_time = True
+                ema.swap(model)
+            model.eval()
+            with torch.no_grad():
+                val = val_fn(model) or {}
+            score = val.get(metric, math.nan)
+            improved = not math.isnan(score) and score > best
+            if improved or (math.isnan(score) and best_state is None) or not val:
+                best = score if improved else best
+                best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+                best_epoch = epoch
+            if ema is not None:
+                ema.swap(model)
+            bad_epochs = 0 if (improved or not val) else bad_epochs + 1
+            if not math.isnan(score):
+                sched.step(score)
+
+            row = {"epoch": epoch, "train_loss": loss_sum / max(steps, 1),
+                   **{f"val_{k}": v for k, v in val.items()},
+                   "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t_epoch,
+                   "data_seconds": data_s, "step_seconds": step_s, "steps": steps}
+            history.append(row)
+            epochs_bar.update(1)
+            epochs_bar.set_postfix({f"best {metric}": f"{best:.4f}"} if best > -math.inf else {})
+            (out_dir / "history.json").write_text(json.dumps(history, indent=1))
+            shown = f"{metric}={score:.4f}" if not math.isnan(score) else "no validation"
+            log.info("%s epoch %d: train_loss=%.4f %s lr=%.2e", name, epoch, row["train_loss"], shown, row["lr"])
+            if val and bad_epochs >= cfg.early_stopping:
+                stopped = "early_stopping"
                 break
-        bar.close()
-
-        if ema is not None:
-            ema.swap(model)
-        model.eval()
-        with torch.no_grad():
-            val = val_fn(model) or {}
-        score = val.get(metric, math.nan)
-        improved = not math.isnan(score) and score > best
-        if improved or (math.isnan(score) and best_state is None) or not val:
-            best = score if improved else best
-            best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
-            best_epoch = epoch
-        if ema is not None:
-            ema.swap(model)
-        bad_epochs = 0 if (improved or not val) else bad_epochs + 1
-        if not math.isnan(score):
-            sched.step(score)
-
-        row = {"epoch": epoch, "train_loss": loss_sum / max(steps, 1),
-               **{f"val_{k}": v for k, v in val.items()},
-               "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t_epoch,
-               "data_seconds": data_s, "step_seconds": step_s, "steps": steps}
-        history.append(row)
-        (out_dir / "history.json").write_text(json.dumps(history, indent=1))
-        shown = f"{metric}={score:.4f}" if not math.isnan(score) else "no validation"
-        log.info("%s epoch %d: train_loss=%.4f %s lr=%.2e", name, epoch, row["train_loss"], shown, row["lr"])
-        if val and bad_epochs >= cfg.early_stopping:
-            stopped = "early_stopping"
-            break
-        if out_of_time:
-            stopped = "max_minutes"
-            log.warning("training stopped by the wall-clock cap max_minutes=%s after %d epoch(s): the result "
-                        "depends on this machine's speed and load; remove the cap for a reproducible run",
-                        cfg.max_minutes, epoch + 1)
-            break
+            if out_of_time:
+                stopped = "max_minutes"
+                log.warning("training stopped by the wall-clock cap max_minutes=%s after %d epoch(s): the result "
+                            "depends on this machine's speed and load; remove the cap for a reproducible run",
+                            cfg.max_minutes, epoch + 1)
+                break
 
     if history:
         history[-1]["stopped"] = stopped

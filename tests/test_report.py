@@ -146,9 +146,77 @@ def test_report_html_has_table_and_images(tiny_models, tmp_path):
     out = build_report(summary, models, labels, tmp_path / "reports" / "index.html", ReportConfig(videos=2))
     doc = out.read_text()
     assert '<table id="metrics">' in doc and "<b>fusion_gated_moe</b>" in doc
-    imgs = re.findall(r'src="data:image/png;base64,([^"]+)"', doc)
-    assert len(imgs) == 2 and all(base64.b64decode(i)[:8] == b"\x89PNG\r\n\x1a\n" for i in imgs)
+    imgs = re.findall(r'alt="([^"]+)" src="data:image/png;base64,([^"]+)"', doc)
+    assert all(base64.b64decode(i)[:8] == b"\x89PNG\r\n\x1a\n" for _, i in imgs)
+    alts = [a for a, _ in imgs]
+    # two traces, one gate plot per video of the one gated model, a scatter per model, the curves
+    assert alts.count("vid0") == 1 and alts.count("vid1") == 1
+    assert [a for a in alts if a.startswith("gates of")] == ["gates of fusion_gated_moe on vid0",
+                                                             "gates of fusion_gated_moe on vid1"]
+    assert sorted(a for a in alts if a.endswith("predicted vs true")) == [f"{m}: predicted vs true" for m in sorted(models)]
+    assert alts.count("training curves") == 1
     assert "<script" not in doc and "http://" not in doc and "https://" not in doc  # self-contained
+    assert "<link" not in doc and "@import" not in doc and "url(" not in doc  # no external style or font
+
+
+def test_trace_x_is_each_video_real_frame_times():
+    """A variable-frame-rate video: x follows its recorded presentation times, not i / fps."""
+    from pipeline.records import Video
+    from pipeline.report import trace_x
+
+    # 10 frames at 0.04 s, then 10 at 0.1 s (a stream that drops to 10 fps)
+    v = Video("v", "v.mp4", 25.0, 20, 1.4, True, "validation",
+              frame_segments=[[0, 10, 0.0, 0.04], [10, 10, 0.4, 0.1]])
+    t, label = trace_x(20, v.frame_grid(20)[0])
+    assert label == "time (s)"
+    assert t[9] == pytest.approx(0.36) and t[10] == pytest.approx(0.4) and t[19] == pytest.approx(1.3)
+    assert not np.allclose(t, np.arange(20) / v.fps)
+    assert trace_x(5, t)[0].tolist() == pytest.approx(t[:5].tolist())
+    frames, label = trace_x(4, None)
+    assert label == "frame" and frames.tolist() == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match="3 frame times for 4"):
+        trace_x(4, t[:3])
+
+
+def test_report_time_axis_scatter_curves_and_gate_captions(tiny_models, tmp_path):
+    from pipeline.report import scatter_figure
+
+    models, labels = tiny_models
+    summary = evaluate(models, labels, tmp_path / "summary.json")
+    (models["face"] / "metrics.json").write_text(json.dumps({"best_epoch": 2}))
+    times = {v: np.arange(len(labels[v][0])) / 25.0 for v in labels}
+    out = build_report(summary, models, labels, tmp_path / "index.html", ReportConfig(videos=1, scatter_points=100),
+                       frame_times=times)
+    doc = out.read_text()
+    # the scatter: CCC over every scored frame, the subsample said in the caption
+    total = sum(int(v[1].sum()) for v in labels.values())
+    assert f"100 of {total} frames drawn (evenly spaced in video order)" in doc
+    assert doc.count("CCC over all 255 frames") == 3 and total == 255
+    # the gate plot: a caption that names the gates and what 0/1 mean, right under its image
+    cap = re.search(r'alt="gates of fusion_gated_moe on vid0" src="[^"]+"><figcaption>(.*?)</figcaption>', doc)
+    assert cap is not None
+    assert "<code>face</code>, <code>audio</code>" in cap.group(1) and "sum to 1" in cap.group(1)
+    assert "0 where its modality has no frame" in cap.group(1)
+    assert "<h2>Training curves</h2>" in doc and "val_abaw_ccc_" in doc
+    assert "* history written before" in doc  # the tiny histories have only the selection columns
+    # the scatter on its own: every labelled frame drawn when they fit, the same picture twice
+    aligned = {v: labels[v][0].copy() for v in labels}
+    png, caption = scatter_figure("oracle", aligned, labels, ReportConfig())
+    assert f"all {total} frames drawn" in caption
+    assert scatter_figure("oracle", aligned, labels, ReportConfig())[0] == png
+
+
+def test_gate_captions_say_what_the_gates_mean():
+    from pipeline.report import gate_caption
+
+    moe = gate_caption("fusion_gated_moe", ["face", "audio", "face<-audio"], False)
+    assert "<code>face&lt;-audio</code>" in moe and "attend to modality s" in moe and "own stream" in moe
+    assert "Dashed" not in moe
+    raav = gate_caption("fusion_raav", ["face", "behavior"], True)
+    assert "Dashed" in raav and "1 = audio ignored there" in raav and "attend" not in raav
+    one = gate_caption("fusion_dcmmoe", ["face<-audio"], False)
+    assert "weight 1 wherever the face stream has a frame and 0 where it has none" in one
+    assert "attending to audio" in one
 
 
 def test_report_has_spread_late_fusion_coverage_and_run_identity(tiny_models, tmp_path):
@@ -177,20 +245,41 @@ def _chromium() -> str | None:
     return found[0] if found else shutil.which("chromium")
 
 
+SCREEN_SIZES = ((1280, 900), (480, 900))  # a desktop window and a phone-wide one
+
+
+def screenshot(html_path: Path, shot: Path, size: tuple[int, int], profile: Path) -> None:
+    """One headless-Chromium screenshot of a page (offline: no network, no first-run work)."""
+    cmd = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
+           f"--user-data-dir={profile}", f"--screenshot={shot}", f"--window-size={size[0]},{size[1]}",
+           html_path.as_uri()]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=90)
+
+
 @pytest.mark.skipif(_chromium() is None, reason="no headless Chromium (/usr/bin/chromium) on this machine")
-def test_report_renders_in_headless_chromium(tiny_models, tmp_path):
+@pytest.mark.parametrize("size", SCREEN_SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_report_renders_in_headless_chromium(tiny_models, tmp_path, size):
+    """The page renders at a desktop and at a phone width: a screenshot of the requested size that is
+    not blank. (AFFCACHE_SCREENSHOTS=<dir> keeps the screenshots there, to look at them.)"""
+    import os
+
     import matplotlib.image as mpimg
 
     models, labels = tiny_models
     summary = evaluate(models, labels, tmp_path / "summary.json")
-    out = build_report(summary, models, labels, tmp_path / "index.html", ReportConfig(videos=1))
-    shot = tmp_path / "shot.png"
-    cmd = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-           f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1000,900", out.as_uri()]
-    subprocess.run(cmd, check=True, capture_output=True, timeout=60)
+    times = {v: np.arange(len(labels[v][0])) / 25.0 for v in labels}
+    out = build_report(summary, models, labels, tmp_path / "index.html", ReportConfig(videos=1), frame_times=times)
+    shot = tmp_path / f"shot_{size[0]}x{size[1]}.png"
+    screenshot(out, shot, size, tmp_path / "profile")
+    assert shot.stat().st_size > 20_000  # a rendered page of text and plots, not an empty PNG
     img = mpimg.imread(shot)
-    assert img.shape[0] >= 800 and img.shape[1] >= 900
+    assert img.shape[:2] == (size[1], size[0])
     assert float(img[..., :3].std()) > 0.02  # not a blank page
+    keep = os.environ.get("AFFCACHE_SCREENSHOTS")
+    if keep:
+        Path(keep).mkdir(parents=True, exist_ok=True)
+        shutil.copy(shot, Path(keep) / shot.name)
 
 
 def test_prediction_sets_feed_late_fusion(tiny_models, tmp_path):

@@ -26,7 +26,10 @@ def run(params_path: Path) -> None:
     cfg = params.build("report", ReportConfig)
     layout = Layout()
     summary = json.loads((layout.metrics / "summary.json").read_text())
-    labels = load_labels(read_index(layout.index), EvalConfig().split)
+    records = read_index(layout.index)
+    labels = load_labels(records, EvalConfig().split)
+    # the label frames' real times (variable frame rates included): the report's time axis
+    times = {v.video_id: v.frame_grid(len(labels[v.video_id][0]))[0] for v in records if v.video_id in labels}
     expr_path = layout.metrics / "expr_summary.json"
     expr = json.loads(expr_path.read_text()) if expr_path.exists() else None
     confusion = {}
@@ -39,7 +42,7 @@ def run(params_path: Path) -> None:
     coverage = (_json(layout.metrics / "coverage.json") or {}).get(split)
     path = build_report(summary, model_dirs(layout), labels, layout.reports / "index.html", cfg,
                         expr_summary=expr, confusion=confusion, late_fusion=late, coverage=coverage,
-                        run_info=run_info(params_path))
+                        run_info=run_info(params_path), frame_times=times)
     log.info("report: %s", path)
 
 
