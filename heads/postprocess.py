@@ -20,6 +20,7 @@ import numpy as np
 from pipeline.metrics import ccc_numpy
 
 DIMENSIONS = ("valence", "arousal")
+LATE_FUSION = "late_fusion"  # the model name of the weighted late fusion (metrics, export)
 
 
 @dataclass
@@ -224,3 +225,31 @@ def _fit(pred: np.ndarray, n: int) -> np.ndarray:
     if len(p) >= n:
         return p[:n]
     return np.concatenate([p, np.full((n - len(p),) + p.shape[1:], np.nan)])
+
+
+def write_late_fusion(out_dir: str | Path, fused: Mapping[str, np.ndarray], videos: Sequence,
+                      weights: Mapping, clip: float | None = 1.0) -> str:
+    """Write the late-fusion predictions of every video (every split) as an outputs.zarr.
+
+    Why a store: `affcache export --model late_fusion` then reads it like any fusion's outputs, so
+    the weights searched on validation are applied to the test split and submitted. Values are
+    clipped to [-clip, clip] (the published submission clips to the label range); frames no set
+    predicted are invalid. There is no embedding: `emb` has width 0.
+    """
+    from types import SimpleNamespace
+
+    from heads.outputs import HeadOutput, write_outputs
+
+    by_id = {v.video_id: v for v in videos}
+    rows, outs = [], {}
+    for vid, pred in fused.items():
+        if vid not in by_id:
+            continue
+        v, n = by_id[vid], len(pred)
+        p = np.asarray(pred, np.float32)
+        ok = np.isfinite(p).all(1)
+        if clip is not None:
+            p = np.clip(p, -clip, clip)
+        outs[vid] = HeadOutput(np.where(ok[:, None], p, 0.0).astype(np.float32), np.zeros((n, 0), np.float32), ok)
+        rows.append(SimpleNamespace(video_id=vid, num_frames=n, fps=v.fps, split=v.split, times=v.frame_grid(n)[0]))
+    return write_outputs(out_dir, LATE_FUSION, "fusion", rows, outs, config={"weights": dict(weights)}, task="va")

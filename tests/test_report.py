@@ -301,8 +301,8 @@ def test_late_fusion_weights_fitted_on_validation_are_applied_to_test_and_export
     """The published late fusion: fit on validation, apply to test, clip, submit (`export --model late_fusion`)."""
     from types import SimpleNamespace
 
-    from heads.postprocess import LateFusionConfig, apply_weights, late_fusion
-    from pipeline.evaluate import prediction_sets, write_late_fusion
+    from heads.postprocess import LateFusionConfig, apply_weights, late_fusion, write_late_fusion
+    from pipeline.evaluate import prediction_sets
     from pipeline.export import export_submission, predictions_from_store
 
     models, labels = tiny_models

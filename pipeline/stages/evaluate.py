@@ -48,9 +48,9 @@ def run_expr(params_path: Path) -> dict:
 
 
 def run(params_path: Path) -> None:
-    from heads.postprocess import LateFusionConfig, late_fusion
-    from pipeline.evaluate import (LATE_FUSION, EvalConfig, coverage, evaluate, load_labels, metrics_table,
-                                   prediction_sets, write_late_fusion)
+    from heads.postprocess import LATE_FUSION, LateFusionConfig, late_fusion, write_late_fusion
+    from pipeline.evaluate import (EvalConfig, coverage, evaluate, load_labels, metrics_table,
+                                   prediction_sets)
 
     params = load_params(params_path)
     section = dict(params.get("evaluate") or {})

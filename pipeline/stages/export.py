@@ -19,9 +19,10 @@ log = logging.getLogger(__name__)
 
 
 def run(params_path: Path, model: str | None, split: str, template: Path | None, out: Path) -> None:
-    from pipeline.evaluate import LATE_FUSION, outputs_url
+    from pipeline.evaluate import outputs_url
     from pipeline.export import ExportError, export_submission, predictions_from_store
 
+    from heads.postprocess import LATE_FUSION
     from heads.registry import by_model_name
 
     layout = Layout()
