@@ -438,10 +438,13 @@ class FeatureStore:
     def open(cls, url: str, storage_options: dict | None = None) -> "FeatureStore":
         """Open an existing store for reading (StoreError if there is none)."""
         url = str(url)
+        missing = StoreError(f"{url}: no feature store here; run the extraction stage first (or check the path/URL)")
+        if "://" not in url and not Path(url).exists():
+            raise missing  # before opening: a local zarr store would create the folder it opens
         store = _make_store(url, storage_options, read_only=False)
         root = sync(_root_metadata(store, url))
         if root is None:
-            raise StoreError(f"{url}: no feature store here; run the extraction stage first (or check the path/URL)")
+            raise missing
         attrs = root.get("attributes", {})
         if "schema_version" not in attrs:
             raise StoreError(f"{url}: a Zarr group but not an affcache feature store (no schema_version attr)")

@@ -46,6 +46,7 @@ def test_store_verify_reports_a_missing_store(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["store", "verify", str(tmp_path / "nope.zarr")])
     assert result.exit_code != 0
     assert "nope.zarr" in result.output
+    assert not (tmp_path / "nope.zarr").exists()  # verifying a missing store creates nothing
 
 
 def test_unknown_param_is_named_before_any_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -38,7 +38,7 @@ def test_a_caller_can_still_turn_its_bar_off(info_level, monkeypatch) -> None:
     assert progress_bar(enabled=False, total=3).disable
 
 
-def test_quiet_flag_sets_the_level_bars_read(monkeypatch) -> None:
+def test_quiet_flag_sets_the_level_bars_read(monkeypatch, tmp_path) -> None:
     from click.testing import CliRunner
 
     from pipeline.cli import main
@@ -48,7 +48,7 @@ def test_quiet_flag_sets_the_level_bars_read(monkeypatch) -> None:
     try:
         CliRunner().invoke(main, ["-q", "store", "--help"])
         assert root.getEffectiveLevel() == logging.WARNING and not bars_enabled()
-        CliRunner().invoke(main, ["store", "verify", "nope.zarr", "-q"])
+        CliRunner().invoke(main, ["store", "verify", str(tmp_path / "nope.zarr"), "-q"])
         assert root.getEffectiveLevel() == logging.WARNING
     finally:
         root.setLevel(before)
