@@ -48,6 +48,18 @@ def outputs_url(model: str | Path) -> str:
     return str(p if p.suffix == ".zarr" else p / "outputs.zarr")
 
 
+def model_file(model: str | Path, name: str) -> Path:
+    """A file beside a model's outputs (`history.json`, `metrics.json`), from its directory or its outputs.zarr."""
+    p = Path(model)
+    return (p.parent if p.suffix == ".zarr" else p) / name
+
+
+def label_frame_times(videos: Sequence, labels: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, np.ndarray]:
+    """{video: its label frames' presentation times} (`Video.frame_grid`, variable frame rates
+    included) for the labelled videos: the seconds axis of the plots."""
+    return {v.video_id: v.frame_grid(len(labels[v.video_id][0]))[0] for v in videos if v.video_id in labels}
+
+
 def load_labels(videos: Sequence, split: str = "validation") -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """VA labels of the `split` videos of an index, reconciled to the label grid (pipeline.labels)."""
     from pipeline import labels as plabels
@@ -121,9 +133,7 @@ def score(aligned: Mapping[str, np.ndarray], labels: Labels) -> dict:
 
 def read_history(model: str | Path) -> list[dict]:
     """The shared loop's history.json next to a model's outputs (empty if absent)."""
-    p = Path(model)
-    p = p.parent if p.suffix == ".zarr" else p
-    f = p / "history.json"
+    f = model_file(model, "history.json")
     return json.loads(f.read_text()) if f.exists() else []
 
 

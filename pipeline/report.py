@@ -268,10 +268,10 @@ def training_curves(models: Mapping[str, str | Path], cfg: ReportConfig) -> tupl
 
 def _kept_epoch(model: str | Path) -> int | None:
     """The epoch a model kept (its metrics.json `best_epoch`), None when unknown."""
-    p = Path(model)
-    f = (p.parent if p.suffix == ".zarr" else p) / "metrics.json"
+    from pipeline.evaluate import model_file
+
     try:
-        return json.loads(f.read_text()).get("best_epoch")
+        return json.loads(model_file(model, "metrics.json").read_text()).get("best_epoch")
     except (OSError, ValueError):
         return None
 

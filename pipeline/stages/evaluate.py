@@ -14,6 +14,7 @@ majority-class baseline) and one confusion-matrix plot file per model under plot
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 import click
@@ -49,7 +50,7 @@ def run_expr(params_path: Path) -> dict:
 
 def run(params_path: Path) -> None:
     from heads.postprocess import LATE_FUSION, LateFusionConfig, late_fusion, write_late_fusion
-    from pipeline.evaluate import (EvalConfig, coverage, evaluate, load_labels, metrics_table,
+    from pipeline.evaluate import (EvalConfig, coverage, evaluate, label_frame_times, load_labels, metrics_table,
                                    prediction_sets)
 
     params = load_params(params_path)
@@ -59,7 +60,7 @@ def run(params_path: Path) -> None:
     layout = Layout()
     records = read_index(layout.index)
     labels = load_labels(records, cfg.split)
-    times = {v.video_id: v.frame_grid(len(labels[v.video_id][0]))[0] for v in records if v.video_id in labels}
+    times = label_frame_times(records, labels)
     models = model_dirs(layout)
     summary = evaluate(models, labels, layout.metrics / "summary.json", layout.plots, cfg, times)
     click.echo(metrics_table(summary))
@@ -67,7 +68,9 @@ def run(params_path: Path) -> None:
     late_path, late_dir = layout.metrics / "late_fusion.json", layout.fusion_dir(LATE_FUSION)
     if not late.pop("enabled", False):
         write_json(late_path, {"enabled": False})
-        late_dir.mkdir(parents=True, exist_ok=True)  # the stage's declared output, empty when disabled
+        # the stage's declared output, empty when disabled: no earlier run's fusion left to export
+        shutil.rmtree(late_dir, ignore_errors=True)
+        late_dir.mkdir(parents=True)
         return
     names = list(late.pop("models", None) or models)
     late_cfg = build_config(LateFusionConfig, late, where=f"{params.path}: evaluate.late_fusion")
@@ -80,7 +83,7 @@ def run(params_path: Path) -> None:
                            "videos_fused": {s: sum(1 for v in records if v.split == s and v.video_id in fused)
                                             for s in dict.fromkeys(v.split for v in records)}})
     log.info("late fusion of %s: ccc_mean=%.4f (weights searched on %s)", ", ".join(names),
-             result.to_json()["ccc"]["mean"], cfg.split)
+             summary_json["ccc"]["mean"], cfg.split)
 
 
 def reliability_rows(layout: Layout, labels: dict) -> dict:

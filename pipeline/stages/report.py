@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 
 def run(params_path: Path) -> None:
-    from pipeline.evaluate import EvalConfig, load_labels, read_confusion
+    from pipeline.evaluate import EvalConfig, label_frame_times, load_labels, read_confusion
     from pipeline.report import ReportConfig, build_report
 
     params = load_params(params_path)
@@ -28,8 +28,7 @@ def run(params_path: Path) -> None:
     summary = json.loads((layout.metrics / "summary.json").read_text())
     records = read_index(layout.index)
     labels = load_labels(records, EvalConfig().split)
-    # the label frames' real times (variable frame rates included): the report's time axis
-    times = {v.video_id: v.frame_grid(len(labels[v.video_id][0]))[0] for v in records if v.video_id in labels}
+    times = label_frame_times(records, labels)  # the report's time axis, in seconds
     expr_path = layout.metrics / "expr_summary.json"
     expr = json.loads(expr_path.read_text()) if expr_path.exists() else None
     confusion = {}
