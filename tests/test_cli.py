@@ -175,3 +175,12 @@ def test_export_choices_list_the_valid_values(option: str, value: str, tmp_path:
     result = CliRunner().invoke(main, ["export", option, value, "--out", str(tmp_path / "x.txt")])
     assert result.exit_code == 2
     assert "validation" in result.output if option == "--split" else "fusion_gated_moe" in result.output
+
+
+def test_export_late_fusion_without_its_store_says_how_to_make_it(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    result = CliRunner().invoke(main, ["export", "--model", "late_fusion", "--out", str(tmp_path / "x.txt")])
+    assert result.exit_code != 0
+    assert "data/fusion/late_fusion/outputs.zarr: not found" in result.output
+    assert "evaluate.late_fusion" in result.output and not (tmp_path / "x.txt").exists()

@@ -34,13 +34,13 @@ def run(params_path: Path, model: str | None, split: str, template: Path | None,
         model = json.loads(summary_path.read_text())["best"]["model"]
     if model not in models:
         raise StageFailed(f"unknown model {model!r}; choose one of {', '.join(models)}")
+    if model == LATE_FUSION and not (models[model] / "outputs.zarr").exists():
+        raise StageFailed(f"{models[model]}/outputs.zarr: not found; enable `evaluate.late_fusion` and run "
+                          "`dvc repro evaluate`")
     videos = [v for v in read_index(layout.index) if v.split == split]
     if not videos:
         raise StageFailed(f"{layout.index}: no video in split {split!r}")
     task = "va" if model == LATE_FUSION else by_model_name(model).task
-    if model == LATE_FUSION and not (models[model] / "outputs.zarr").exists():
-        raise StageFailed(f"{models[model]}/outputs.zarr: not found; enable `evaluate.late_fusion` and run "
-                          "`dvc repro evaluate`")
     url = outputs_url(models[model])
     preds = predictions_from_store(url, [v.video_id for v in videos])
     frames = {v.video_id: int(v.label_frames.get(task, v.num_frames)) for v in videos}
