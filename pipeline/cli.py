@@ -8,6 +8,7 @@ can run by hand. Commands only parse options and hand over to `pipeline.stages.*
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -33,6 +34,23 @@ def _setup_logging(verbosity: int) -> None:
     # Libraries we drive are chatty at INFO; keep their warnings.
     for noisy in ("transformers", "urllib3", "filelock", "fsspec", "numcodecs", "matplotlib"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    if level > logging.INFO:
+        _silence_library_bars()
+
+
+def _silence_library_bars() -> None:
+    """Under `-q`, the bars that Hugging Face libraries draw themselves ("Loading weights", hub
+    downloads) go too. The variable reaches libraries imported later and worker processes; the
+    calls reach those already imported."""
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    if "huggingface_hub" in sys.modules:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
 
 
 def _params_option(ctx: click.Context, _param: click.Parameter, value: Path | None) -> None:

@@ -194,3 +194,31 @@ def test_training_shows_a_bar_over_epochs_even_without_batch_bars(bars, info_lev
     before = len(bars)
     assert train(tmp_path / "b") == shown
     assert all(b.off for b in bars[before:])
+
+
+# ------------------------------------------------------------------ bars of the libraries we drive
+
+_LOAD_AFTER_CLI = """
+import sys
+from click.testing import CliRunner
+from transformers import WavLMModel
+from pipeline.cli import main
+CliRunner().invoke(main, sys.argv[2:] + ["store", "--help"])
+WavLMModel.from_pretrained(sys.argv[1])
+"""
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_quiet_silences_transformers_loading_bars(tmp_path, quiet: bool) -> None:
+    """transformers draws its own "Loading weights" bar; under -q it goes, as ours do."""
+    import os
+    import subprocess
+    import sys
+
+    from tiny_models import tiny_wavlm
+
+    model = tiny_wavlm(tmp_path)
+    env = {k: v for k, v in os.environ.items() if k not in ("TQDM_DISABLE", "HF_HUB_DISABLE_PROGRESS_BARS")}
+    run = subprocess.run([sys.executable, "-c", _LOAD_AFTER_CLI, str(model), *(["-q"] if quiet else [])],
+                         capture_output=True, text=True, env=env, check=True)
+    assert ("Loading weights" in run.stderr) is not quiet, run.stderr[-2000:]
