@@ -114,6 +114,13 @@ def test_a_repro_builds_everything(built) -> None:
     plots = sh(project, "dvc", "plots", "show", "--json", "plots/va_traces/valence.csv")
     for series in ("truth", "face", "behavior", "audio", "fusion_gated_moe", "fusion_raav", "fusion_dcmmoe"):
         assert f'"series": "{series}"' in plots or f'"series":"{series}"' in plots, series
+    # every plot definition renders in DVC (the per-model training curves too), none with an error
+    drawn = subprocess.run(["dvc", "plots", "show", "--json"], cwd=project, env=_env(), capture_output=True,
+                           text=True, timeout=SUBPROCESS_TIMEOUT, check=True)
+    views = json.loads(drawn.stdout)
+    assert not views.get("errors"), views.get("errors")
+    for model in ("face", "fusion_gated_moe", "expr_face", "expr_fusion_raav"):
+        assert views["data"][f"plots/history/{model}.json"], model
     # late fusion fitted on validation is stored for every split and submitted like any model
     late = json.loads((project / "metrics" / "late_fusion.json").read_text())
     sh(project, "affcache", "export", "--model", "late_fusion", "--split", "validation", "--out",
@@ -123,6 +130,17 @@ def test_a_repro_builds_everything(built) -> None:
     assert sum(late["videos_fused"].values()) > 0
     status = sh(project, "dvc", "status")
     assert "up to date" in status
+
+
+def test_history_plot_keeps_the_columns_every_epoch_has() -> None:
+    """DVC cannot draw rows with different keys; the `stopped` reason stays in history.json only."""
+    from pipeline.stages.train import plot_table
+
+    history = [{"epoch": 0, "val_abaw_ccc_mean": 0.1, "lr": 1e-3},
+               {"epoch": 1, "val_abaw_ccc_mean": 0.2, "lr": 1e-4, "stopped": "early_stopping"}]
+    assert plot_table(history) == [{"epoch": 0, "val_abaw_ccc_mean": 0.1, "lr": 1e-3},
+                                   {"epoch": 1, "val_abaw_ccc_mean": 0.2, "lr": 1e-4}]
+    assert plot_table([]) == []
 
 
 def test_b_fusion_param_reruns_only_fusion(built) -> None:

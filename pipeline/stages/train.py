@@ -34,9 +34,21 @@ def publish_metrics(metrics: dict, out_dir: Path, metrics_path: Path) -> None:
 
 
 def publish_history(out_dir: Path, plot_path: Path) -> None:
-    """Copy the per-epoch log where dvc.yaml declares the plot (DVC plots read it there)."""
-    history = json.loads((out_dir / "history.json").read_text())
-    write_json(plot_path, history)
+    """Write the per-epoch log where dvc.yaml declares the plot, as a table DVC can draw."""
+    write_json(plot_path, plot_table(json.loads((out_dir / "history.json").read_text())))
+
+
+def plot_table(history: list[dict]) -> list[dict]:
+    """The history's numeric columns that every epoch has, one row per epoch.
+
+    DVC's plot renderer fails ("argument of type 'NoneType' is not iterable") on rows whose keys
+    differ, as the last row's `stopped` reason makes them; history.json keeps it.
+    """
+    if not history:
+        return []
+    shared = [k for k in history[0] if all(k in row for row in history)
+              and all(isinstance(row[k], (int, float)) and not isinstance(row[k], bool) for row in history)]
+    return [{k: row[k] for k in shared} for row in history]
 
 
 def fixed_keys(params: Params, spec, cls: type) -> dict:
