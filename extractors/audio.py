@@ -280,7 +280,9 @@ class SpeechSSLExtractor:
 
         self.device = torch_device(self.cfg.device)
         try:
-            model = AutoModel.from_pretrained(self.cfg.model, revision=self.cfg.revision)
+            # fp32 weights whatever the file holds: checkpoints are often saved in bf16 or fp16, CPU
+            # inference runs in fp32, and bf16 on CUDA comes from autocast (`inference`)
+            model = AutoModel.from_pretrained(self.cfg.model, revision=self.cfg.revision, dtype=torch.float32)
         except Exception as e:  # OSError (offline / unknown id), ValueError (not a model folder)...
             hint = "e.g. the demo's data/models/demo/wavlm"
             raise ExtractorError(hf_load_error("audio", self.cfg.model, self.cfg.revision, e, hint)) from e

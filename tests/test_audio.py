@@ -178,3 +178,22 @@ def test_wav2vec2_with_task_head_loads_as_base(tmp_path):
     out = ex.encode(speechlike(1.0))
     assert type(ex.model).__name__ == "Wav2Vec2Model"
     assert out["emb"].shape == (49, 32) and out["lower"].shape == (49, 32)
+
+
+def test_a_checkpoint_saved_in_bf16_runs_on_cpu(models, media, tmp_path):
+    """Published checkpoints are often stored in bf16; CPU inference still gets fp32 weights and the
+    same features as from the fp32 file, up to the bf16 rounding of the weights."""
+    import torch
+    from transformers import WavLMModel
+
+    bf16_dir = tmp_path / "wavlm_bf16"
+    WavLMModel.from_pretrained(models["wavlm"]).to(torch.bfloat16).save_pretrained(bf16_dir)
+    for f in ("preprocessor_config.json",):
+        (bf16_dir / f).write_bytes((models["wavlm"] / f).read_bytes())
+    video = video_record(media["av"], "clip", 3.0, 10)
+    ex16 = extractor(bf16_dir, chunk_seconds=1.0, overlap_seconds=0.4)
+    assert next(ex16.model.parameters()).dtype == torch.float32
+    ex32 = extractor(models["wavlm"], chunk_seconds=1.0, overlap_seconds=0.4)
+    a, b = ex16.compute(video, ex16.prepare(video)), ex32.compute(video, ex32.prepare(video))
+    assert a["emb"].shape == b["emb"].shape
+    assert np.corrcoef(a["emb"].ravel(), b["emb"].ravel())[0, 1] > 0.99
