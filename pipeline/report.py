@@ -397,7 +397,7 @@ def build_report(summary: Mapping, models: Mapping[str, str | Path], labels: Lab
     `labels` the validation labels. Plotted videos: `video_ids` or the `cfg.videos` longest.
     `expr_summary` (`pipeline.evaluate.evaluate_expr`'s result) and `confusion` ({model: [8, 8]
     counts}) add the Expression section; `late_fusion` (metrics/late_fusion.json) its table row,
-    `coverage` (metrics/coverage.json's split entry) a line on what the modalities could see, and
+    `coverage` (metrics/coverage.json: the scored split's shares) a line on what the modalities could see, and
     `run_info` ({label: value}: git revision, params hash) the run's identity. `frame_times`
     ({video: its label frames' times, `Video.frame_grid(n)[0]`}) puts the time plots on seconds;
     a video without them is drawn over frame numbers.

@@ -64,10 +64,13 @@ def run(params_path: Path) -> None:
     models = model_dirs(layout)
     summary = evaluate(models, labels, layout.metrics / "summary.json", layout.plots, cfg, times)
     click.echo(metrics_table(summary))
-    write_json(layout.metrics / "coverage.json", {cfg.split: coverage(labels, reliability_rows(layout, labels), times)})
+    # flat keys: `dvc metrics show` prints one column per key, and the split is the evaluate.split param
+    write_json(layout.metrics / "coverage.json", coverage(labels, reliability_rows(layout, labels), times))
     late_path, late_dir = layout.metrics / "late_fusion.json", layout.fusion_dir(LATE_FUSION)
+    headline_path = layout.metrics / "late_fusion_ccc.json"  # the per-model files' keys, for the metrics table
     if not late.pop("enabled", False):
         write_json(late_path, {"enabled": False})
+        write_json(headline_path, {})
         # the stage's declared output, empty when disabled: no earlier run's fusion left to export
         shutil.rmtree(late_dir, ignore_errors=True)
         late_dir.mkdir(parents=True)
@@ -82,6 +85,7 @@ def run(params_path: Path) -> None:
     write_json(late_path, {"enabled": True, **summary_json, "note": f"weights searched on {cfg.split}",
                            "videos_fused": {s: sum(1 for v in records if v.split == s and v.video_id in fused)
                                             for s in dict.fromkeys(v.split for v in records)}})
+    write_json(headline_path, {f"ccc_{k}": summary_json["ccc"][k] for k in ("valence", "arousal", "mean")})
     log.info("late fusion of %s: ccc_mean=%.4f (weights searched on %s)", ", ".join(names),
              summary_json["ccc"]["mean"], cfg.split)
 

@@ -36,9 +36,8 @@ def run(params_path: Path) -> None:
         f = layout.plots / "confusion" / f"{name}.csv"
         if f.exists():
             confusion[name] = read_confusion(f)
-    split = EvalConfig().split
     late = _json(layout.metrics / "late_fusion.json")
-    coverage = (_json(layout.metrics / "coverage.json") or {}).get(split)
+    coverage = _json(layout.metrics / "coverage.json")
     path = build_report(summary, model_dirs(layout), labels, layout.reports / "index.html", cfg,
                         expr_summary=expr, confusion=confusion, late_fusion=late, coverage=coverage,
                         run_info=run_info(params_path), frame_times=times)
