@@ -43,10 +43,24 @@ def _gpu_peak_gb(device: torch.device) -> float | None:
     return torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
 
 
+def _load_and_extract(ext, videos: list, out: Path) -> tuple[float, float, object, int]:
+    """(load seconds, extraction seconds, run report, bytes written) of one engine run into `out`."""
+    from extractors.base import run_extraction
+
+    t = time.perf_counter()
+    ext.load()
+    t_load = time.perf_counter() - t
+    t = time.perf_counter()
+    rep = run_extraction(ext, videos, str(out), progress=False)
+    t_run = time.perf_counter() - t
+    assert rep.ok and len(rep.done) == len(videos), rep
+    return t_load, t_run, rep, _tree_bytes(Path(rep.url.replace("file://", "")))
+
+
 def bench_audio(args: argparse.Namespace) -> dict:
     """WavLM-Large in the paper profile's per-clip mode (4 s clips, 2 s overlap, 4 lower layers kept)."""
     from extractors.audio import AudioConfig, SpeechSSLExtractor
-    from extractors.base import run_extraction, torch_device
+    from extractors.base import torch_device
     from extractors.published_sizes import wavlm_large_config, write_wavlm_large
     from tiny_models import make_video, video_record
 
@@ -60,19 +74,12 @@ def bench_audio(args: argparse.Namespace) -> dict:
         cfg = AudioConfig(model=str(model_dir), mode="per_clip", chunk_seconds=4.0, overlap_seconds=2.0,
                           keep_lower_layers=4, batch_size=args.batch_size, device=args.device, bf16=args.bf16,
                           cache_size=0)
-        t = time.perf_counter()
         ext = SpeechSSLExtractor(cfg)
-        ext.load()
-        t_load = time.perf_counter() - t
-        t = time.perf_counter()
-        rep = run_extraction(ext, videos, str(tmp / "features"), progress=False)
-        t_run = time.perf_counter() - t
-        assert rep.ok and len(rep.done) == len(videos), rep
+        t_load, t_run, rep, written = _load_and_extract(ext, videos, tmp / "features")
         from pipeline.store import FeatureStore
 
         got = FeatureStore.open(rep.url).read_many([v.video_id for v in videos], ["emb", "lower"])
         shape = {k: list(np.asarray(got[videos[0].video_id][k]).shape) for k in ("emb", "lower")}
-        written = _tree_bytes(Path(rep.url.replace("file://", "")))
     total = args.videos * args.seconds
     n_params = sum(p.numel() for p in ext.model.parameters())
     return {"modality": "audio", "model": "WavLM-Large (random weights, published config)", "params": n_params,
@@ -88,7 +95,7 @@ def bench_audio(args: argparse.Namespace) -> dict:
 def bench_face(args: argparse.Namespace) -> dict:
     """GRADA EfficientNet-B1 at 240 px on Aff-Wild2-like 112 px JPEG crops."""
     from bench.extract_bench import _make_crops
-    from extractors.base import run_extraction, torch_device
+    from extractors.base import torch_device
     from extractors.face import FaceConfig, GradaEmbedder, GradaFaceExtractor
     from pipeline.records import Video
 
@@ -104,14 +111,7 @@ def bench_face(args: argparse.Namespace) -> dict:
                         crops_dir=str(d)) for d in dirs]
         ext = GradaFaceExtractor(FaceConfig(weights=str(weights), image_size=240, batch_size=args.batch_size,
                                             device=args.device, bf16=args.bf16))
-        t = time.perf_counter()
-        ext.load()
-        t_load = time.perf_counter() - t
-        t = time.perf_counter()
-        rep = run_extraction(ext, videos, str(tmp / "features"), progress=False)
-        t_run = time.perf_counter() - t
-        assert rep.ok and len(rep.done) == len(videos), rep
-        written = _tree_bytes(Path(rep.url.replace("file://", "")))
+        t_load, t_run, rep, written = _load_and_extract(ext, videos, tmp / "features")
     seconds = args.frames / 30.0
     return {"modality": "face", "model": "GRADA EfficientNet-B1 (random weights)",
             "params": sum(p.numel() for p in model.parameters()), "device": str(device),
