@@ -34,7 +34,24 @@ from pipeline.records import SPLITS, TASKS, Video
 
 log = logging.getLogger(__name__)
 
-VIDEO_EXTS = (".mp4", ".avi", ".mkv", ".webm")
+# Every video container extension FFmpeg (PyAV) demuxes. The order is the priority between two files
+# with the same stem (`_ext_rank`): the first four stay first. The one list used by every adapter and
+# by `affcache predict FOLDER`; a file with a video extension PyAV cannot open fails later, per file.
+VIDEO_EXTS = (
+    ".mp4", ".avi", ".mkv", ".webm",
+    ".mov", ".qt", ".m4v", ".3gp", ".3g2", ".mj2", ".f4v", ".flv",  # ISO-BMFF / QuickTime, Flash
+    ".ts", ".mts", ".m2ts", ".m2t", ".tp", ".trp",  # MPEG transport stream (camcorders, broadcast)
+    ".mpg", ".mpeg", ".mpe", ".m1v", ".m2v", ".mpv", ".vob", ".mod", ".tod", ".evo",  # MPEG program stream
+    ".wmv", ".asf", ".dvr-ms", ".wtv",  # Windows Media
+    ".ogv", ".ogm", ".mxf", ".dv", ".dif", ".mk3d", ".divx", ".xvid", ".nut", ".rm", ".rmvb", ".amv",
+    ".ivf", ".y4m", ".mjpeg", ".mjpg", ".h264", ".264", ".h265", ".265", ".hevc",  # raw / elementary
+)
+
+
+def exts_text(limit: int = 8) -> str:
+    """The video extensions for an error message: the first few and how many more."""
+    shown = ", ".join(VIDEO_EXTS[:limit])
+    return shown if len(VIDEO_EXTS) <= limit else f"{shown}, ... {len(VIDEO_EXTS) - limit} more"
 MEDIA_DIRS = ("videos", "batch1", "batch2", "new_vids")  # searched first, in this order
 CROPS_DIR = "cropped_aligned"
 ANNOTATION_DIRS = {"va": "VA_Estimation_Challenge", "expr": "EXPR_Recognition_Challenge"}
@@ -303,7 +320,7 @@ class AffWild2Adapter(AdapterOptions):
             names = sorted({vid, media_stem(vid)})
             message = (
                 f"{vid}: annotation has no media file; searched {root}/{{{','.join(searched)}}} for "
-                f"{' or '.join(names)}{{{','.join(VIDEO_EXTS)}}}; fix: put the video there, "
+                f"{' or '.join(names)} with a video extension ({exts_text()}); fix: put the video there, "
                 "or pass skip_missing=True to leave this id out"
             )
             if not self.skip_missing:

@@ -1,7 +1,8 @@
 """Adapter for "any folder of videos": in-the-wild use without the Aff-Wild2 tree.
 
     root/
-      clip1.mp4              any of .mp4 .avi .mkv .webm, in root or subfolders
+      clip1.mp4              any video container FFmpeg demuxes (.mp4 .avi .mkv .webm .mov .m4v .3gp
+                             .ts .mts .m2ts .mpg .flv .wmv .ogv .mxf ...; `VIDEO_EXTS`), in root or subfolders
       clip1.csv              optional VA labels, same format as Aff-Wild2 VA txt (`valence,arousal`)
       cropped_aligned/clip1/ optional face crops (%05d.jpg, 1-based)
       splits.csv             optional `video_id,split` (split: train / validation / test)
@@ -23,6 +24,7 @@ from pipeline.datasets.affwild2 import (
     CROPS_DIR,
     VIDEO_EXTS,
     DatasetError,
+    exts_text,
     _prunable,
     note,
     probe_many,
@@ -96,7 +98,7 @@ class FolderAdapter(AdapterOptions):
         self.warnings = []
         videos = find_videos(root, self.recursive)
         if not videos:
-            raise DatasetError(f"{root}: no video files ({', '.join(VIDEO_EXTS)}) found; fix: check the folder")
+            raise DatasetError(f"{root}: no video files ({exts_text()}) found; fix: check the folder")
         splits = read_splits(root / SPLITS_FILE) if (root / SPLITS_FILE).is_file() else {}
         for vid in sorted(set(splits) - set(videos)):
             note(self.warnings, f"{root / SPLITS_FILE}: {vid!r} has no video file; ignored")

@@ -141,19 +141,41 @@ def choose_model(params: Params, layout: Layout, model: str | None = None) -> st
 
 
 def expand_inputs(paths: list[Path]) -> list[Path]:
-    """Files as given; a folder stands for every video file below it (sorted, so runs repeat)."""
-    from pipeline.datasets.affwild2 import VIDEO_EXTS
+    """Files as given; a folder stands for every video file below it (sorted, so runs repeat).
+
+    Other files below a folder (outside hidden folders) are named in one warning per folder, and in
+    the error when a folder holds no video file. A file with a video extension that PyAV cannot open
+    is taken here and fails on its own at probe time (`probe_videos`)."""
+    from pipeline.datasets.affwild2 import VIDEO_EXTS, exts_text
 
     files: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in VIDEO_EXTS)
+            found, skipped = [], []
+            for f in sorted(p.rglob("*")):
+                if not f.is_file():
+                    continue
+                if f.suffix.lower() in VIDEO_EXTS:
+                    found.append(f)
+                elif not any(part.startswith(".") for part in f.relative_to(p).parts[:-1]):
+                    skipped.append(f)
+            listed = _skipped_text(p, skipped)
             if not found:
-                raise StageFailed(f"{p}: no video files ({', '.join(VIDEO_EXTS)}) in this folder")
+                raise StageFailed(f"{p}: no video files ({exts_text()}) in this folder"
+                                  + (f"; skipped {listed}" if skipped else "; the folder holds no files"))
+            if skipped:
+                log.warning("predict: %s: skipped %s", p, listed)
             files += found
         else:
             files.append(p)
     return list(dict.fromkeys(files))
+
+
+def _skipped_text(folder: Path, skipped: list[Path], limit: int = 50) -> str:
+    """`N file(s) (not a video file extension): a.txt, sub/b.csv, ...` with at most `limit` names."""
+    names = [str(f.relative_to(folder)) for f in skipped]
+    more = f", ... {len(names) - limit} more" if len(names) > limit else ""
+    return f"{len(names)} file(s) (not a video file extension): {', '.join(names[:limit])}{more}"
 
 
 def video_ids(paths: list[Path]) -> dict[Path, str]:
