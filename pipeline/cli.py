@@ -312,7 +312,8 @@ def params_group() -> None:
 def params_show(profile: str, stages: tuple[str, ...]) -> None:
     """Print every stage's fully resolved config (defaults filled in) as YAML.
 
-    PROFILE is a profile name (`paper`: pipeline/profiles/paper.yaml) or a params file.
+    PROFILE is a profile name (`paper`: pipeline/profiles/paper.yaml; `demo`: the repository's
+    params.yaml) or a params file.
     """
     import yaml
 

@@ -91,7 +91,27 @@ def test_params_show_prints_every_stage_with_defaults(tmp_path):
     bad = CliRunner().invoke(main, ["params", "show", "paper", "--stage", "fuse@nothing"])
     assert bad.exit_code != 0 and "fuse@dcmmoe" in bad.output
     missing = CliRunner().invoke(main, ["params", "show", "no-such-profile"])
-    assert missing.exit_code != 0 and "paper" in missing.output
+    assert missing.exit_code != 0 and "paper" in missing.output and "demo" in missing.output
+
+
+def test_paper_behavior_pixel_budget_and_revision(resolved):
+    config = resolved["paper"]["extract_behavior"]["config"]
+    assert config["min_pixels"] == 100352 and config["max_pixels"] == 602112  # qwen-vl-utils' defaults
+    assert config["revision"]  # pinned, so the features name the weights they came from
+    from extractors.behavior import BehaviorConfig, QwenVLBehaviorExtractor
+
+    QwenVLBehaviorExtractor(BehaviorConfig(**config))  # the bounds pass the extractor's own checks
+
+
+def test_params_show_demo_is_the_repos_params_yaml():
+    assert profile_path("demo") == ROOT / "params.yaml"
+    result = CliRunner().invoke(main, ["params", "show", "demo"])
+    assert result.exit_code == 0, result.output
+    shown = yaml.safe_load(result.output)
+    demo = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for modality in ("face", "audio", "behavior", "reliability"):
+        name = demo["extract"][modality]["extractor"]
+        assert shown[f"extract_{modality}"]["extractor"] == name and name in result.output
 
 
 def test_params_show_names_a_bad_key(tmp_path):

@@ -17,16 +17,23 @@ from typing import Any
 from pipeline.config import Params, ParamsError, build_config, load_params
 
 PROFILES_DIR = Path(__file__).resolve().parents[1] / "profiles"
+DEMO_PARAMS = Path(__file__).resolve().parents[2] / "params.yaml"  # the repo's own params.yaml
 
 
 def profile_path(profile: str | Path) -> Path:
-    """A profile name (`paper` -> pipeline/profiles/paper.yaml) or a params file path."""
+    """A profile name (`paper` -> pipeline/profiles/paper.yaml; `demo` -> the repo's params.yaml)
+    or a params file path."""
     p = Path(profile)
     if p.suffix in (".yaml", ".yml") or p.exists():
         return p
+    if str(profile) == "demo" and not (PROFILES_DIR / "demo.yaml").exists():
+        if not DEMO_PARAMS.exists():
+            raise ParamsError(f"demo: the demo profile is the repository's params.yaml, and {DEMO_PARAMS} "
+                              "does not exist (an installed package without its repository?)")
+        return DEMO_PARAMS
     named = PROFILES_DIR / f"{profile}.yaml"
     if not named.exists():
-        known = ", ".join(sorted(x.stem for x in PROFILES_DIR.glob("*.yaml")))
+        known = ", ".join(sorted({"demo", *(x.stem for x in PROFILES_DIR.glob("*.yaml"))}))
         raise ParamsError(f"{profile}: no such profile (known: {known}) and no such params file")
     return named
 
