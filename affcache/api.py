@@ -4,9 +4,8 @@ project *is* its params file plus its `data/` folder, as `dvc repro` left them).
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,8 +17,16 @@ if TYPE_CHECKING:  # heavy imports stay inside the calls
 
 PathLike = str | os.PathLike
 
-# The extractor each modality uses unless `extractor=` names another registry entry.
-EXTRACTOR_DEFAULTS = {"face": "grada", "audio": "speech_ssl", "behavior": "qwen3vl", "reliability": "reliability"}
+
+
+def __getattr__(name: str) -> Any:
+    """`EXTRACTOR_DEFAULTS`: modality -> the extractor it uses unless `extractor=` names another, as
+    the extractors declare it (read on first use, so importing this module stays cheap)."""
+    if name == "EXTRACTOR_DEFAULTS":
+        from extractors.registry import default_extractors
+
+        return default_extractors()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def extract(videos: PathLike | Sequence[PathLike], modality: str, store: PathLike = "features", *,
@@ -35,21 +42,18 @@ def extract(videos: PathLike | Sequence[PathLike], modality: str, store: PathLik
     them). Returns the store URL; raises `extractors.base.ExtractorError` if some video failed (the
     others are stored, a re-run retries only the failed ones).
     """
-    from extractors.base import REGISTRY, ExtractorError, _import_builtin_extractors, run_extraction
-    from pipeline.config import build_config
-    from pipeline.stages.extract import config_class
-    from pipeline.stages.predict import PredictReport, expand_inputs, probe_videos
+    from affcache.stages.predict import PredictReport, expand_inputs, probe_videos
+    from extractors.base import ExtractorError, run_extraction
+    from extractors.registry import build_extractor, default_extractors
 
-    if modality not in EXTRACTOR_DEFAULTS:
-        raise ValueError(f"modality must be one of {', '.join(EXTRACTOR_DEFAULTS)}, got {modality!r}")
-    name = extractor or EXTRACTOR_DEFAULTS[modality]
-    _import_builtin_extractors()
-    if name not in REGISTRY:
-        raise ValueError(f"unknown extractor {name!r}; known: {', '.join(sorted(REGISTRY))}")
-    cls = REGISTRY[name]
-    ext = cls(build_config(config_class(cls), dict(config or {}), where=f"affcache.extract({name}) config"))
-    if ext.modality != modality:
-        raise ValueError(f"extractor {name!r} extracts {ext.modality!r}, not {modality!r}")
+    defaults = default_extractors()
+    if modality not in defaults:
+        raise ValueError(f"modality must be one of {', '.join(defaults)}, got {modality!r}")
+    name = extractor or defaults[modality]
+    try:
+        ext = build_extractor(name, dict(config or {}), where=f"affcache.extract({name}) config", modality=modality)
+    except ExtractorError as e:
+        raise ValueError(str(e)) from e
     paths = [videos] if isinstance(videos, (str, os.PathLike)) else list(videos)
     probed = PredictReport()
     records = probe_videos(expand_inputs([Path(p) for p in paths]), probed)
@@ -96,29 +100,19 @@ def predict(videos: PathLike | Sequence[PathLike], *, project: PathLike = ".", p
     `project` is a folder where `dvc repro` (or `dvc pull`) has left `data/heads` and `data/fusion`;
     `params` and `out` are relative to it. Exactly what `affcache predict` does (features cached in
     `<out>/features`, one CSV and plot per video there); returns all videos' rows in one DataFrame
-    with a leading `video_id` column. Raises `pipeline.stages.StageFailed` if any file failed.
+    with a leading `video_id` column. Raises `affcache.stages.StageFailed` if any file failed.
     """
     import pandas as pd
 
-    from pipeline.stages import predict as predict_stage
-    from pipeline.stages.schema import check_params_file
+    from affcache.stages import predict as predict_stage
+    from affcache.stages.schema import check_params_file
+    from pipeline.files import working_dir
 
     paths = [videos] if isinstance(videos, (str, os.PathLike)) else list(videos)
     abs_paths = [Path(p).resolve() for p in paths]
-    with _working_dir(Path(project)):
+    with working_dir(project):
         check_params_file(Path(params))
         report = predict_stage.run(Path(params), abs_paths, Path(out), model=model)
         frames = [pd.read_csv(o["csv"]).assign(video_id=vid) for vid, o in sorted(report.outputs.items())]
     df = pd.concat(frames, ignore_index=True)
     return df[["video_id"] + [c for c in df.columns if c != "video_id"]]
-
-
-@contextlib.contextmanager
-def _working_dir(path: Path) -> Iterator[None]:
-    """Stages resolve `data/...` against the working directory (pipeline.stages.Layout)."""
-    before = Path.cwd()
-    os.chdir(path)
-    try:
-        yield
-    finally:
-        os.chdir(before)

@@ -36,7 +36,7 @@ def rates(params_path: str, url: str) -> dict:
     from heads.windows import frame_windows
     from pipeline.config import load_params
     from pipeline.records import read_index
-    from pipeline.stages import Layout
+    from affcache.stages import Layout
 
     params = load_params(params_path)
     videos = read_index(Layout.from_params(params).index)

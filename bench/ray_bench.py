@@ -17,7 +17,6 @@ overhead (ray_time - local_time) / videos, and max |ray - local| over every arra
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
 import tempfile
@@ -29,27 +28,19 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-
-@contextlib.contextmanager
-def _cwd(path: Path):
-    before = Path.cwd()
-    os.chdir(path)
-    try:
-        yield
-    finally:
-        os.chdir(before)
+from pipeline.files import working_dir  # noqa: E402
 
 
 def build_demo(root: Path, seconds: float) -> Path:
     """The tiny demo project (stage functions, no DVC): params, data, tiny encoders, index."""
-    from pipeline.stages import demo_data, demo_models, index
+    from affcache.stages import demo_data, demo_models, index
 
     project = root / "project"
     project.mkdir()
     params = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
     params["demo"] = {"root": "data/raw/demo", "preset": "tiny", "overrides": {"seconds": [seconds, seconds]}}
     (project / "params.yaml").write_text(yaml.safe_dump(params))
-    with _cwd(project):
+    with working_dir(project):
         demo_data.run(Path("params.yaml"))
         demo_models.run(Path("params.yaml"))
         index.run(Path("params.yaml"))
@@ -86,12 +77,12 @@ def main() -> None:
     from extractors.engine_ray import RayConfig, run_extraction_ray
     from pipeline.config import load_params
     from pipeline.records import read_index
-    from pipeline.stages.extract import build_extractor
+    from affcache.stages.extract import build_extractor
 
     threads = torch.get_num_threads()
     with tempfile.TemporaryDirectory() as tmp:
         project = build_demo(Path(tmp), args.seconds)
-        with _cwd(project):
+        with working_dir(project):
             params = load_params(Path("params.yaml"))
             videos = read_index(Path("data/index.json"))
             t = time.perf_counter()

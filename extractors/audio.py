@@ -214,12 +214,9 @@ class _Prepared:
     vad: np.ndarray | None = None
 
 
-@register("speech_ssl")
+@register("speech_ssl", modality="audio", default=True, weights=True)
 class SpeechSSLExtractor:
     """HF speech SSL encoder -> per-row last-layer states (+ optional lower states) and voice activity."""
-
-    name = "speech_ssl"
-    modality = "audio"
 
     def __init__(self, cfg: AudioConfig):
         self.cfg = cfg

@@ -44,19 +44,13 @@ from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence, runtim
 import numpy as np
 import torch
 
+from extractors.registry import REGISTRY, ExtractorError, get_extractor, register  # noqa: F401 - plug-ins import these here
 from pipeline.claims import DEFAULT_TTL_S, Claims, LeaseKeeper, claims_url
 from pipeline.files import sampled_digest
 from pipeline.progress import logs_above_bars, unit_scope
 from pipeline.records import Video
 
 log = logging.getLogger(__name__)
-
-
-class ExtractorError(Exception):
-    """A configuration or model problem (bad model id, weights file, parameter).
-
-    Raised by `load()` or the constructor, before any video is touched, so a typo costs seconds.
-    """
 
 
 class VideoError(Exception):
@@ -82,54 +76,6 @@ class Extractor(Protocol):
         """The file/folder (or several) whose content the video's arrays depend on: it keys the
         video's cache entry (`pipeline.store.source_fingerprint`)."""
         ...
-
-
-# ----------------------------------------------------------------------------------------- registry
-REGISTRY: dict[str, Callable[[Any], Extractor]] = {}
-
-
-def register(name: str) -> Callable[[type], type]:
-    """Class decorator: make an extractor constructible by name (`get_extractor(name, cfg)`)."""
-
-    def deco(cls: type) -> type:
-        if name in REGISTRY and REGISTRY[name] is not cls:
-            raise ExtractorError(f"extractor name {name!r} registered twice ({REGISTRY[name]!r} and {cls!r})")
-        REGISTRY[name] = cls
-        return cls
-
-    return deco
-
-
-_BUILTIN_MODULES = ("extractors.face", "extractors.reliability", "extractors.audio", "extractors.behavior")
-
-
-def _import_builtin_extractors() -> dict[str, str]:
-    """Import the modules that register the built-in extractors (lazily: torch models are heavy).
-
-    A sibling module that fails to import must not hide the others: failures are returned (and shown
-    if the requested name is still unknown).
-    """
-    import importlib
-
-    problems = {}
-    for mod in _BUILTIN_MODULES:
-        try:
-            importlib.import_module(mod)
-        except Exception as e:  # noqa: BLE001 - reported by get_extractor when it matters
-            problems[mod] = f"{type(e).__name__}: {e}"
-    return problems
-
-
-def get_extractor(name: str, cfg: Any) -> Extractor:
-    """Build the extractor registered as `name` from its config dataclass."""
-    problems: dict[str, str] = {}
-    if name not in REGISTRY:
-        problems = _import_builtin_extractors()
-    if name not in REGISTRY:
-        known = ", ".join(sorted(REGISTRY)) or "(none)"
-        extra = "".join(f"; {m} failed to import ({p})" for m, p in problems.items() if "No module named" not in p)
-        raise ExtractorError(f"unknown extractor {name!r}; registered: {known}{extra}. Check the `extractor` param.")
-    return REGISTRY[name](cfg)
 
 
 def looks_like_local_path(model: str) -> bool:

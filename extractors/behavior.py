@@ -192,12 +192,9 @@ class _Prepared:
 
 
 # ------------------------------------------------------------------------------------ extractor
-@register("qwen3vl")
+@register("qwen3vl", modality="behavior", default=True, weights=True)
 class QwenVLBehaviorExtractor:
     """Qwen3-VL prefill features (+ optional descriptions) per behavior segment."""
-
-    name = "qwen3vl"
-    modality = "behavior"
 
     def __init__(self, cfg: BehaviorConfig):
         self.cfg = cfg

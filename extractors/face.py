@@ -318,12 +318,9 @@ class FacePrepared:
         self.batches.close()
 
 
-@register("grada")
+@register("grada", modality="face", default=True, weights=True)
 class GradaFaceExtractor:
     """Face embeddings per frame (store layout: emb, t0, t1, valid, frame_index [+ va_pred, expr_logits])."""
-
-    name = "grada"
-    modality = "face"
 
     def __init__(self, cfg: FaceConfig):
         self.cfg = cfg

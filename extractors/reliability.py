@@ -265,12 +265,9 @@ class ReliabilityPrepared:
     vad: np.ndarray  # [M]
 
 
-@register("reliability")
+@register("reliability", modality="reliability", default=True)
 class ReliabilityExtractor:
     """Face coverage, mouth opening and voice activity per video (see module docstring)."""
-
-    name = "reliability"
-    modality = "reliability"
 
     def __init__(self, cfg: ReliabilityConfig):
         self.cfg = cfg

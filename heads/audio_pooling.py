@@ -39,6 +39,7 @@ from heads.losses import ccc_loss, weighted_cross_entropy
 from heads.outputs import HeadOutput
 from heads.train import TrainConfig
 from heads.windows import AudioTrustRule, frame_windows, overlap_add
+from heads.registry import register_model
 
 
 
@@ -49,12 +50,9 @@ class AudioTrainConfig(TrainConfig):
 
     epochs: int = 50
     lr: float = 2e-4
-    weight_decay: float = 0.01
-    batch_size: int = 8
     plateau_factor: float = 0.5
     plateau_patience: int = 2
     early_stopping: int = 6
-    seed: int = 42
     ema_decay: float = 0.998
 
 
@@ -374,6 +372,8 @@ def build_bank(videos, datas: dict, cfg: AudioPoolingConfig, r: int) -> tuple[Au
     return bank.finalize(), totals
 
 
+@register_model("audio", kind="head", config=AudioPoolingConfig,
+                inputs=("features/audio", "features/reliability"), tasks=("va", "expr"))
 class AudioPooling(Head[AudioPoolingConfig]):
     """The audio head behind the contract (heads.contract): filtered 4-s windows of 1-s bins."""
 

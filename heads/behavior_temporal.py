@@ -36,6 +36,7 @@ from heads.losses import window_task_loss
 from heads.outputs import HeadOutput
 from heads.train import TrainConfig
 from heads.windows import frame_windows, segments_to_frames
+from heads.registry import register_model
 from pipeline.labels import fill_nearest
 
 
@@ -45,12 +46,9 @@ class BehaviorTrainConfig(TrainConfig):
     """Published behavior-head training (B2): AdamW 3e-4 / wd 1e-3, batch 8, early stopping 12
     (epochs and plateau settings are not published: face-head values)."""
 
-    epochs: int = 100
     lr: float = 3e-4
     weight_decay: float = 1e-3
-    batch_size: int = 8
     early_stopping: int = 12
-    seed: int = 42
 
 
 @dataclass
@@ -207,6 +205,8 @@ def predict_video(model, video: HeadVideo, x: np.ndarray | None, cfg: BehaviorTe
     return HeadOutput(pred, emb, covered)
 
 
+@register_model("behavior", kind="head", config=BehaviorTemporalConfig, inputs=("features/behavior",),
+                tasks=("va", "expr"))
 class BehaviorTemporal(Head[BehaviorTemporalConfig]):
     """The behavior head behind the contract (heads.contract): segment sequences of the behavior store.
 

@@ -23,6 +23,7 @@ from heads.outputs import HeadOutput
 from heads.positional import sinusoidal_encoding
 from heads.train import TrainConfig
 from heads.windows import frame_windows
+from heads.registry import register_model
 from pipeline.labels import fill_nearest
 
 
@@ -30,17 +31,7 @@ from pipeline.labels import fill_nearest
 @dataclass
 class FaceTrainConfig(TrainConfig):
     """Published face-head training (B1): AdamW 1e-4 / wd 0.01, batch 8, <= 100 epochs, plateau x0.1
-    patience 5, early stopping 15, seed 42. A subclass (not a factory) so that a partial `train:`
-    override in params keeps these defaults for the keys it does not set."""
-
-    epochs: int = 100
-    lr: float = 1e-4
-    weight_decay: float = 0.01
-    batch_size: int = 8
-    plateau_factor: float = 0.1
-    plateau_patience: int = 5
-    early_stopping: int = 15
-    seed: int = 42
+    patience 5, early stopping 15, seed 42: `TrainConfig`'s defaults, which are these values."""
 
 
 @dataclass
@@ -147,6 +138,8 @@ def predict_video(model: nn.Module, video: HeadVideo, x: np.ndarray, present: np
     return HeadOutput(pred, emb, np.isfinite(pred).all(1))
 
 
+@register_model("face", kind="head", config=FaceTemporalConfig, inputs=("features/face",),
+                tasks=("va", "expr"))
 class FaceTemporal(Head[FaceTemporalConfig]):
     """The face head behind the contract (heads.contract): frame windows of the face store."""
 

@@ -29,6 +29,7 @@ from heads.losses import va_loss
 from heads.positional import sinusoidal_encoding
 from heads.postprocess import SmoothingConfig
 from heads.train import TrainConfig
+from heads.registry import register_model
 
 
 @dataclass
@@ -36,14 +37,6 @@ class DCMMOETrainConfig(TrainConfig):
     """Published optimisation (`config_best.toml`): AdamW 1e-4 / wd 0.01, batch 8, <= 100 epochs,
     plateau x0.1 patience 5, early stopping 15, seed 42."""
 
-    epochs: int = 100
-    lr: float = 1e-4
-    weight_decay: float = 0.01
-    batch_size: int = 8
-    plateau_factor: float = 0.1
-    plateau_patience: int = 5
-    early_stopping: int = 15
-    seed: int = 42
     progress: bool = False
 
 
@@ -123,6 +116,8 @@ class DCMMOEModel(nn.Module):
         return {"pred": self.head_out(emb), "emb": emb, "gates": gates}
 
 
+@register_model("dcmmoe", kind="fusion", config=DCMMOEConfig,
+                inputs=("heads/face", "heads/behavior", "features/reliability"))
 class DCMMOE(FusionHead):
     """dcmmoe behind the head contract: frame windows (published 400 / hop 150), no audio tokens."""
 

@@ -28,6 +28,7 @@ from heads.fusion_windows import FrameWindowing
 from heads.positional import sinusoidal_encoding
 from heads.postprocess import SmoothingConfig
 from heads.train import TrainConfig
+from heads.registry import register_model
 
 
 @dataclass
@@ -36,12 +37,6 @@ class GatedMoETrainConfig(TrainConfig):
     <= 100 epochs, early stopping 15); no per-batch bar (`progress`: fusions train after the heads,
     logs stay short), the bar over epochs still shows."""
 
-    epochs: int = 100
-    lr: float = 1e-4
-    weight_decay: float = 0.01
-    batch_size: int = 8
-    early_stopping: int = 15
-    seed: int = 42
     progress: bool = False
 
 
@@ -209,6 +204,8 @@ class GatedMoEModel(nn.Module):
         return {"pred": self.head(fused), "emb": fused, "gates": gates}
 
 
+@register_model("gated_moe", kind="fusion", config=GatedMoEConfig,
+                inputs=("heads/face", "heads/behavior", "heads/audio", "features/reliability"), tasks=("va", "expr"))
 class GatedMoE(FusionHead):
     """gated_moe behind the head contract: frame windows (published 400 / hop 150), no audio tokens."""
 

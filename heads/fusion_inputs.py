@@ -124,7 +124,7 @@ def load_fusion_inputs(videos: Sequence, heads: Mapping[str, str], reliability_u
     for i, (m, url) in enumerate(heads.items()):
         if not Path(url).exists() and "://" not in str(url):
             raise FileNotFoundError(f"{url}: outputs of the {m!r} head not found; train that head first "
-                                    f"(dvc repro train@{m}) or fix the fusion `heads` paths")
+                                    f"(dvc repro train_{m}) or fix the fusion `heads` paths")
         per_mod[m] = load_head_videos(videos, url, task, reliability_url=reliability_url if i == 0 else None)
     out = []
     for k in range(len(videos)):

@@ -22,6 +22,7 @@ from heads.fusion_windows import AudioFilter, SecondsWindowing
 from heads.postprocess import SmoothingConfig
 from heads.train import TrainConfig
 from heads.windows import AudioTrustRule
+from heads.registry import register_model
 
 
 @dataclass
@@ -33,10 +34,7 @@ class RAAVTrainConfig(TrainConfig):
 
     epochs: int = 50
     lr: float = 5e-5
-    weight_decay: float = 0.01
-    batch_size: int = 8
     early_stopping: int = 6
-    seed: int = 42
     progress: bool = False
 
 
@@ -163,6 +161,8 @@ class RAAVModel(nn.Module):
         return {"pred": self.head(z), "emb": z, "gates": gates}
 
 
+@register_model("raav", kind="fusion", config=RAAVConfig,
+                inputs=("heads/face", "heads/behavior", "heads/audio", "features/reliability"), tasks=("va", "expr"))
 class RAAV(FusionHead):
     """raav behind the head contract: windows in seconds, audio tokens masked by the shared trust rule."""
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -100,7 +100,7 @@ def load_head(name: str, out_dir: str | Path, device: str = "auto") -> TrainedMo
     trained = load_model(out_dir, "head", device)
     if trained.name != name:
         raise ModelLoadError(f"{trained.path / CHECKPOINT}: holds the {trained.name!r} head, not {name!r}; "
-                             f"re-train it (`dvc repro train@{name}`)")
+                             f"re-train it (`dvc repro train_{name}`)")
     return trained
 
 
@@ -202,7 +202,10 @@ def _masked(a: np.ndarray, ok: np.ndarray) -> np.ndarray:
 
 @dataclass
 class Predictor:
-    """The selected model (a head, or a fusion plus the heads it reads), loaded once."""
+    """The selected model (a head, or a fusion plus the heads it reads), loaded once.
+
+    `heads` is keyed by modality (`face`, ...), the feature store each head reads.
+    """
 
     model: str
     heads: dict[str, TrainedModel]
@@ -213,22 +216,51 @@ class Predictor:
         """Feature stores the heads read (fusions add nothing: they read head outputs)."""
         return list(self.heads)
 
-    def predict(self, videos: Mapping[str, Sequence[HeadVideo]]) -> dict[str, VideoPrediction]:
-        """`videos[modality]` = the same videos' HeadVideos built from that modality's store."""
+    def _forward(self, videos: Mapping[str, Sequence[HeadVideo]]):
+        """(each head's outputs by modality, the videos of the first modality, the model's outputs)."""
         outputs = {m: predict_head(h, videos[m]) for m, h in self.heads.items()}
         grid = list(videos[self.modalities[0]])
-        fused = predict_fusion(self.fusion, grid, outputs) if self.fusion is not None else {}
+        final = predict_fusion(self.fusion, grid, outputs) if self.fusion is not None else outputs[self.modalities[0]]
+        return outputs, grid, final
+
+    def predict(self, videos: Mapping[str, Sequence[HeadVideo]]) -> dict[str, VideoPrediction]:
+        """`videos[modality]` = the same videos' HeadVideos built from that modality's store."""
+        outputs, grid, final = self._forward(videos)
         result = {}
         for v in grid:
             per = {m: (outputs[m][v.video_id].pred[:, :2], outputs[m][v.video_id].valid) for m in self.heads}
-            if self.fusion is not None:
-                f = fused[v.video_id]
-                result[v.video_id] = VideoPrediction(v.video_id, v.fps, v.num_frames, self.model, f.pred, f.valid,
-                                                     per, f.extras["gates"], list(self.fusion.head.gate_names))
-            else:
-                pred, ok = per[self.model]
-                result[v.video_id] = VideoPrediction(v.video_id, v.fps, v.num_frames, self.model, pred, ok, per)
+            f = final[v.video_id]
+            gates = (f.extras["gates"], list(self.fusion.head.gate_names)) if self.fusion is not None else (None, [])
+            result[v.video_id] = VideoPrediction(v.video_id, v.fps, v.num_frames, self.model, f.pred[:, :2], f.valid,
+                                                 per, *gates)
         return result
+
+
+class ExprPredictor(Predictor):
+    """An EXPR model (an `expr_<head>` or `expr_<fusion>`) and the EXPR heads it reads."""
+
+    def probabilities(self, videos: Mapping[str, Sequence[HeadVideo]]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """{video_id: (class probabilities [F, 8] (softmax of the logits), valid [F])}."""
+        _, grid, final = self._forward(videos)
+        result = {}
+        for v in grid:
+            o = final[v.video_id]
+            z = o.pred.astype(np.float64) - o.pred.max(1, keepdims=True)
+            p = np.exp(z)
+            result[v.video_id] = ((p / p.sum(1, keepdims=True)).astype(np.float32), o.valid)
+        return result
+
+
+def _load_fused(cls: type[Predictor], model: str, fusion_dir: str | Path, head_dirs: Mapping[str, str | Path],
+                head_name: Callable[[str], str], device: str) -> Predictor:
+    """A fusion and the heads it reads (`head_name(modality)`: the registry name of that head)."""
+    fusion = load_fusion(fusion_dir, device)
+    need = {m: head_name(m) for m in fusion.head.modalities}
+    missing = [h for h in need.values() if h not in head_dirs]
+    if missing:
+        raise ModelLoadError(f"{fusion.path / CHECKPOINT}: the fusion reads heads {missing} that this pipeline "
+                             "does not train; re-train the fusion with `modalities` among the trained heads")
+    return cls(model, {m: load_head(h, head_dirs[h], device) for m, h in need.items()}, fusion)
 
 
 def load_predictor(model: str, head_dirs: Mapping[str, str | Path], fusion_dirs: Mapping[str, str | Path],
@@ -241,45 +273,10 @@ def load_predictor(model: str, head_dirs: Mapping[str, str | Path], fusion_dirs:
         return Predictor(model, {model: load_head(model, head_dirs[model], device)})
     if model not in fusion_dirs:
         raise ModelLoadError(f"unknown model {model!r}; choose one of {', '.join([*head_dirs, *fusion_dirs])}")
-    fusion = load_fusion(fusion_dirs[model], device)
-    missing = [m for m in fusion.head.modalities if m not in head_dirs]
-    if missing:
-        raise ModelLoadError(f"{fusion.path / CHECKPOINT}: the fusion reads heads {missing} that this pipeline "
-                             "does not train; re-train the fusion with `modalities` among the trained heads")
-    heads = {m: load_head(m, head_dirs[m], device) for m in fusion.head.modalities}
-    return Predictor(model, heads, fusion)
+    return _load_fused(Predictor, model, fusion_dirs[model], head_dirs, lambda m: m, device)
 
 
 # --------------------------------------------------------------------------- expression (EXPR)
-
-
-@dataclass
-class ExprPredictor:
-    """An EXPR model (an `expr_<head>` or `expr_<fusion>`) and the EXPR heads it reads, loaded once.
-
-    `heads` is keyed by modality (`face`, ...), the feature store each head reads.
-    """
-
-    model: str
-    heads: dict[str, TrainedModel]
-    fusion: TrainedModel | None = None
-
-    @property
-    def modalities(self) -> list[str]:
-        return list(self.heads)
-
-    def probabilities(self, videos: Mapping[str, Sequence[HeadVideo]]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """{video_id: (class probabilities [F, 8] (softmax of the logits), valid [F])}."""
-        outputs = {m: predict_head(h, videos[m]) for m, h in self.heads.items()}
-        grid = list(videos[self.modalities[0]])
-        final = predict_fusion(self.fusion, grid, outputs) if self.fusion is not None else outputs[self.modalities[0]]
-        result = {}
-        for v in grid:
-            o = final[v.video_id]
-            z = o.pred.astype(np.float64) - o.pred.max(1, keepdims=True)
-            p = np.exp(z)
-            result[v.video_id] = ((p / p.sum(1, keepdims=True)).astype(np.float32), o.valid)
-        return result
 
 
 def load_expr_predictor(model: str, head_dirs: Mapping[str, str | Path], fusion_dirs: Mapping[str, str | Path],
@@ -293,10 +290,4 @@ def load_expr_predictor(model: str, head_dirs: Mapping[str, str | Path], fusion_
         raise ModelLoadError(f"{model!r} is not an expression model; choose one of the expr_ models")
     if entry.kind == "head":
         return ExprPredictor(model, {entry.base: load_head(entry.name, head_dirs[entry.name], device)})
-    fusion = load_fusion(fusion_dirs[model], device)
-    need = {m: task_name(m, "expr") for m in fusion.head.modalities}
-    missing = [h for h in need.values() if h not in head_dirs]
-    if missing:
-        raise ModelLoadError(f"{fusion.path / CHECKPOINT}: the fusion reads heads {missing} that this pipeline "
-                             "does not train; re-train the fusion with `modalities` among the trained heads")
-    return ExprPredictor(model, {m: load_head(h, head_dirs[h], device) for m, h in need.items()}, fusion)
+    return _load_fused(ExprPredictor, model, fusion_dirs[model], head_dirs, lambda m: task_name(m, "expr"), device)

@@ -1,9 +1,11 @@
 """The one list of trainable models: name -> where it lives, its config, its kind and its inputs.
 
-Why one registry: the CLI's choices, the train/fuse stages, evaluation, the report, export and
-inference all enumerate the same models; reading them from here means adding a model is one
-module plus one entry, and no listing can fall out of step. Importing this module is cheap (no
-torch): modules and config classes are imported only when a spec is used.
+Why one registry: the CLI's choices, the train/fuse stages (generated into dvc.yaml), the params
+schema, evaluation, the report, export and inference all enumerate the same models. A model declares
+itself where it is written: its `Head` class carries `@register_model(name, kind=..., config=...,
+inputs=..., tasks=...)`, and the registry reads those declarations from the source
+(`pipeline.plugins`), so adding a model is one module plus its params section. Importing this
+module is cheap (no torch): modules and config classes are imported only when a spec is used.
 
 `inputs` name what a model reads, as paths under data/: `features/<modality>` (an extraction
 stage's store) or `heads/<head>` (a head's outputs.zarr). dvc.yaml lists the same data deps.
@@ -71,7 +73,18 @@ class ModelSpec:
         return getattr(importlib.import_module(self.module), self.head)(cfg)
 
 
-_HEAD_OUTPUTS = ("heads/face", "heads/behavior", "heads/audio", "features/reliability")
+def register_model(name: str, *, kind: Kind, config: type, inputs: tuple[str, ...],
+                   tasks: tuple[Task, ...] = ("va",)):
+    """Class decorator and declaration of a head or fusion (read from the source by `_declared`):
+    its registry name, kind, config dataclass, what it reads under data/, and the tasks it trains for
+    (an EXPR entry `expr_<name>` reads the EXPR heads' outputs)."""
+
+    def deco(cls: type) -> type:
+        if not hasattr(config, "__dataclass_fields__"):
+            raise TypeError(f"register_model({name!r}): config {config!r} is not a dataclass")
+        return cls
+
+    return deco
 
 
 def for_task(s: ModelSpec, task: Task) -> ModelSpec:
@@ -80,22 +93,20 @@ def for_task(s: ModelSpec, task: Task) -> ModelSpec:
     return replace(s, name=task_name(s.name, task), inputs=inputs, task=task)
 
 
-_VA_MODELS: tuple[ModelSpec, ...] = (
-    ModelSpec("face", "head", "heads.face_temporal", "FaceTemporalConfig", "FaceTemporal", ("features/face",)),
-    ModelSpec("behavior", "head", "heads.behavior_temporal", "BehaviorTemporalConfig", "BehaviorTemporal",
-              ("features/behavior",)),
-    ModelSpec("audio", "head", "heads.audio_pooling", "AudioPoolingConfig", "AudioPooling",
-              ("features/audio", "features/reliability")),
-    ModelSpec("gated_moe", "fusion", "heads.fusion_gated_moe", "GatedMoEConfig", "GatedMoE", _HEAD_OUTPUTS),
-    ModelSpec("raav", "fusion", "heads.fusion_raav", "RAAVConfig", "RAAV", _HEAD_OUTPUTS),
-    ModelSpec("dcmmoe", "fusion", "heads.fusion_dcmmoe", "DCMMOEConfig", "DCMMOE",
-              ("heads/face", "heads/behavior", "features/reliability")),
-)
-EXPR_MODELS = ("face", "behavior", "audio", "gated_moe", "raav")  # VA models that also train on EXPR
+def _declared() -> dict[str, ModelSpec]:
+    """Every declared model and task variant: heads before fusions, VA before EXPR, then by name."""
+    from pipeline.plugins import declarations
 
-REGISTRY: dict[str, ModelSpec] = {s.name: s for s in (
-    *_VA_MODELS, *(for_task(s, "expr") for s in _VA_MODELS if s.name in EXPR_MODELS))}
+    entries = []
+    for d in declarations("heads", "register_model"):
+        base = ModelSpec(d.name, d.kwargs["kind"], d.module, d.kwargs["config"], d.cls, tuple(d.kwargs["inputs"]))
+        entries += [for_task(base, task) for task in d.kwargs.get("tasks", ("va",))]
+    order = {"head": 0, "fusion": 1}
+    entries.sort(key=lambda s: (s.task != "va", order[s.kind], s.base))
+    return {s.name: s for s in entries}
 
+
+REGISTRY: dict[str, ModelSpec] = _declared()
 HEADS: tuple[str, ...] = tuple(n for n, s in REGISTRY.items() if s.kind == "head")
 FUSIONS: tuple[str, ...] = tuple(n for n, s in REGISTRY.items() if s.kind == "fusion")
 DEFAULT_MODEL = "fusion_gated_moe"   # predict's choice when nothing was evaluated yet

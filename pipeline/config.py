@@ -14,7 +14,7 @@ integer fills a float, but `"4"` never becomes an integer and `true` never becom
 
 This module imports neither extractors nor heads: what the registries hold (extractor and adapter
 names with their config classes, model names, the heads' config classes) reaches `check_params`
-as a `Schema` built by the caller (see `pipeline.stages.schema.params_schema`).
+as a `Schema` built by the caller (see `affcache.stages.schema.params_schema`).
 """
 
 from __future__ import annotations

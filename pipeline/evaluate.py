@@ -152,17 +152,10 @@ def evaluate(models: Mapping[str, str | Path], labels: Labels, summary_path: str
     summary: dict = {}
     aligned_all: dict[str, dict[str, np.ndarray]] = {}
     for name, model in models.items():
-        url = outputs_url(model)
-        if not Path(url).exists() and "://" not in url:
-            raise FileNotFoundError(f"{url}: outputs of model {name!r} not found; run its training stage first")
-        preds = predictions_from_store(url, list(labels))
-        aligned_all[name] = aligned_predictions(preds, labels, cfg.fill_missing)
+        aligned_all[name] = aligned_predictions(_stored_predictions(name, model, list(labels)), labels,
+                                                cfg.fill_missing)
         summary[name] = _rounded(score(aligned_all[name], labels))
-    best = max(models, key=lambda n: summary[n]["ccc_mean"])
-    summary["best"] = {"model": best, "ccc_mean": summary[best]["ccc_mean"]}
-    path = Path(summary_path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(summary, indent=2) + "\n")
+    _write_summary(summary, models, "ccc_mean", summary_path)
     if plots_dir is not None:
         shown = trace_videos(labels, cfg.trace_videos)
         write_curves(models, Path(plots_dir) / "curves")
@@ -170,6 +163,23 @@ def evaluate(models: Mapping[str, str | Path], labels: Labels, summary_path: str
         write_series_traces(aligned_all, labels, Path(plots_dir) / "va_traces", shown, frame_times or {})
         write_series_curves(models, Path(plots_dir) / "va_curves.csv")
     return summary
+
+
+def _stored_predictions(name: str, model: str | Path, video_ids: list[str]):
+    """A trained model's stored predictions for `video_ids`; a missing store names the stage to run."""
+    url = outputs_url(model)
+    if not Path(url).exists() and "://" not in url:
+        raise FileNotFoundError(f"{url}: outputs of model {name!r} not found; run its training stage first")
+    return predictions_from_store(url, video_ids)
+
+
+def _write_summary(summary: dict, models: Mapping[str, str | Path], key: str, path: str | Path) -> None:
+    """Add `best` (the model with the highest `key`) and write the summary as JSON."""
+    best = max(models, key=lambda n: summary[n][key])
+    summary["best"] = {"model": best, key: summary[best][key]}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(summary, indent=2) + "\n")
 
 
 def _rounded(d: dict) -> dict:
@@ -402,21 +412,14 @@ def evaluate_expr(models: Mapping[str, str | Path], labels: Labels, train_labels
     summary: dict = {}
     rows: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for name, model in models.items():
-        url = outputs_url(model)
-        if not Path(url).exists() and "://" not in url:
-            raise FileNotFoundError(f"{url}: outputs of model {name!r} not found; run its training stage first")
-        aligned = aligned_predictions(predictions_from_store(url, vids), labels, fill_missing, NUM_EXPR_CLASSES)
+        aligned = aligned_predictions(_stored_predictions(name, model, vids), labels, fill_missing, NUM_EXPR_CLASSES)
         lg = np.concatenate([aligned[v] for v in vids])
         summary[name] = _rounded(expr_scores(lg, true))
         ok = np.isfinite(lg).all(1)
         rows[name] = (true, np.where(ok, np.nan_to_num(lg).argmax(1), -1))
     base, top = majority_logits(train_labels, len(true))
     summary["majority_baseline"] = _rounded(expr_scores(base, true)) | {"class": EXPR_CLASSES[top]}
-    best = max(models, key=lambda n: summary[n]["f1"])
-    summary["best"] = {"model": best, "f1": summary[best]["f1"]}
-    path = Path(summary_path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(summary, indent=2) + "\n")
+    _write_summary(summary, models, "f1", summary_path)
     if confusion_dir is not None:
         write_confusion(rows, Path(confusion_dir))
     return summary

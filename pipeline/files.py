@@ -66,7 +66,7 @@ def local_path(path: str | os.PathLike) -> str:
 
 def url_fs(url: str) -> tuple[Any, str]:
     """(fsspec filesystem, path inside it) of a URL; credentials and endpoint come from the
-    environment (AWS_* variables) and fsspec's config (see `pipeline.stages.configure_storage`)."""
+    environment (AWS_* variables) and fsspec's config (see `affcache.stages.configure_storage`)."""
     import fsspec
 
     return fsspec.core.url_to_fs(str(url))
@@ -132,3 +132,15 @@ def sampled_digest(files: Iterable[tuple[str, Path]], edge: int = MIB) -> str:
                 fh.seek(max(edge, size - edge))
                 h.update(fh.read())
     return h.hexdigest()
+
+
+@contextmanager
+def working_dir(path: str | os.PathLike) -> Iterator[None]:
+    """Run a block inside a project folder: a project's params and stages name their files relative
+    to it, as `dvc repro` runs them (contextlib.chdir needs Python 3.11; this package supports 3.10)."""
+    before = Path.cwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(before)

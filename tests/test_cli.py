@@ -11,7 +11,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from pipeline.cli import main
+from affcache.cli import main
 from pipeline.config import ParamsError, build_config, load_params
 
 COMMANDS = ["demo-data", "demo-models", "index", "extract", "train", "fuse", "evaluate", "report", "export",
@@ -101,11 +101,11 @@ def test_build_config_is_strict_and_typed() -> None:
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("params_file", [ROOT / "params.yaml", ROOT / "pipeline" / "profiles" / "paper.yaml"])
+@pytest.mark.parametrize("params_file", [ROOT / "params.yaml", ROOT / "affcache" / "profiles" / "paper.yaml"])
 def test_params_sections_build_their_configs(params_file: Path) -> None:
     """Every section of the shipped params files builds the config its stage uses (no typo ships)."""
     from heads.registry import REGISTRY
-    from pipeline.stages.extract import build_extractor
+    from affcache.stages.extract import build_extractor
 
     params = load_params(params_file)
     for modality in ("face", "audio", "behavior", "reliability"):
@@ -162,7 +162,7 @@ def test_extract_device_on_a_cpu_only_extractor(tmp_path: Path, monkeypatch: pyt
 
 def test_select_videos_keeps_index_order() -> None:
     from pipeline.records import Video
-    from pipeline.stages.extract import select_videos
+    from affcache.stages.extract import select_videos
 
     videos = [Video(video_id=v, media_path=f"{v}.mp4", fps=10.0, num_frames=1, duration=0.1, has_audio=False,
                     split="train") for v in "abc"]

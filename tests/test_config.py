@@ -61,12 +61,12 @@ def shipped() -> dict:
 
 
 def schema() -> Schema:
-    from pipeline.stages.schema import params_schema
+    from affcache.stages.schema import params_schema
 
     return params_schema()
 
 
-@pytest.mark.parametrize("params_file", [ROOT / "params.yaml", ROOT / "pipeline" / "profiles" / "paper.yaml"])
+@pytest.mark.parametrize("params_file", [ROOT / "params.yaml", ROOT / "affcache" / "profiles" / "paper.yaml"])
 def test_shipped_params_pass_the_whole_file_check(params_file: Path) -> None:
     from pipeline.config import load_params
 
@@ -131,7 +131,7 @@ def test_evaluate_split_is_a_choice() -> None:
 
 def test_late_fusion_models_must_be_known() -> None:
     msg = bad(lambda d: d["evaluate"]["late_fusion"].update(models=["behaviour"]))
-    assert msg.startswith("p/params.yaml: evaluate.late_fusion.models[0]: unknown model 'behaviour'; known: face, ")
+    assert msg.startswith("p/params.yaml: evaluate.late_fusion.models[0]: unknown model 'behaviour'; known: audio, behavior, face, ")
 
 
 def test_other_sections() -> None:

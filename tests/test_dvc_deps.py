@@ -10,7 +10,6 @@ function-level imports, and `from a import b` where `b` is a module) is listed t
 
 from __future__ import annotations
 
-import ast
 import shutil
 import subprocess
 from pathlib import Path
@@ -18,66 +17,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pipeline.plugins import import_closure, package_inits
+
 REPO = Path(__file__).resolve().parents[1]
-PACKAGES = ("pipeline", "extractors", "heads")
 DVC_TIMEOUT = 120
-
-
-def _module_file(root: Path, dotted: str) -> Path | None:
-    """The repository file that module `dotted` is loaded from, or None when it is not ours."""
-    if dotted.split(".")[0] not in PACKAGES:
-        return None
-    base = root.joinpath(*dotted.split("."))
-    if base.with_suffix(".py").is_file():
-        return base.with_suffix(".py")
-    init = base / "__init__.py"
-    return init if init.is_file() and _has_code(init) else None
-
-
-def _has_code(init: Path) -> bool:
-    body = ast.parse(init.read_text()).body
-    return any(not (isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant)) for n in body)
-
-
-def _package_inits(root: Path, dotted: str) -> set[Path]:
-    """The `__init__.py` files that importing `dotted` runs, when they hold code."""
-    parts = dotted.split(".")
-    inits = set()
-    for i in range(1, len(parts) + 1):
-        init = root.joinpath(*parts[:i], "__init__.py")
-        if init.is_file() and _has_code(init):
-            inits.add(init)
-    return inits
-
-
-def _imported_modules(path: Path) -> set[str]:
-    """Dotted names of everything `path` may import, at any depth of the file."""
-    tree = ast.parse(path.read_text(), filename=str(path))
-    names: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            names.update(a.name for a in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module)
-            names.update(f"{node.module}.{a.name}" for a in node.names)
-    return names
-
-
-def import_closure(root: Path, files: set[Path]) -> set[Path]:
-    """All repository files reachable from `files` through imports (the files included)."""
-    seen: set[Path] = set()
-    todo = list(files)
-    while todo:
-        f = todo.pop()
-        if f in seen:
-            continue
-        seen.add(f)
-        for dotted in _imported_modules(f):
-            target = _module_file(root, dotted)
-            if target is not None:
-                todo.append(target)
-                todo.extend(_package_inits(root, dotted))
-    return seen
 
 
 def stage_deps(project: Path) -> dict[str, list[str]]:
@@ -89,11 +32,14 @@ def stage_deps(project: Path) -> dict[str, list[str]]:
 
 
 def missing_deps(code_root: Path, stages: dict[str, list[str]]) -> dict[str, list[str]]:
-    """Per stage, the files in the import closure of its listed code that it does not list."""
+    """Per stage, the files in the import closure of its listed code (run as modules, so with their
+    packages' `__init__.py`) that it does not list."""
     problems = {}
     for name, deps in stages.items():
         listed = {(code_root / d).resolve() for d in deps}
         code = {p for p in listed if p.suffix == ".py" and p.is_file()}
+        for p in list(code):
+            code |= package_inits(code_root, ".".join(p.relative_to(code_root).with_suffix("").parts))
         missing = sorted(str(p.relative_to(code_root)) for p in import_closure(code_root, code) - listed)
         if missing:
             problems[name] = missing
@@ -110,8 +56,8 @@ def test_every_stage_lists_the_import_closure_of_its_code():
 
 def test_every_affcache_stage_lists_its_stage_module():
     for name, deps in stage_deps(REPO).items():
-        assert any(d.startswith("pipeline/stages/") and d.endswith(".py") for d in deps), (
-            f"stage {name} runs affcache but lists no pipeline/stages/ module")
+        assert any(d.startswith("affcache/stages/") and d.endswith(".py") for d in deps), (
+            f"stage {name} runs affcache but lists no affcache/stages/ module")
 
 
 def _copy_project(tmp: Path, dvc_yaml: dict) -> Path:
@@ -129,7 +75,7 @@ def test_the_check_fails_when_a_dep_is_removed(tmp_path):
     stages = spec["stages"]
     name = next(n for n, s in stages.items() if "foreach" in s)
     deps = stages[name]["do"]["deps"]
-    victim = next(d for d in deps if d.endswith(".py") and "${" not in d and not d.startswith("pipeline/stages/"))
+    victim = next(d for d in deps if d.endswith(".py") and "${" not in d and not d.startswith("affcache/stages/"))
     deps.remove(victim)
     project = _copy_project(tmp_path, spec)
     problems = missing_deps(REPO, stage_deps(project))

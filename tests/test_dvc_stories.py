@@ -22,7 +22,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 TINY_OVERLAY = Path(__file__).with_name("params.tiny.yaml")
 
-TRAIN_FACE_STAGE = "train@face"
+TRAIN_FACE_STAGE = "train_face"
 EXTRACT_PREFIX = "extract_"
 
 
@@ -36,9 +36,11 @@ def _env() -> dict[str, str]:
     return env
 
 
-def sh(cwd: Path, *args: str) -> str:
-    """Run a command; on failure show its output (the stage's own error message) in the test report."""
-    proc = subprocess.run(args, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT)
+def sh(cwd: Path, *args: str, code_from: Path | None = None) -> str:
+    """Run a command; on failure show its output (the stage's own error message) in the test report.
+    `code_from`: import affcache's packages from that folder (a project copy with new plug-ins)."""
+    env = _env() if code_from is None else {**_env(), "PYTHONPATH": str(code_from)}
+    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT)
     output = proc.stdout + proc.stderr
     if proc.returncode != 0:
         raise AssertionError(f"`{' '.join(args)}` failed ({proc.returncode}):\n{output[-6000:]}")
@@ -97,9 +99,9 @@ def test_a_repro_builds_everything(built) -> None:
     project = built["project"]
     stages = ran_stages(built["first"])
     expected = {"demo_data@demo", "demo_models@demo", "index", "extract_face", "extract_audio", "extract_behavior",
-                "extract_reliability", "train@face", "train@behavior", "train@audio", "fuse@gated_moe",
-                "fuse@raav", "fuse@dcmmoe", "evaluate", "report", "train_expr@face", "train_expr@behavior",
-                "train_expr@audio", "fuse_expr@gated_moe", "fuse_expr@raav", "evaluate_expr"}
+                "extract_reliability", "train_face", "train_behavior", "train_audio", "fuse_gated_moe",
+                "fuse_raav", "fuse_dcmmoe", "evaluate", "report", "train_expr_face", "train_expr_behavior",
+                "train_expr_audio", "fuse_expr_gated_moe", "fuse_expr_raav", "evaluate_expr"}
     assert expected <= stages, f"missing stages: {expected - stages}"
     summary = json.loads((project / "metrics" / "summary.json").read_text())
     assert {"face", "behavior", "audio", "fusion_gated_moe", "fusion_raav", "fusion_dcmmoe", "best"} <= set(summary)
@@ -136,7 +138,7 @@ def test_a_repro_builds_everything(built) -> None:
 
 def test_history_plot_keeps_the_columns_every_epoch_has() -> None:
     """DVC cannot draw rows with different keys; the `stopped` reason stays in history.json only."""
-    from pipeline.stages.train import plot_table
+    from affcache.stages.train import plot_table
 
     history = [{"epoch": 0, "val_abaw_ccc_mean": 0.1, "lr": 1e-3},
                {"epoch": 1, "val_abaw_ccc_mean": 0.2, "lr": 1e-4, "stopped": "early_stopping"}]
@@ -152,7 +154,7 @@ def test_b_fusion_param_reruns_only_fusion(built) -> None:
     train["seed"] = int(train.get("seed", 0)) + 1
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     output = sh(project, "dvc", "repro")
-    assert ran_stages(output) == {"fuse@gated_moe", "evaluate", "report"}, output
+    assert ran_stages(output) == {"fuse_gated_moe", "evaluate", "report"}, output
     sh(project, "git", "add", "-A")
     sh(project, "git", "commit", "-qm", "gated_moe seed")
 
@@ -179,7 +181,7 @@ def test_b3_expr_param_reruns_only_expr_stages(built) -> None:
     params["train"]["expr_face"]["train"]["seed"] = int(params["train"]["expr_face"]["train"].get("seed", 0)) + 1
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     output = sh(project, "dvc", "repro")
-    assert ran_stages(output) == {"train_expr@face", "fuse_expr@gated_moe", "fuse_expr@raav", "evaluate_expr",
+    assert ran_stages(output) == {"train_expr_face", "fuse_expr_gated_moe", "fuse_expr_raav", "evaluate_expr",
                                   "report"}, output
     sh(project, "git", "add", "-A")
     sh(project, "git", "commit", "-qm", "expr_face seed")
@@ -234,3 +236,22 @@ def test_d_team_shares_over_s3(built, s3_server) -> None:
     assert ran_stages(output) == set(), output
     assert "up to date" in sh(clone, "dvc", "status")
     assert (clone / "metrics" / "summary.json").read_text() == (project / "metrics" / "summary.json").read_text()
+
+
+def test_e_a_new_plugin_is_one_file_and_a_params_section(built) -> None:
+    """A new extractor (its own modality) and a new fusion: one file each plus a params section, then
+    `affcache dvc-yaml`; `dvc repro` runs exactly their stages and the views that read every model."""
+    from test_dvc_yaml import add_plugins
+
+    project = built["project"]
+    add_plugins(project)
+    sh(project, "affcache", "dvc-yaml", code_from=project)
+    output = sh(project, "dvc", "repro", code_from=project)
+    assert ran_stages(output) == {"extract_brightness", "fuse_raav_copy", "evaluate", "report"}, output
+    summary = json.loads((project / "metrics" / "summary.json").read_text())
+    assert "fusion_raav_copy" in summary
+    from pipeline.store import FeatureStore, read_current
+
+    store = FeatureStore.open(read_current(str(project / "data" / "features" / "brightness")))
+    assert all(store.is_complete(v) for v in store.video_ids()) and store.video_ids()
+    assert "up to date" in sh(project, "dvc", "status", code_from=project)

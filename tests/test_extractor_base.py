@@ -35,7 +35,7 @@ class DummyConfig:
     bad_load: bool = False
 
 
-@register("dummy-test")
+@register("dummy-test", modality="dummy")
 class DummyExtractor:
     """Deterministic toy extractor; a video whose media file contains b'BOOM' fails in compute."""
 
@@ -86,7 +86,7 @@ def test_registry_and_protocol() -> None:
     with pytest.raises(ExtractorError, match="unknown extractor 'nope'.*dummy-test"):
         get_extractor("nope", DummyConfig())
     with pytest.raises(ExtractorError, match="registered twice"):
-        register("dummy-test")(type("Other", (), {}))
+        register("dummy-test", modality="dummy")(type("Other", (), {}))
     # the built-in ones are found by name without importing their modules first
     from extractors.face import FaceConfig, GradaFaceExtractor
 
@@ -256,10 +256,9 @@ FEATURE_CHANGE = {"grada": {"image_size": 128}, "speech_ssl": {"chunk_seconds": 
 
 
 def _builtin_extractors() -> list[str]:
-    from extractors.base import _BUILTIN_MODULES, _import_builtin_extractors
+    from extractors.registry import declared_extractors
 
-    _import_builtin_extractors()
-    return sorted(n for n, cls in REGISTRY.items() if cls.__module__ in _BUILTIN_MODULES)
+    return sorted(declared_extractors())
 
 
 def _other_value(value: object) -> object:
@@ -275,10 +274,10 @@ def test_fingerprint_and_store_url_ignore_execution_fields(name: str, tmp_path: 
     """A store written on a GPU (bf16, big batches) is the store a CPU laptop reads."""
     import dataclasses
 
-    from pipeline.stages.extract import config_class
+    from extractors.registry import config_class, extractor_class
     from pipeline.store import store_url
 
-    cls = REGISTRY[name]
+    cls = extractor_class(name)
     base = config_class(cls)()
     execution = {f.name: _other_value(getattr(base, f.name)) for f in dataclasses.fields(base)
                  if f.name in EXECUTION_FIELDS}

@@ -373,7 +373,7 @@ def test_train_stage_fixes_the_task_of_an_expr_section(tmp_path):
     """`train.expr_face` builds task=expr without saying so; a section that says otherwise is an error."""
     from heads.registry import spec
     from pipeline.config import ParamsError, load_params
-    from pipeline.stages.train import fixed_keys
+    from affcache.stages.train import fixed_keys
 
     p = tmp_path / "params.yaml"
     p.write_text("train:\n  expr_face: {window: 8}\n  face: {task: va}\n  expr_audio: {task: va}\n")

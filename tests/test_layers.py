@@ -1,9 +1,11 @@
-"""Layers (DESIGN.md, "Contracts"): `pipeline/` library modules point down only.
+"""Layers: no top-level folder imports one above it.
 
-Foundation and library modules under pipeline/ (everything but pipeline/stages/ and
-pipeline/cli.py) never import heads, extractors or the stages: evaluation, export and the report
-use `pipeline.metrics` and `pipeline.labels`, and only stages and the CLI point up. Checked on the
-source (every import, function-level included), so a lazy import cannot hide a layering break.
+The house has three floors. `pipeline/` is the foundation (records, media, labels, metrics, store,
+claims, config, datasets, and the views that read stores: evaluation, export, report);
+`extractors/` and `heads/` stand beside each other on it and never import each other (training reads
+the cache only); `affcache/` is the roof (the DVC stages, the CLI and the Python API) and the only
+folder that may import both. Checked on the source (every import, function-level included), so a
+lazy import cannot hide a layering break.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-UPPER = ("heads", "extractors", "pipeline.stages", "pipeline.cli")
+FLOOR = {"pipeline": 0, "extractors": 1, "heads": 1, "affcache": 2}
 
 
 def imported_names(path: Path) -> set[str]:
@@ -26,13 +28,28 @@ def imported_names(path: Path) -> set[str]:
     return names
 
 
-def test_pipeline_library_modules_never_import_upper_layers() -> None:
+def layering_problems(root: Path) -> dict[str, list[str]]:
+    """Per file, the imports that point at its own floor's other folders or at a floor above."""
     problems = {}
-    for path in sorted((ROOT / "pipeline").rglob("*.py")):
-        rel = path.relative_to(ROOT)
-        if rel.parts[1] == "stages" or rel.name == "cli.py":
-            continue
-        bad = sorted(n for n in imported_names(path) if any(n == u or n.startswith(u + ".") for u in UPPER))
-        if bad:
-            problems[str(rel)] = bad
-    assert not problems, f"pipeline/ library modules import upper layers: {problems}"
+    for folder, floor in FLOOR.items():
+        for path in sorted((root / folder).rglob("*.py")):
+            bad = sorted(n for n in imported_names(path)
+                         if (top := n.split(".")[0]) in FLOOR and top != folder and FLOOR[top] >= floor)
+            if bad:
+                problems[str(path.relative_to(root))] = bad
+    return problems
+
+
+def test_no_top_level_folder_imports_one_above_or_beside_it() -> None:
+    problems = layering_problems(ROOT)
+    assert not problems, f"imports that run up or sideways between top-level folders: {problems}"
+
+
+def test_the_check_sees_an_upward_import(tmp_path: Path) -> None:
+    for folder in FLOOR:
+        (tmp_path / folder).mkdir()
+    (tmp_path / "pipeline" / "store.py").write_text("def f():\n    from affcache.stages import extract\n")
+    (tmp_path / "heads" / "x.py").write_text("import extractors.face\n")
+    (tmp_path / "affcache" / "cli.py").write_text("import heads.x\nimport pipeline.store\n")
+    assert layering_problems(tmp_path) == {"heads/x.py": ["extractors.face"],
+                                           "pipeline/store.py": ["affcache.stages"]}

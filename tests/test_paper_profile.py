@@ -16,8 +16,8 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from pipeline.cli import main
-from pipeline.stages.resolve import profile_path, resolve_profile
+from affcache.cli import main
+from affcache.stages.resolve import profile_path, resolve_profile
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADER = "| setting | published value (source file) | paper profile | demo |"
@@ -62,7 +62,7 @@ ROWS = table_rows()
 def test_table_has_the_published_settings():
     settings = {r[0] for r in ROWS}
     assert len(ROWS) >= 30 and len(settings) == len(ROWS)
-    for needed in ("fuse@dcmmoe.layers", "train@face.loss", "train@behavior.conv_kernel"):
+    for needed in ("fuse_dcmmoe.layers", "train_face.loss", "train_behavior.conv_kernel"):
         assert needed in settings
 
 
@@ -75,7 +75,7 @@ def resolved() -> dict[str, dict]:
 def test_row_matches_the_resolved_configs(row, resolved):
     setting, published, source, paper, demo = row
     assert same(paper, published), f"{setting}: the paper profile column differs from the published value"
-    assert same(lookup(resolved["paper"], setting), paper), f"{setting}: pipeline/profiles/paper.yaml resolves otherwise"
+    assert same(lookup(resolved["paper"], setting), paper), f"{setting}: affcache/profiles/paper.yaml resolves otherwise"
     assert same(lookup(resolved["demo"], setting), demo), f"{setting}: params.yaml resolves otherwise"
     assert "/" in source or source.endswith((".py", ".toml", ".yaml"))
 
@@ -84,12 +84,12 @@ def test_params_show_prints_every_stage_with_defaults(tmp_path):
     result = CliRunner().invoke(main, ["params", "show", "paper"])
     assert result.exit_code == 0, result.output
     shown = yaml.safe_load(result.output)
-    assert {"index", "extract_face", "extract_audio", "train@face", "fuse@dcmmoe", "fuse@gated_moe", "evaluate"} <= set(shown)
-    assert shown["fuse@dcmmoe"]["layers"] == 5 and shown["train@face"]["train"]["batch_size"] == 8  # class defaults
-    one = CliRunner().invoke(main, ["params", "show", str(profile_path("paper")), "--stage", "fuse@dcmmoe"])
-    assert one.exit_code == 0 and list(yaml.safe_load(one.output)) == ["fuse@dcmmoe"]
-    bad = CliRunner().invoke(main, ["params", "show", "paper", "--stage", "fuse@nothing"])
-    assert bad.exit_code != 0 and "fuse@dcmmoe" in bad.output
+    assert {"index", "extract_face", "extract_audio", "train_face", "fuse_dcmmoe", "fuse_gated_moe", "evaluate"} <= set(shown)
+    assert shown["fuse_dcmmoe"]["layers"] == 5 and shown["train_face"]["train"]["batch_size"] == 8  # class defaults
+    one = CliRunner().invoke(main, ["params", "show", str(profile_path("paper")), "--stage", "fuse_dcmmoe"])
+    assert one.exit_code == 0 and list(yaml.safe_load(one.output)) == ["fuse_dcmmoe"]
+    bad = CliRunner().invoke(main, ["params", "show", "paper", "--stage", "fuse_nothing"])
+    assert bad.exit_code != 0 and "fuse_dcmmoe" in bad.output
     missing = CliRunner().invoke(main, ["params", "show", "no-such-profile"])
     assert missing.exit_code != 0 and "paper" in missing.output and "demo" in missing.output
 

@@ -20,7 +20,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from pipeline.cli import main
+from affcache.cli import main
 
 TRAIN = {"epochs": 1, "device": "cpu", "progress": False, "bf16": False}
 MODELS = "data/models/demo"
@@ -74,7 +74,7 @@ def cwd(path: Path) -> Iterator[None]:
 def project(tmp_path_factory) -> Iterator[Path]:
     import torch
 
-    from pipeline.stages import demo_data, demo_models, extract, fuse, index, train
+    from affcache.stages import demo_data, demo_models, extract, fuse, index, train
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -280,8 +280,8 @@ def test_missing_heads_name_the_path_and_the_fix(tmp_path, inputs) -> None:
 def test_model_choice(tmp_path) -> None:
     """Command line, then `predict.model`, then the best evaluated model, then fusion_gated_moe."""
     from pipeline.config import Params, ParamsError
-    from pipeline.stages import Layout
-    from pipeline.stages.predict import choose_model
+    from affcache.stages import Layout
+    from affcache.stages.predict import choose_model
 
     layout = Layout(tmp_path)
     assert choose_model(Params({}, tmp_path / "params.yaml"), layout) == "fusion_gated_moe"

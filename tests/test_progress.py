@@ -41,7 +41,7 @@ def test_a_caller_can_still_turn_its_bar_off(info_level, monkeypatch) -> None:
 def test_quiet_flag_sets_the_level_bars_read(monkeypatch, tmp_path) -> None:
     from click.testing import CliRunner
 
-    from pipeline.cli import main
+    from affcache.cli import main
 
     root = logging.getLogger()
     before = root.level
@@ -202,7 +202,7 @@ _LOAD_AFTER_CLI = """
 import sys
 from click.testing import CliRunner
 from transformers import WavLMModel
-from pipeline.cli import main
+from affcache.cli import main
 CliRunner().invoke(main, sys.argv[2:] + ["store", "--help"])
 WavLMModel.from_pretrained(sys.argv[1])
 """

@@ -28,7 +28,7 @@ def endpoint_from_params_only(s3_server, monkeypatch):
 
 
 def test_a_store_on_s3_writes_reads_and_verifies(endpoint_from_params_only) -> None:
-    from pipeline.stages import configure_storage
+    from affcache.stages import configure_storage
     from pipeline.store import FeatureStore, read_current, verify, write_current
 
     configure_storage(endpoint_from_params_only["endpoint"])
@@ -52,7 +52,7 @@ def test_a_store_on_s3_writes_reads_and_verifies(endpoint_from_params_only) -> N
 def test_extract_train_and_predict_with_stores_in_s3(endpoint_from_params_only, tmp_path: Path, torch_threads) -> None:
     import fsspec
 
-    from pipeline.stages import demo_data, demo_models, extract, index, predict, train
+    from affcache.stages import demo_data, demo_models, extract, index, predict, train
     from pipeline.store import FeatureStore, read_current, verify
 
     torch_threads(1)
@@ -89,7 +89,7 @@ def test_extract_train_and_predict_with_stores_in_s3(endpoint_from_params_only, 
 def test_an_unreachable_endpoint_fails_before_any_video(tmp_path: Path) -> None:
     import socket
 
-    from pipeline.stages import StageFailed, extract
+    from affcache.stages import StageFailed, extract
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -201,7 +201,7 @@ def test_xarray_opens_a_video_group_and_the_whole_store(toy_store) -> None:
 def test_cli_verify_lists_damage_and_repair_marks_it(toy_store) -> None:
     from click.testing import CliRunner
 
-    from pipeline.cli import main
+    from affcache.cli import main
 
     videos, _root, url = toy_store
     shard = shard_of(url, "vid02", "t1")

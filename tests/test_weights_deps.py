@@ -16,10 +16,10 @@ import yaml
 from test_dvc_deps import DVC_TIMEOUT, stage_deps
 
 from pipeline.config import Params, ParamsError
-from pipeline.stages.extract import check_weights
+from affcache.stages.extract import check_weights
 
 REPO = Path(__file__).resolve().parents[1]
-PAPER = REPO / "pipeline" / "profiles" / "paper.yaml"
+PAPER = REPO / "affcache" / "profiles" / "paper.yaml"
 
 
 @dataclass

@@ -26,7 +26,7 @@ class ToyConfig:
     die_once: str = ""      # ... the first time only: the marker file that records it happened
 
 
-@register("toy-test")
+@register("toy-test", modality="toy")
 class ToyExtractor:
     name = "toy-test"
     modality = "toy"

@@ -122,6 +122,18 @@ class DemoConfig:
         """For tests and the DVC test: 6 media (7 ids) x 8-10 s at 10 fps (+ one 14.985 fps)."""
         return cls(num_videos=6, seconds=(8.0, 10.0), fps_choices=("10", "10", "10", "15000/1001"))
 
+    @classmethod
+    def from_preset(cls, preset: str, overrides: dict | None = None, where: str = "demo") -> "DemoConfig":
+        """A preset (`default` or `tiny`) with `overrides` applied and checked strictly (params
+        `demo.preset` and `demo.overrides`); a bad preset or key names `where`."""
+        from pipeline.config import ParamsError, build_config
+
+        presets = {"default": cls.default, "tiny": cls.tiny}
+        if preset not in presets:
+            raise ParamsError(f"{where}: demo.preset must be one of {', '.join(presets)}, got {preset!r}")
+        values = {**asdict(presets[preset]()), **(overrides or {})}
+        return build_config(cls, values, where=f"{where}: demo.overrides")
+
     def validate(self, synthetic: bool = True) -> None:
         """Fail before any file is written, naming the option and the fix.
 

@@ -1,4 +1,4 @@
-"""Stage `train@<head>` (and the body of `fuse@<fusion>`): train one registry model.
+"""Stage `train_<head>` (and the body of `fuse_<fusion>`): train one registry model.
 
 params `train.<head>` / `fuse.<fusion>`: the model's config dataclass (published defaults live in
 its module; params.yaml only overrides), with the same-shaped `train:` block (heads.train.TrainConfig)
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from pipeline.config import Params, ParamsError, load_params
 from pipeline.records import read_index
-from pipeline.stages import Layout, write_json
+from affcache.stages import Layout, write_json
 
 log = logging.getLogger(__name__)
 

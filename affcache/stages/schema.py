@@ -21,7 +21,7 @@ def params_schema() -> Schema:
     class), dataset adapters (name -> their options), every head and fusion (`train.<head>`,
     `fuse.<fusion>` -> its config class), the splits, the model names, and the demo's and the
     evaluate/report configs."""
-    from extractors.base import REGISTRY, _import_builtin_extractors
+    from extractors.registry import config_class, declared_extractors, extractor_class, modalities
     from extractors.engine_ray import RayConfig
     from heads.registry import REGISTRY as MODELS
     from heads.registry import model_names
@@ -31,17 +31,16 @@ def params_schema() -> Schema:
     from pipeline.evaluate import EvalConfig
     from pipeline.records import SPLITS
     from pipeline.report import ReportConfig
-    from pipeline.stages.extract import config_class
 
-    _import_builtin_extractors()
     sections = {"demo.overrides": DemoConfig, "extract.ray": RayConfig, "evaluate": EvalConfig,
                 "evaluate.late_fusion": LateFusionConfig,
                 "report": ReportConfig}
     sections.update({s.params_section: s.config_class() for s in MODELS.values()})
     return Schema(
         sections=sections,
-        extractors={name: config_class(cls) for name, cls in REGISTRY.items()},
+        extractors={name: config_class(extractor_class(name)) for name in declared_extractors()},
         adapters={name: adapter_options(cls) for name, cls in ADAPTERS.items()},
+        modalities=tuple(modalities()),
         splits=SPLITS,
         models=tuple(model_names()),  # late fusion and predict choose among the VA models
     )

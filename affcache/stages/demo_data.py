@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from pathlib import Path
 
-from pipeline.config import build_config, load_params
+from pipeline.config import load_params
 
 log = logging.getLogger(__name__)
 
@@ -16,13 +15,8 @@ def run(params_path: Path, out: Path | None = None, labels_from: Path | None = N
     from pipeline.datasets import synthetic
 
     params = load_params(params_path)
-    preset = params.get("demo.preset", "default")
-    presets = {"default": synthetic.DemoConfig.default, "tiny": synthetic.DemoConfig.tiny}
-    if preset not in presets:
-        raise ValueError(f"{params.path}: demo.preset must be one of {', '.join(presets)}, got {preset!r}")
-    base = dataclasses.asdict(presets[preset]())
-    base.update(params.get("demo.overrides") or {})
-    cfg = build_config(synthetic.DemoConfig, base, where=f"{params.path}: demo.overrides")
+    cfg = synthetic.DemoConfig.from_preset(params.get("demo.preset", "default"), params.get("demo.overrides"),
+                                           where=str(params.path))
     root = Path(out or params.section("demo.root"))
     labels_from = labels_from or (Path(params.get("demo.labels_from")) if params.get("demo.labels_from") else None)
     manifest = synthetic.generate(root, cfg, labels_from=labels_from)

@@ -34,7 +34,7 @@ import numpy as np
 
 from pipeline.config import Params, ParamsError, load_params
 from pipeline.records import Video
-from pipeline.stages import Layout, StageFailed, write_json
+from affcache.stages import Layout, StageFailed, write_json
 
 if TYPE_CHECKING:  # heavy (torch): imported inside the functions that run models
     from heads.data import HeadVideo
@@ -222,7 +222,7 @@ def extract(params: Params, layout: Layout, modalities: list[str], records: list
             report: PredictReport) -> dict[str, str]:
     """Run each modality's extractor into `root` (cached per fingerprint); returns {modality: store URL}."""
     from extractors.base import ExtractorError, run_extraction
-    from pipeline.stages.extract import build_extractor
+    from affcache.stages.extract import build_extractor
     from pipeline.store import prune_stores
 
     urls = {}

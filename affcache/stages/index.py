@@ -9,7 +9,7 @@ from pathlib import Path
 from pipeline.config import load_params
 from pipeline.files import sha256_file
 from pipeline.records import Video, write_index
-from pipeline.stages import Layout
+from affcache.stages import Layout
 
 log = logging.getLogger(__name__)
 

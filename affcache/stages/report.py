@@ -12,8 +12,8 @@ from pathlib import Path
 
 from pipeline.config import load_params
 from pipeline.records import read_index
-from pipeline.stages import Layout
-from pipeline.stages.evaluate import model_dirs
+from affcache.stages import Layout
+from affcache.stages.evaluate import model_dirs
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Stage `fuse@<fusion>`: train one fusion (a registry model of kind "fusion") on the heads' outputs.
+"""Stage `fuse_<fusion>`: train one fusion (a registry model of kind "fusion") on the heads' outputs.
 
 params `fuse.<fusion>`: the fusion's config dataclass (published defaults in its module), with the
 same `train:` block as the heads. Fusion reads head outputs (never raw features) plus the
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.stages import train
+from affcache.stages import train
 
 
 def run(params_path: Path, name: str) -> dict:

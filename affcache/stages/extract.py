@@ -9,52 +9,34 @@ extractor's config dataclass, checked strictly before any video is touched).
 
 from __future__ import annotations
 
-import inspect
 import logging
-import typing
 from pathlib import Path
 from typing import Any
 
 from pipeline.config import Params, ParamsError, build_config, load_params
 from pipeline.records import read_index
-from pipeline.stages import Layout, StageFailed
+from affcache.stages import Layout, StageFailed
 
 log = logging.getLogger(__name__)
-
-
-def config_class(extractor_cls: type) -> type:
-    """The config dataclass an extractor takes, read from its constructor's annotation."""
-    params = list(inspect.signature(extractor_cls.__init__).parameters.values())[1:]
-    if not params:
-        raise TypeError(f"{extractor_cls.__name__} takes no config")
-    hint = typing.get_type_hints(extractor_cls.__init__)[params[0].name]
-    # `cfg: FaceConfig | None = None` -> FaceConfig
-    candidates = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
-    return candidates[0]
 
 
 def build_extractor(params: Params, modality: str, overrides: dict[str, Any] | None = None) -> Any:
     """Construct the extractor named in `extract.<modality>` with its strictly-checked config;
     `overrides` (command-line options such as `--device`) replace config fields before the check."""
-    from extractors.base import REGISTRY, _import_builtin_extractors
+    from extractors.registry import ExtractorError, config_class, extractor_class
+    from extractors.registry import build_extractor as build
 
     section = f"extract.{modality}"
     name = params.section(f"{section}.extractor")
-    _import_builtin_extractors()
-    if name not in REGISTRY:
-        raise ParamsError(f"{params.path}: {section}.extractor: unknown extractor {name!r}; "
-                          f"known: {', '.join(sorted(REGISTRY))}")
-    cls = REGISTRY[name]
-    cfg_cls = config_class(cls)
-    for key in overrides or {}:
-        if key not in getattr(cfg_cls, "__dataclass_fields__", {}):
-            raise ParamsError(f"--{key}: the {modality} extractor ({name}) has no {key} setting")
-    values = {**(params.get(f"{section}.config") or {}), **(overrides or {})}
-    cfg = build_config(cfg_cls, values, where=f"{params.path}: {section}.config")
-    extractor = cls(cfg)
-    if extractor.modality != modality:
-        raise ParamsError(f"{params.path}: {section}.extractor: {name!r} extracts {extractor.modality!r}, not {modality!r}")
-    return extractor
+    try:
+        cfg_cls = config_class(extractor_class(name))
+        for key in overrides or {}:
+            if key not in getattr(cfg_cls, "__dataclass_fields__", {}):
+                raise ParamsError(f"--{key}: the {modality} extractor ({name}) has no {key} setting")
+        values = {**(params.get(f"{section}.config") or {}), **(overrides or {})}
+        return build(name, values, where=f"{params.path}: {section}.config", modality=modality)
+    except ExtractorError as e:
+        raise ParamsError(f"{params.path}: {section}.extractor: {e}") from e
 
 
 WEIGHT_FIELDS = ("weights", "model", "ssl_weights")

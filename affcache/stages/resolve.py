@@ -21,7 +21,7 @@ DEMO_PARAMS = Path(__file__).resolve().parents[2] / "params.yaml"  # the repo's 
 
 
 def profile_path(profile: str | Path) -> Path:
-    """A profile name (`paper` -> pipeline/profiles/paper.yaml; `demo` -> the repo's params.yaml)
+    """A profile name (`paper` -> affcache/profiles/paper.yaml; `demo` -> the repo's params.yaml)
     or a params file path."""
     p = Path(profile)
     if p.suffix in (".yaml", ".yml") or p.exists():
@@ -55,27 +55,21 @@ def plain(obj: Any) -> Any:
 
 def resolve(params: Params) -> dict[str, dict[str, Any]]:
     """{dvc stage name: its resolved config}, in pipeline order (dvc.yaml's stage names)."""
-    from extractors.base import REGISTRY as EXTRACTORS, _import_builtin_extractors
+    from extractors.registry import ExtractorError, config_class, extractor_class, modalities
     from heads.postprocess import LateFusionConfig
     from heads.registry import REGISTRY as MODELS
     from pipeline.datasets import ADAPTERS
     from pipeline.datasets import synthetic
     from pipeline.evaluate import EvalConfig
     from pipeline.report import ReportConfig
-    from pipeline.stages.extract import config_class
-    from pipeline.stages.schema import adapter_options
+    from affcache.stages.schema import adapter_options
 
     where = str(params.path)
     out: dict[str, dict[str, Any]] = {}
     if params.get("demo") is not None:
         preset = params.get("demo.preset", "default")
-        presets = {"default": synthetic.DemoConfig.default, "tiny": synthetic.DemoConfig.tiny}
-        if preset not in presets:
-            raise ParamsError(f"{where}: demo.preset must be one of {', '.join(presets)}, got {preset!r}")
-        base = dataclasses.asdict(presets[preset]())
-        base.update(params.get("demo.overrides") or {})
-        demo_data = {"root": params.get("demo.root"), "preset": preset,
-                     "config": plain(build_config(synthetic.DemoConfig, base, where=f"{where}: demo.overrides"))}
+        cfg = synthetic.DemoConfig.from_preset(preset, params.get("demo.overrides"), where=where)
+        demo_data = {"root": params.get("demo.root"), "preset": preset, "config": plain(cfg)}
         for name in params.get("demo.build", ["demo"]) or []:  # dvc.yaml: one stage per listed name
             out[f"demo_data@{name}"] = demo_data
             if params.get("demo_models") is not None:
@@ -89,13 +83,14 @@ def resolve(params: Params) -> dict[str, dict[str, Any]]:
     out["index"] = {"adapter": adapter, "root": params.section("dataset.root"),
                     "index": params.get("dataset.index", "data/index.json"), "options": plain(options)}
 
-    _import_builtin_extractors()
-    for modality in ("face", "audio", "behavior", "reliability"):
+    for modality in modalities():
         section = f"extract.{modality}"
         name = params.section(f"{section}.extractor")
-        if name not in EXTRACTORS:
-            raise ParamsError(f"{where}: {section}.extractor: unknown extractor {name!r}")
-        cfg = build_config(config_class(EXTRACTORS[name]), params.get(f"{section}.config") or {},
+        try:
+            cls = extractor_class(name)
+        except ExtractorError as e:
+            raise ParamsError(f"{where}: {section}.extractor: {e}") from e
+        cfg = build_config(config_class(cls), params.get(f"{section}.config") or {},
                            where=f"{where}: {section}.config")
         out[f"extract_{modality}"] = {
             "extractor": name, "weights": params.get(f"{section}.weights"), "workers": int(params.get(f"{section}.workers", 2)),
@@ -106,7 +101,7 @@ def resolve(params: Params) -> dict[str, dict[str, Any]]:
         group, _, name = spec.params_section.partition(".")
         if name not in (params.get(group) or {}):
             continue  # a model the file has no section for is not trained by it
-        stage = f"{'train' if spec.kind == 'head' else 'fuse'}@{spec.name}"
+        stage = f"{'train' if spec.kind == 'head' else 'fuse'}_{spec.name}"
         out[stage] = plain(params.build(spec.params_section, spec.config_class()))
 
     evaluate = dict(params.get("evaluate") or {})

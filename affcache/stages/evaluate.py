@@ -21,7 +21,7 @@ import click
 
 from pipeline.config import build_config, load_params
 from pipeline.records import read_index
-from pipeline.stages import Layout, write_json
+from affcache.stages import Layout, write_json
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """The `affcache` command line.
 
 Every DVC stage's `cmd` is one of these commands, so what `dvc repro` runs is exactly what a user
-can run by hand. Commands only parse options and hand over to `pipeline.stages.*`; heavy imports
+can run by hand. Commands only parse options and hand over to `affcache.stages.*`; heavy imports
 (torch, transformers) happen inside the command that needs them so `affcache --help` stays fast.
 """
 
@@ -14,13 +14,12 @@ from pathlib import Path
 
 import click
 
-from heads.registry import FUSIONS, HEADS, model_names  # cheap: the registry imports no torch
+from extractors.registry import modalities  # cheap: the registries read declarations, import no torch
+from heads.registry import FUSIONS, HEADS, model_names
 from pipeline.config import ParamsError
 from pipeline.records import SPLITS
 
 log = logging.getLogger("affcache")
-
-EXTRACTORS = ("face", "audio", "behavior", "reliability")
 
 
 class UserError(click.ClickException):
@@ -100,7 +99,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from pipeline.datasets import DatasetError
     from pipeline.labels import LabelError
     from pipeline.media import MediaError
-    from pipeline.stages import StageFailed
+    from affcache.stages import StageFailed
     from pipeline.store import StoreError
 
     errors: list[type[BaseException]] = [ParamsError, StageFailed, FileNotFoundError, DatasetError,
@@ -117,7 +116,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 def _run_stage(fn, params_path: Path, *args, **kwargs) -> None:
     """Check the whole params file, then run a stage; turn the errors users can fix into one
     clear line and a non-zero exit."""
-    from pipeline.stages.schema import check_params_file
+    from affcache.stages.schema import check_params_file
 
     try:
         check_params_file(params_path)
@@ -160,7 +159,7 @@ def main(ctx: click.Context, verbose: int, quiet: int, params_path: Path) -> Non
 @click.pass_context
 def demo_data(ctx: click.Context, out: Path | None, labels_from: Path | None) -> None:
     """Generate the synthetic demo dataset (params section `demo`)."""
-    from pipeline.stages import demo_data as demo_data_stage
+    from affcache.stages import demo_data as demo_data_stage
 
     _run_stage(demo_data_stage.run, ctx.obj["params_path"], out=out, labels_from=labels_from)
 
@@ -171,7 +170,7 @@ def demo_data(ctx: click.Context, out: Path | None, labels_from: Path | None) ->
 @click.pass_context
 def demo_models(ctx: click.Context, out: Path | None) -> None:
     """Write tiny random-initialised checkpoints of the real encoder classes (fixed seeds)."""
-    from pipeline.stages import demo_models as demo_models_stage
+    from affcache.stages import demo_models as demo_models_stage
 
     _run_stage(demo_models_stage.run, ctx.obj["params_path"], out=out)
 
@@ -189,7 +188,7 @@ def demo_models(ctx: click.Context, out: Path | None) -> None:
 @click.pass_context
 def index(ctx: click.Context, adapter: str | None, root: Path | None, out: Path | None) -> None:
     """Scan a dataset into the video index (fps and frame counts read from the containers)."""
-    from pipeline.stages import index as index_stage
+    from affcache.stages import index as index_stage
 
     _run_stage(index_stage.run, ctx.obj["params_path"], adapter=adapter, root=root, out=out)
 
@@ -198,7 +197,7 @@ def index(ctx: click.Context, adapter: str | None, root: Path | None, out: Path 
 
 
 @main.command("extract")
-@click.argument("modality", type=click.Choice(EXTRACTORS))
+@click.argument("modality", type=click.Choice(modalities()))
 @click.option("--device", default=None, help="Device for the model (auto, cpu, cuda, cuda:1, mps); "
               "default: the config's `device` (not part of the store's fingerprint: same store on any device).")
 @click.option("--videos", "video_ids", multiple=True, metavar="ID",
@@ -215,7 +214,7 @@ def extract(ctx: click.Context, modality: str, device: str | None, video_ids: tu
     fails is recorded in `<modality>/<store>.failures.json` and the command exits non-zero after
     finishing the others.
     """
-    from pipeline.stages import extract as extract_stage
+    from affcache.stages import extract as extract_stage
 
     ids = [i for item in video_ids for i in item.split(",") if i]
     _run_stage(extract_stage.run, ctx.obj["params_path"], modality, device=device, video_ids=ids or None,
@@ -227,7 +226,7 @@ def extract(ctx: click.Context, modality: str, device: str | None, video_ids: tu
 @click.pass_context
 def train(ctx: click.Context, head: str) -> None:
     """Train one unimodal head on the cached features; write predictions for every split."""
-    from pipeline.stages import train as train_stage
+    from affcache.stages import train as train_stage
 
     _run_stage(train_stage.run, ctx.obj["params_path"], head)
 
@@ -237,7 +236,7 @@ def train(ctx: click.Context, head: str) -> None:
 @click.pass_context
 def fuse(ctx: click.Context, fusion: str) -> None:
     """Train one fusion on the heads' outputs."""
-    from pipeline.stages import fuse as fuse_stage
+    from affcache.stages import fuse as fuse_stage
 
     _run_stage(fuse_stage.run, ctx.obj["params_path"], fusion)
 
@@ -248,7 +247,7 @@ def fuse(ctx: click.Context, fusion: str) -> None:
 @click.pass_context
 def evaluate(ctx: click.Context, task: str) -> None:
     """Score every head and fusion on validation; write metrics and plot data."""
-    from pipeline.stages import evaluate as evaluate_stage
+    from affcache.stages import evaluate as evaluate_stage
 
     _run_stage(evaluate_stage.run if task == "va" else evaluate_stage.run_expr, ctx.obj["params_path"])
 
@@ -257,7 +256,7 @@ def evaluate(ctx: click.Context, task: str) -> None:
 @click.pass_context
 def report(ctx: click.Context) -> None:
     """Write the static HTML report (data/reports/index.html)."""
-    from pipeline.stages import report as report_stage
+    from affcache.stages import report as report_stage
 
     _run_stage(report_stage.run, ctx.obj["params_path"])
 
@@ -273,7 +272,7 @@ def report(ctx: click.Context) -> None:
 @click.pass_context
 def export(ctx: click.Context, model: str | None, split: str, template: Path | None, out: Path) -> None:
     """Write an ABAW submission file (image_location,valence,arousal; an expr_ model: image_location,Neutral,...,Other)."""
-    from pipeline.stages import export as export_stage
+    from affcache.stages import export as export_stage
 
     _run_stage(export_stage.run, ctx.obj["params_path"], model=model, split=split, template=template, out=out)
 
@@ -293,7 +292,7 @@ def predict(ctx: click.Context, videos: tuple[Path, ...], out: Path, model: str 
     Writes <out>/<video>.csv (frame, time, valence, arousal, per-head columns, gate weights) and
     <out>/<video>.png per video; a video that fails is reported and the others still run.
     """
-    from pipeline.stages import predict as predict_stage
+    from affcache.stages import predict as predict_stage
 
     _run_stage(predict_stage.run, ctx.obj["params_path"], list(videos), out, model=model)
 
@@ -308,16 +307,16 @@ def params_group() -> None:
 
 @params_group.command("show")
 @click.argument("profile", default="params.yaml")
-@click.option("--stage", "stages", multiple=True, help="Only this stage (dvc.yaml name, e.g. fuse@dcmmoe); repeatable.")
+@click.option("--stage", "stages", multiple=True, help="Only this stage (dvc.yaml name, e.g. fuse_dcmmoe); repeatable.")
 def params_show(profile: str, stages: tuple[str, ...]) -> None:
     """Print every stage's fully resolved config (defaults filled in) as YAML.
 
-    PROFILE is a profile name (`paper`: pipeline/profiles/paper.yaml; `demo`: the repository's
+    PROFILE is a profile name (`paper`: affcache/profiles/paper.yaml; `demo`: the repository's
     params.yaml) or a params file.
     """
     import yaml
 
-    from pipeline.stages.resolve import resolve_profile
+    from affcache.stages.resolve import resolve_profile
 
     try:
         resolved = resolve_profile(profile)
@@ -328,6 +327,22 @@ def params_show(profile: str, stages: tuple[str, ...]) -> None:
         raise UserError(f"{profile}: unknown stage(s) {', '.join(unknown)}; known: {', '.join(resolved)}")
     shown = {s: resolved[s] for s in stages} if stages else resolved
     click.echo(yaml.safe_dump(shown, sort_keys=False, default_flow_style=False, width=100), nl=False)
+
+
+@main.command("dvc-yaml")
+@click.option("--check", is_flag=True, help="Only compare: exit 1 if dvc.yaml is not what the declarations give.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("dvc.yaml"), show_default=True)
+def dvc_yaml(check: bool, out: Path) -> None:
+    """Write dvc.yaml from the plug-in declarations (one extraction stage per declared modality, one
+    train/fuse stage per declared model, each with the import closure of its code as deps)."""
+    from affcache import dvc_yaml as gen
+
+    if check:
+        if not out.exists() or out.read_text() != gen.render():
+            raise UserError(f"{out} is stale: the declarations or the code's imports changed; run `affcache dvc-yaml`")
+        click.echo(f"{out} is up to date")
+        return
+    click.echo(f"{out} {'written' if gen.write(out) else 'already up to date'}")
 
 
 # --------------------------------------------------------------------------- store tools

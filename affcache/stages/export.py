@@ -12,8 +12,8 @@ import logging
 from pathlib import Path
 
 from pipeline.records import read_index
-from pipeline.stages import Layout, StageFailed
-from pipeline.stages.evaluate import model_dirs
+from affcache.stages import Layout, StageFailed
+from affcache.stages.evaluate import model_dirs
 
 log = logging.getLogger(__name__)
 
