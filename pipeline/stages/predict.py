@@ -352,8 +352,8 @@ FRAME_COLUMNS = ("time", "face_found", "face_x0", "face_y0", "face_x1", "face_y1
 
 def frame_columns(video: Video, urls: dict[str, str], report: PredictReport | None = None) -> dict[str, np.ndarray]:
     """Per decoded frame: `time` (the frame's presentation time, s), `face_found` (1/0), the face
-    box `face_x0..face_y1` (pixels of the upright source frame; NaN = no face, or crops without a
-    box) and `vad` (voice activity 0..1 at the frame's time; NaN without audio).
+    box `face_x0..face_y1` (display pixels of the upright frame, `pipeline.media`; NaN = no face, or
+    crops without a box) and `vad` (voice activity 0..1 at the frame's time; NaN without audio).
 
     Sources (only stores the model already reads, so no extra extraction): the face store (found =
     a valid row, box = its `box` array), else the reliability store's `face`; `vad` from the
