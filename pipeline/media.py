@@ -160,7 +160,7 @@ class _PacketTable:
     nominal_rate: float  # average/guessed rate (0 when unknown)
     video: Pieces = Pieces()
     audio: Pieces = Pieces()
-    keyframes: tuple[tuple[int, int], ...] = ()  # (re-based pts, byte position) of keyframes: byte seeks (TS/PS)
+    keyframes: tuple[tuple[int, int], ...] = ()  # (re-based pts, byte position) of keyframes: byte seeks (TS)
     restarts: tuple[float, ...] = ()  # where each re-based piece after the first starts (s from time 0)
 
 
@@ -193,6 +193,13 @@ def _discontinuous(container) -> bool:
     Only there are pieces looked for, as FFmpeg's own tools do: elsewhere (MP4, MKV) a pause in a
     variable-frame-rate recording is real time and is kept."""
     return bool(container.format.flags & _TS_DISCONT)
+
+
+def _byte_seekable(container) -> bool:
+    """MPEG-TS: each video frame is one PES packet whose byte position the demuxer reports, so a
+    byte seek to a keyframe's packet lands exactly on it. (In MPEG-PS a frame starts anywhere in a
+    2 KiB pack: the parser then gives the frames after a byte seek shifted timestamps.)"""
+    return container.format.name in ("mpegts", "mpegtsraw")
 
 
 @functools.lru_cache(maxsize=16)
@@ -241,7 +248,7 @@ def _packet_table_cached(path: str, size: int, mtime_ns: int) -> _PacketTable:
         last_i = int(np.argmax(final)) if final else None
         restarts = tuple(float((min(final[a:b]) - _start_pts(stream)) * tb)
                          for a, b in zip(vpieces.first[1:], vpieces.first[2:] + (len(final),)))
-        keyframes = tuple((f, q) for f, q, k in zip(final, pos, kfs) if k and q >= 0) if _discontinuous(container) else ()
+        keyframes = tuple((f, q) for f, q, k in zip(final, pos, kfs) if k and q >= 0) if _byte_seekable(container) else ()
         return _PacketTable(tuple(sorted(final)), tb, _start_pts(stream), int(durs[last_i]) if last_i is not None else 0,
                             float(rate) if rate else 0.0, vpieces, apieces, keyframes, restarts)
 
@@ -493,26 +500,29 @@ def _fit(shape: tuple[int, int], box: tuple[int, int]) -> tuple[int, int]:
 def _seek(container, stream, t: float, table: _PacketTable) -> None:
     """Seek to the keyframe at or before `t` seconds (decoding forward from there is exact).
 
-    MPEG-TS/PS have no index: FFmpeg's timestamp seek there lands on any packet, and the decoder
-    then skips to the next keyframe, past `t` (seconds past it with long GOPs); on a timeline in
-    pieces timestamps are also ambiguous (two pieces share them). So in those formats the seek goes
-    by byte position to the keyframe the demux-only pass found on the (re-based) timeline; elsewhere
-    by timestamp. `_decoded` checks where it landed either way.
+    MPEG-TS has no index: FFmpeg's timestamp seek there lands on any packet, and the decoder then
+    skips to the next keyframe, past `t` (seconds past it with long GOPs); on a timeline in pieces
+    timestamps are also ambiguous (two pieces share them). So in MPEG-TS the seek goes by byte
+    position to the keyframe the demux-only pass found on the (re-based) timeline; elsewhere by
+    timestamp, except on a timeline in pieces without byte positions (no seek: decode from the
+    start). `_decoded` checks where it landed either way.
     """
-    if not table.keyframes or (table.video.restarts and not table.video.locatable()):
+    if table.keyframes and (not table.video.restarts or table.video.locatable()):
+        target = Fraction(t).limit_denominator(10**6) / table.time_base + table.start
+        pos = None
+        for kpts, kpos in table.keyframes:
+            if kpts > target:
+                break
+            pos = kpos
+        if pos is not None and _seek_byte(container, pos):
+            return
         if table.video.restarts:
-            return  # ambiguous timestamps and no byte positions: decode from the start
-        target = int(Fraction(t).limit_denominator(10**6) / stream.time_base) + _start_pts(stream)
-        container.seek(max(target, _start_pts(stream)), stream=stream, backward=True, any_frame=False)
-        return
-    target = Fraction(t).limit_denominator(10**6) / table.time_base + table.start
-    pos = None
-    for kpts, kpos in table.keyframes:
-        if kpts > target:
-            break
-        pos = kpos
-    if pos is not None:
-        _seek_byte(container, pos)
+            _rewind(container, stream)
+            return
+    elif table.video.restarts:
+        return  # ambiguous timestamps, no keyframe positions: decode from the start
+    target = int(Fraction(t).limit_denominator(10**6) / stream.time_base) + _start_pts(stream)
+    container.seek(max(target, _start_pts(stream)), stream=stream, backward=True, any_frame=False)
 
 
 def _seek_byte(container, pos: int) -> bool:
@@ -596,9 +606,10 @@ def _decoded(path, container, stream, start: float | None) -> Iterator[tuple[av.
 
     Without a seek the index is a running count. After a seek the decoder's position is unknown, so
     the index comes from the sorted packet timestamps (demux-only pass): index = frames before pts.
-    A seek that landed past the frame on screen at `start` (a demuxer without a keyframe index)
-    starts over from the first frame: slower, never wrong. Times are on the continuous timeline
-    (pieces re-based, see `timeline`).
+    A seek that landed past the frame on screen at `start` (a demuxer without a keyframe index), or
+    whose first frame has a timestamp the demux-only pass did not see (a parser that restarted
+    mid-frame gives shifted ones), starts over from the first frame: slower, never wrong. Times are
+    on the continuous timeline (pieces re-based, see `timeline`).
     """
     seeking = start is not None and start > 0
     table = _packet_table(path) if seeking or _discontinuous(container) else None
@@ -624,7 +635,9 @@ def _decoded(path, container, stream, start: float | None) -> Iterator[tuple[av.
                     index = bisect.bisect_left(table.pts, frame.pts + int(round(shift / tb)))
                 else:
                     index = count
-                if seeking and attempt == 0 and count == 0 and index > wanted:
+                if seeking and attempt == 0 and count == 0 and frame.pts is not None and (
+                        index > wanted or index >= len(table.pts)
+                        or table.pts[index] != frame.pts + int(round(shift / tb))):
                     _rewind(container, stream)
                     break
                 count += 1
