@@ -224,6 +224,26 @@ def test_corrupt_file_is_reported_and_the_others_predicted(first_run, project, i
     assert [f["video_id"] for f in report["failed"]] == ["broken"]
 
 
+def test_a_failed_extraction_leaves_no_csv(first_run, project, inputs, monkeypatch) -> None:
+    """A video whose face extraction fails mid-file gets no CSV (a prediction from the other inputs
+    would read as complete), a CSV an earlier run left for it is removed, and the run fails naming it."""
+    import extractors.face
+    from pipeline.media import MediaError
+
+    def broken(path, *args, **kwargs):
+        raise MediaError(path, "decoding failed mid-stream (Invalid data found when processing input)")
+
+    monkeypatch.setattr(extractors.face, "iter_face_crops", broken)
+    out = project.parent / "face_fails"
+    out.mkdir()
+    (out / "silent.csv").write_text("frame,time,valence,arousal\n0,0.0,0.1,0.2\n")  # an earlier run's
+    result = predict(project, [inputs["silent"]], out)
+    assert result.exit_code != 0 and "extract face" in result.output and "decoding failed" in result.output
+    assert not (out / "silent.csv").exists() and not (out / "silent.png").exists()
+    report = json.loads((out / "predict_report.json").read_text())
+    assert report["outputs"] == {} and [f["stage"] for f in report["failed"]] == ["extract face"]
+
+
 def test_a_folder_predicts_every_video_and_same_names_get_distinct_ids(first_run, project, inputs) -> None:
     """A folder argument stands for every video below it; two files named alike in different
     folders are both predicted, each under its own id, instead of aborting the run."""

@@ -16,7 +16,8 @@ When EXPR models were trained, the CSV also holds per-frame class probabilities 
 `p_other` of the best evaluated EXPR model (metrics/expr_summary.json; else expr_fusion_gated_moe),
 provided the features it reads were extracted for the chosen VA model.
 One bad file never stops the others: it is listed in `<out>/predict_report.json` and the command
-exits non-zero at the end.
+exits non-zero at the end. A file whose extraction failed for any store the model reads gets no
+CSV (one from an earlier run is removed), so every CSV in `<out>` is a complete prediction.
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ def run(params_path: Path, videos: list[Path], out: Path, model: str | None = No
     records = probe_videos(expand_inputs(videos), report)
     cache = str(params.get("predict.features") or out / "features")
     urls = extract(params, layout, stores_needed(predictor), records, cache, report) if records else {}
-    usable = [v for v in records if has_any_head_input(v, predictor.modalities, report)]
+    usable = [v for v in records if extracted(v, report)]
     if usable:
         inputs = head_videos(usable, urls, predictor.modalities, report)
         predictions = _guarded(predictor.model, predictor.predict, inputs)
@@ -76,6 +77,7 @@ def run(params_path: Path, videos: list[Path], out: Path, model: str | None = No
         for v in usable:
             report.outputs[v.video_id] = write_outputs(v, predictions[v.video_id], out, frame_columns(v, urls, report),
                                                        expr.get(v.video_id))
+    remove_stale_outputs(report, out)
     write_json(out / REPORT, report.to_json())
     log.info("predict (%s): %d video(s) predicted -> %s; %d problem(s)", predictor.model, len(report.outputs), out,
              len(report.failed))
@@ -258,10 +260,19 @@ def warn_if_not_training_features(layout: Layout, modality: str, url: str) -> No
                     modality)
 
 
-def has_any_head_input(video: Video, modalities: list[str], report: PredictReport) -> bool:
-    """A video is predicted (its failed modalities masked) unless every head's extraction failed."""
-    failed_in = {f["stage"] for f in report.failed if f["video_id"] == video.video_id}
-    return any(f"extract {m}" not in failed_in for m in modalities)
+def extracted(video: Video, report: PredictReport) -> bool:
+    """Whether every extraction succeeded for `video`. One that failed (named in the report) would
+    leave a prediction from the other inputs that looks complete, so the video gets no CSV.
+    (Missing audio is a value, not a failure.)"""
+    return not any(f["video_id"] == video.video_id for f in report.failed)
+
+
+def remove_stale_outputs(report: PredictReport, out: Path) -> None:
+    """A failed video's CSV and plot from an earlier run would read as this run's result: removed."""
+    for f in report.failed:
+        if f["video_id"] not in report.outputs:
+            for suffix in (".csv", ".png"):
+                (out / f"{f['video_id']}{suffix}").unlink(missing_ok=True)
 
 
 def head_videos(records: list[Video], urls: dict[str, str], modalities: list[str],
@@ -341,8 +352,8 @@ FRAME_COLUMNS = ("time", "face_found", "face_x0", "face_y0", "face_x1", "face_y1
 
 def frame_columns(video: Video, urls: dict[str, str], report: PredictReport | None = None) -> dict[str, np.ndarray]:
     """Per decoded frame: `time` (the frame's presentation time, s), `face_found` (1/0), the face
-    box `face_x0..face_y1` (pixels of the upright source frame; NaN = no face, or crops without a
-    box) and `vad` (voice activity 0..1 at the frame's time; NaN without audio).
+    box `face_x0..face_y1` (display pixels of the upright frame, `pipeline.media`; NaN = no face, or
+    crops without a box) and `vad` (voice activity 0..1 at the frame's time; NaN without audio).
 
     Sources (only stores the model already reads, so no extra extraction): the face store (found =
     a valid row, box = its `box` array), else the reliability store's `face`; `vad` from the
