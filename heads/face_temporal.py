@@ -9,10 +9,10 @@ Windows of 400 frames, hop 150, tail aligned to the end; overlapping window pred
 per frame. Missing faces: nearest cached frame. Training without gradient clipping or AMP.
 
 `block: published` (default) is that layer (`heads.positional.PositionalAttentionLayer`).
-`block: affcache` is this project's earlier layer, `LN(x + drop(attn(x + PE)))`: the residual
-around the un-encoded input, no dropout on the positional sums; with `face_flag: true` a 0/1
-face-present channel is appended to the input so the model can tell a copied frame from a seen
-one. The demo uses both (params.yaml), so its figures stay those of that variant.
+`block: affcache` is this project's layer, `LN(x + drop(attn(x + PE)))`: the residual around the
+un-encoded input, no dropout on the positional sums; with `face_flag: true` a 0/1 face-present
+channel is appended to the input so the model can tell a copied frame from a seen one. The demo
+runs that block with the channel (params.yaml).
 """
 
 from __future__ import annotations
