@@ -316,7 +316,9 @@ def params_show(profile: str, stages: tuple[str, ...]) -> None:
     """
     import yaml
 
-    from affcache.stages.resolve import resolve_profile
+    import textwrap
+
+    from affcache.stages.resolve import resolve_profile, stage_notes
 
     try:
         resolved = resolve_profile(profile)
@@ -326,7 +328,11 @@ def params_show(profile: str, stages: tuple[str, ...]) -> None:
     if unknown:
         raise UserError(f"{profile}: unknown stage(s) {', '.join(unknown)}; known: {', '.join(resolved)}")
     shown = {s: resolved[s] for s in stages} if stages else resolved
-    click.echo(yaml.safe_dump(shown, sort_keys=False, default_flow_style=False, width=100), nl=False)
+    notes = stage_notes(shown)
+    for stage, config in shown.items():  # one block per stage, its note (if any) as comments above it
+        if stage in notes:
+            click.echo("\n".join(f"# {line}" for line in textwrap.wrap(notes[stage], 98)))
+        click.echo(yaml.safe_dump({stage: config}, sort_keys=False, default_flow_style=False, width=100), nl=False)
 
 
 @main.command("dvc-yaml")

@@ -104,6 +104,7 @@ def _model_stages(root: Path) -> dict[str, Any]:
         out[f"{verb}_{s.name}"] = {
             "cmd": f"affcache {verb} {s.name}",
             "deps": ["data/index.json", *(f"data/{i}" for i in s.inputs),
+                     *("${%s.%s}" % (s.params_section, f) for f in s.weights),
                      *code_deps(root, [f"{STAGES}/{verb}.py", _module_path(s.module)])],
             "params": [s.params_section],
             "outs": [f"data/{folder}/{s.name}"],

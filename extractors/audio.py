@@ -31,11 +31,21 @@ Why it looks like this:
   .safetensors file): the encoder is built from `model` (microsoft/wavlm-large) and the `ssl_model.*`
   tensors replace its weights, as the published code does. Any other tensor in the file is ignored.
 - **Per-clip mode.** `mode: per_clip` embeds every chunk on its own with its own z-normalisation
-  (the published run embeds each 4-s clip separately; with `chunk_seconds: 4, overlap_seconds: 2`
-  the chunks are the published 4 s / 2 s clips). Each row still comes from the clip in which it is
-  most central, so one head window draws on the rows of up to three clips; the published window
-  uses only its own clip (the cost of one row grid instead of two overlapping copies). `long`
-  (default) z-normalises the whole track once and uses long chunks for context.
+  (with `chunk_seconds: 4, overlap_seconds: 2` the chunks are 4 s / 2 s clips). Each row still comes
+  from the clip in which it is most central, so one head window draws on the rows of up to three
+  clips (the cost of one row grid instead of two overlapping copies). `long` (default) z-normalises
+  the whole track once and uses long chunks for context.
+- **Window mode (the published one).** `mode: windows` keeps every clip's rows as its own: each
+  window of the video (`chunk_seconds` long, every `chunk_seconds - overlap_seconds`, over the
+  video's duration, num_frames / fps) is cut from the track, zero-padded to `chunk_seconds`,
+  z-normalised over its real samples and embedded with an attention mask over them, as the
+  published audio model does with its 4-s WAV clips (`wavlm_s2s_model.py`, `abaw_va_dataset.py`).
+  The last window is shorter and padded, as published (`make_s2s_windows.py` `slice_audio`): it
+  starts at the next multiple of the shift and ends with the video; one shorter than
+  `window_min_seconds` is dropped. Rows overlap in time (every second lies in two windows), so the
+  store adds `clip` [M] (the window of each row) and `clip_t0`/`clip_t1` [J] (each window's span);
+  rows beyond a window's real samples are stored with valid = False, and the audio head takes
+  each window as one sample (heads.audio_pooling).
 - **Voice activity** (`vad`, one probability per row) comes from `extractors.vad` on this model's
   grid. It runs in prepare() (worker threads) so it overlaps the model; each thread has its own
   silero-vad model, because that TorchScript model is stateful.
@@ -55,7 +65,7 @@ from pipeline.progress import inner_bar
 from pipeline.records import Video
 
 SCHEMA = 1
-MODES = ("long", "per_clip")
+MODES = ("long", "per_clip", "windows")
 SSL_PREFIX = "ssl_model."
 
 
@@ -76,6 +86,8 @@ class AudioConfig:
     cache_size: int = 2  # media files whose results are memoised (left/right pairs are adjacent)
     vad_backend: str = "auto"  # extractors.vad.voice_activity backend: auto | energy | silero
     mode: str = "long"  # "long": whole-track z-norm, long chunks | "per_clip": each chunk embedded and normalised alone
+    #                     | "windows": each window its own clip, rows kept per window (published; see module docstring)
+    window_min_seconds: float = 1.0  # windows: a last window shorter than this is dropped (published win_min_length)
     ssl_weights: str | None = None  # checkpoint whose `ssl_model.*` tensors replace `model`'s weights (Odyssey SER)
 
 
@@ -117,6 +129,44 @@ def chunk_plan(num_samples: int, chunk: int, overlap: int, hop: int) -> list[int
     if last > starts[-1]:
         starts.append(last)
     return starts
+
+
+def window_plan(duration: float, length: float, shift: float, min_length: float) -> list[tuple[float, float]]:
+    """(start, end) seconds of the published 4-s clips of a video lasting `duration` seconds.
+
+    `make_s2s_windows.py` `slice_audio`: a video no longer than `length` is one window; otherwise
+    windows start every `shift` seconds, and the first one that would pass the end is cut at the
+    end, kept when at least `min_length` long (one ending exactly at the end is kept whole).
+    """
+    if duration <= 0:
+        return []
+    if duration <= length:
+        return [(0.0, float(duration))]
+    out, start = [], 0.0
+    while start < duration:
+        end = start + length
+        if end < duration:
+            out.append((start, end))
+        elif end == duration:
+            out.append((start, end))
+            break
+        else:
+            if duration - start >= min_length:
+                out.append((start, float(duration)))
+            break
+        start += shift
+    return out
+
+
+def masked_zscore(batch: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The published masked per-clip normalisation: mean and std over the real samples only
+    (std = sqrt(var + 1e-6), at least 1e-6), padding left at 0."""
+    m = mask.astype(np.float64)
+    n = np.maximum(m.sum(1, keepdims=True), 1.0)
+    mean = (batch * m).sum(1, keepdims=True) / n
+    var = (((batch - mean) ** 2) * m).sum(1, keepdims=True) / n
+    std = np.maximum(np.sqrt(var + 1e-6), 1e-6)
+    return (((batch - mean) / std) * m).astype(np.float32)
 
 
 def stitch_bounds(first_rows: list[int], counts: list[int], total: int) -> list[tuple[int, int]]:
@@ -241,6 +291,8 @@ class SpeechSSLExtractor:
             raise ExtractorError(f"audio vad_backend {c.vad_backend!r}: use one of {', '.join(VAD_BACKENDS)}")
         if c.mode not in MODES:
             raise ExtractorError(f"audio mode {c.mode!r}: use one of {', '.join(MODES)}")
+        if c.window_min_seconds < 0:
+            raise ExtractorError(f"audio window_min_seconds must be >= 0, got {c.window_min_seconds}")
         if c.batch_size < 1 or c.keep_lower_layers < 0:
             raise ExtractorError(f"audio: batch_size must be >= 1 and keep_lower_layers >= 0, got {c}")
 
@@ -264,6 +316,8 @@ class SpeechSSLExtractor:
         }
         if c.mode != "long":  # keys only when set, so stores of the default setup keep their identity
             fp["mode"] = c.mode
+        if c.mode == "windows":
+            fp["window_min_seconds"] = c.window_min_seconds
         if c.ssl_weights:
             fp["ssl_weights"] = c.ssl_weights
             fp["ssl_weights_file"] = weights_fingerprint(c.ssl_weights)
@@ -335,7 +389,8 @@ class SpeechSSLExtractor:
             return hit
         if prepared.cached:  # partner's result was evicted between prepare and compute: decode now
             prepared = _Prepared(self._read(video))
-        arrays = self.encode(prepared.audio, prepared.vad)
+        duration = video.num_frames / video.fps if video.fps > 0 else None
+        arrays = self.encode(prepared.audio, prepared.vad, duration)
         self._cache.put(video.media_key, arrays)
         return arrays
 
@@ -356,13 +411,20 @@ class SpeechSSLExtractor:
             return np.zeros(0, np.float32)
         return voice_activity_rows(audio, self.cfg.sample_rate, self.hop, self.receptive, rows, self.vad_backend)
 
-    def encode(self, audio: np.ndarray | None, vad: np.ndarray | None = None) -> dict[str, np.ndarray]:
-        """Waveform -> store arrays. No audio (None) or too short -> zero rows (a missing modality)."""
+    def encode(self, audio: np.ndarray | None, vad: np.ndarray | None = None,
+               duration: float | None = None) -> dict[str, np.ndarray]:
+        """Waveform -> store arrays. No audio (None) or too short -> zero rows (a missing modality).
+
+        `duration`: the video's length in seconds, which the windows of `mode: windows` cover
+        (default: the track's)."""
         if self.model is None:
             self.load()
         rows = self.rows(audio)
         if rows == 0:
             return self._empty()
+        if self.cfg.mode == "windows":
+            vad = vad if vad is not None else self.vad(audio)
+            return self._windows(audio, vad, len(audio) / self.cfg.sample_rate if duration is None else duration)
         whole_track = self.cfg.normalize and self.cfg.mode == "long"
         wav = zscore(audio) if whole_track else audio.astype(np.float32)
         last, lower = self._chunked_states(wav, rows)
@@ -385,6 +447,62 @@ class SpeechSSLExtractor:
         }
         if self.cfg.keep_lower_layers:
             out["lower"] = np.zeros((0, dim), np.float32)
+        if self.cfg.mode == "windows":
+            out.update(clip=np.zeros(0, np.int32), clip_t0=np.zeros(0, np.float32), clip_t1=np.zeros(0, np.float32))
+        return out
+
+    def _windows(self, wav: np.ndarray, vad: np.ndarray, duration: float) -> dict[str, np.ndarray]:
+        """`mode: windows`: every published window embedded alone, padded to `chunk_seconds`.
+
+        Windows whose real samples yield no row (past the end of a short track) are left out.
+        """
+        sr, c = self.cfg.sample_rate, self.cfg
+        length = max(self.receptive, int(round(c.chunk_seconds * sr)))
+        per = num_frames(length, self._kernel, self._stride)
+        plan = []
+        for s, e in window_plan(duration, c.chunk_seconds, c.chunk_seconds - c.overlap_seconds, c.window_min_seconds):
+            a = int(round(s * sr))
+            n = max(0, min(int(round(e * sr)), len(wav)) - a)
+            real = num_frames(min(n, length), self._kernel, self._stride)
+            if real > 0:
+                plan.append((s, e, a, min(n, length), real))
+        if not plan:
+            return self._empty()
+        dim = int(self.model.config.hidden_size)
+        last = np.zeros((len(plan), per, dim), np.float32)
+        lower = np.zeros((len(plan), per, dim), np.float32) if c.keep_lower_layers else None
+        with inner_bar(len(plan), "window") as bar:
+            for b in range(0, len(plan), c.batch_size):
+                idx = range(b, min(b + c.batch_size, len(plan)))
+                batch = np.zeros((len(idx), length), np.float32)
+                mask = np.zeros((len(idx), length), bool)
+                for i, j in enumerate(idx):
+                    _, _, a, n, _ = plan[j]
+                    batch[i, :n], mask[i, :n] = wav[a:a + n], True
+                if c.normalize:
+                    batch = masked_zscore(batch, mask)
+                top, low = self.forward(batch, mask)
+                last[b:b + len(idx)] = top
+                if lower is not None:
+                    lower[b:b + len(idx)] = low
+                bar.update(len(idx))
+        k = np.arange(per)
+        starts = np.array([p[0] for p in plan])
+        t0 = (starts[:, None] + k[None, :] * self.hop / sr).astype(np.float32)
+        valid = k[None, :] < np.array([p[4] for p in plan])[:, None]
+        g = np.minimum(np.round(t0 * sr / self.hop).astype(np.int64), max(len(vad) - 1, 0))  # the track grid's row
+        out = {
+            "emb": last.reshape(-1, dim),
+            "t0": t0.reshape(-1),
+            "t1": (t0 + self.receptive / sr).astype(np.float32).reshape(-1),
+            "valid": valid.reshape(-1),
+            "vad": (vad[g] if len(vad) else np.zeros(g.shape, np.float32)).astype(np.float32).reshape(-1),
+            "clip": np.repeat(np.arange(len(plan), dtype=np.int32), per),
+            "clip_t0": starts.astype(np.float32),
+            "clip_t1": np.array([p[1] for p in plan], np.float32),
+        }
+        if lower is not None:
+            out["lower"] = lower.reshape(-1, dim)
         return out
 
     def _chunked_states(self, wav: np.ndarray, rows: int) -> tuple[np.ndarray, np.ndarray | None]:
@@ -417,12 +535,14 @@ class SpeechSSLExtractor:
         """One chunk as the model sees it: z-normalised on its own samples in `per_clip` mode."""
         return zscore(clip) if self.cfg.normalize and self.cfg.mode == "per_clip" else clip
 
-    def forward(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """One model call on [B, samples] -> (last layer [B,T,D], states below the top k or None)."""
+    def forward(self, batch: np.ndarray, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """One model call on [B, samples] -> (last layer [B,T,D], states below the top k or None);
+        `mask` [B, samples] marks the real samples of zero-padded clips (the model's attention mask)."""
         k = self.cfg.keep_lower_layers
         x = torch.from_numpy(batch).to(self.device)
+        extra = {} if mask is None else {"attention_mask": torch.from_numpy(mask.astype(np.int64)).to(self.device)}
         with inference(self.device, self.cfg.bf16):
-            out = self.model(x, output_hidden_states=bool(k))
+            out = self.model(x, output_hidden_states=bool(k), **extra)
         top = out.last_hidden_state.float().cpu().numpy()
         low = out.hidden_states[-(k + 1)].float().cpu().numpy() if k else None
         return top, low

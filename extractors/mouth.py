@@ -19,7 +19,8 @@ method it is used relative to the same video by the published rule.
 
 **External CSVs** (`mouth_method: "csv"`): the published system ships per-frame MediaPipe lip-ring
 areas (`data/openmouth/<id>.csv`: `,frame,surface_area_mouth,mouth_open`, 1-based frame numbers,
-frames without a face absent). `read_mouth_csv` reads one such file onto a video's frame grid,
+frames without a face absent). `read_mouth_csv` (one column) and `read_mouth_csv_columns` (several,
+with the frames the file lists) read one such file onto a video's frame grid,
 strictly: a file that is missing, lacks a column, has a non-numeric or non-finite value, a frame out
 of range or a duplicate frame is a `VideoError` naming the file and the problem, so one bad file
 fails its video only.
@@ -138,6 +139,19 @@ def read_mouth_csv(path: str | Path, num_frames: int, frame_column: str = "frame
     zero-padded `00001`); frames absent from the file have no value. Every problem is a `VideoError`
     naming the file (see the module docstring).
     """
+    values, _present = read_mouth_csv_columns(path, num_frames, (value_column,), frame_column, frame_base)
+    return values[value_column]
+
+
+def read_mouth_csv_columns(path: str | Path, num_frames: int, columns: tuple[str, ...], frame_column: str = "frame",
+                           frame_base: int = 1) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Numeric `columns` of one mouth CSV on the video's frame grid, and which frames the file lists.
+
+    Returns ({column: float64 [num_frames], NaN where the frame is absent}, present [num_frames]
+    bool). A frame's presence is the published face coverage (MediaPipe found the face); the
+    published `mouth_open` column is the rolling rule's flag before smoothing. Checked as
+    `read_mouth_csv` says.
+    """
     import pandas as pd
 
     p = Path(path)
@@ -147,21 +161,24 @@ def read_mouth_csv(path: str | Path, num_frames: int, frame_column: str = "frame
         df = pd.read_csv(p, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
         raise VideoError(f"{p}: not a readable CSV ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
-    missing = [c for c in (frame_column, value_column) if c not in df.columns]
+    missing = [c for c in (frame_column, *columns) if c not in df.columns]
     if missing:
         raise VideoError(f"{p}: column(s) {missing} missing; it has {[c for c in df.columns]} "
-                         "(set mouth_csv_frame_column / mouth_csv_value_column)")
+                         "(set mouth_csv_frame_column / mouth_csv_value_column / mouth_csv_open_column)")
     frames = pd.to_numeric(df[frame_column].str.strip(), errors="coerce")
     bad = ~np.isfinite(frames.to_numpy(np.float64)) | (frames.to_numpy(np.float64) % 1 != 0)
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
         raise VideoError(f"{p}: column {frame_column!r} row {row + 1}: {df[frame_column].iloc[row]!r} is not a frame number")
-    values = pd.to_numeric(df[value_column].str.strip(), errors="coerce").to_numpy(np.float64)
-    bad = ~np.isfinite(values)
-    if bad.any():
-        row = int(np.flatnonzero(bad)[0])
-        raise VideoError(f"{p}: column {value_column!r} row {row + 1}: {df[value_column].iloc[row]!r} is not a "
-                         f"finite number ({int(bad.sum())} such row(s)); leave frames without a value out instead")
+    parsed = {}
+    for column in columns:
+        values = pd.to_numeric(df[column].str.strip(), errors="coerce").to_numpy(np.float64)
+        bad = ~np.isfinite(values)
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise VideoError(f"{p}: column {column!r} row {row + 1}: {df[column].iloc[row]!r} is not a "
+                             f"finite number ({int(bad.sum())} such row(s)); leave frames without a value out instead")
+        parsed[column] = values
     idx = frames.to_numpy(np.int64) - int(frame_base)
     out_of_range = (idx < 0) | (idx >= num_frames)
     if out_of_range.any():
@@ -173,6 +190,10 @@ def read_mouth_csv(path: str | Path, num_frames: int, frame_column: str = "frame
         dup = int(uniq[counts > 1][0]) + int(frame_base)
         raise VideoError(f"{p}: frame {dup} appears {int(counts[counts > 1][0])} times "
                          f"({int((counts > 1).sum())} duplicated frame number(s))")
-    out = np.full(num_frames, np.nan)
-    out[idx] = values
-    return out
+    present = np.zeros(num_frames, bool)
+    present[idx] = True
+    out = {}
+    for column, values in parsed.items():
+        out[column] = np.full(num_frames, np.nan)
+        out[column][idx] = values
+    return out, present

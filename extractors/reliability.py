@@ -13,8 +13,12 @@ Mouth openness (`mouth_method`). The published system (ABAW_2024 `open_mouth_fea
 uses the MediaPipe FaceMesh lip-ring area and ships those areas per frame as CSV files; mediapipe
 ships no model files offline. Four methods, all giving one raw value per face frame:
 - "csv": the published per-frame signals read from `<mouth_csv_dir>/<video_id>.csv`
-  (`extractors.mouth.read_mouth_csv`; frames absent from the file have no value). Each file's content
-  is part of its video's cache key (`source()`), so editing one CSV re-extracts that video only.
+  (`extractors.mouth.read_mouth_csv_columns`; frames absent from the file have no value). Each file's
+  content is part of its video's cache key (`source()`), so editing one CSV re-extracts that video
+  only. The published filter (`make_audio_windows.py`) reads two more things from the file, which
+  `mouth_csv_open_column: mouth_open` and `face_from_csv: true` select: the file's own open flag
+  (the rolling rule below, as its authors computed it) instead of recomputing it from the areas, and
+  a frame's presence in the file as the face coverage instead of crops or detection.
 - "landmarks": dlib's 68-point shape predictor (the `mouth` extra) and the inner-lip aspect ratio
   (`extractors.mouth.inner_lip_ratio`: mean inner-lip vertical gap / inner mouth width; its limits are
   in that module's docstring). The rectangle handed to dlib: on aligned crops, the whole crop shrunk
@@ -40,7 +44,11 @@ per-person bias. (The image statistics are pluggable: `MOUTH_METHODS`.)
 Smoothing rule (published): on the sequence of face frames, a frame is open when the trailing
 rolling-30 mean of the openness exceeds the video mean (pandas `rolling(30)`: the first 29 face frames
 are closed, as in the released code); then, on the frame grid, closed gaps <= 0.15 s between open runs
-are filled and open blips <= 0.20 s are dropped. Frames without a face are closed.
+are filled and open blips <= 0.20 s are dropped. Frames without a face are closed. How a duration
+becomes frames (`smoothing_frames`): "floor" counts a run of n frames as <= s seconds when
+n / fps <= s; "round" (the published `smooth_open_flags`) when n <= max(1, round(s * fps)), Python's
+round (half to even). They differ at some rates (25 fps: a 4-frame gap is 0.16 s > 0.15 s, but
+round(3.75) = 4).
 
 VAD: `extractors.vad.voice_activity` (energy + spectral flatness with hysteresis, or silero-vad's
 shipped TorchScript model when the package is installed, `vad_backend="auto"`). The fingerprint
@@ -52,13 +60,13 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, ClassVar
 
 import numpy as np
 
 from extractors.base import ExtractorError, VideoError, register
 from extractors.face_detection import DETECTORS, FaceDetectorConfig, crop_files, iter_face_crops
-from extractors.mouth import LandmarkMouth, landmarks_available, landmarks_identity, landmarks_problem, read_mouth_csv
+from extractors.mouth import LandmarkMouth, landmarks_available, landmarks_identity, landmarks_problem, read_mouth_csv_columns
 from extractors.vad import VAD_BACKENDS, resolve_vad_backend, silero_available, silero_model, vad_times, voice_activity
 from pipeline.records import Video
 
@@ -78,7 +86,14 @@ class ReliabilityConfig:
         of its side on every side (0 = the whole crop).
     mouth_csv_dir: "csv": the folder of `<video_id>.csv` files (null otherwise); mouth_csv_frame_column
         / mouth_csv_value_column: the frame-number and value columns; mouth_csv_frame_base: the number
-        of the first frame (1 in the published files).
+        of the first frame (1 in the published files). A relative mouth_csv_dir is read under the
+        dataset root (the extract stage resolves it from params `dataset.root`).
+    mouth_csv_open_column: "csv": the column holding the file's own 0/1 open flag (published:
+        `mouth_open`), used instead of the rolling rule (gap fill and blip drop still apply); null:
+        recompute the rule from the value column.
+    face_from_csv: "csv": face coverage is a frame's presence in the file (published), not crops or
+        detection (which then are not read at all).
+    smoothing_frames: "floor" | "round" (published): how gap_fill_s / blip_s become frame counts.
     mouth_box: (x0, y0, x1, y1) as fractions of the aligned crop: where the mouth is.
     dark_ratio: dark-extent: cap of the Otsu threshold (x 255); dark-fraction: a pixel is dark below
         dark_ratio x the crop's median grey level.
@@ -96,6 +111,9 @@ class ReliabilityConfig:
     mouth_csv_frame_column: str = "frame"
     mouth_csv_value_column: str = "surface_area_mouth"
     mouth_csv_frame_base: int = 1
+    mouth_csv_open_column: str | None = None
+    face_from_csv: bool = False
+    smoothing_frames: str = "floor"
     mouth_box: tuple[float, float, float, float] = (0.3, 0.65, 0.7, 0.92)
     dark_ratio: float = 0.55
     thumb: int = 64
@@ -110,6 +128,8 @@ class ReliabilityConfig:
     detector: FaceDetectorConfig = field(default_factory=FaceDetectorConfig)
     max_frames: int | None = None
 
+    DATASET_RELATIVE: ClassVar[tuple[str, ...]] = ("mouth_csv_dir",)  # relative values: under dataset.root
+
     def validate(self) -> None:
         if self.source not in ("auto", "crops", "detect"):
             raise ExtractorError(f"reliability source {self.source!r}: use 'auto', 'crops' or 'detect'")
@@ -123,6 +143,11 @@ class ReliabilityConfig:
         if self.mouth_csv_dir and self.mouth_method != "csv":
             raise ExtractorError(f"reliability mouth_csv_dir is set but mouth_method is {self.mouth_method!r}: "
                                  "set mouth_method 'csv' to use the files, or mouth_csv_dir null")
+        if (self.mouth_csv_open_column or self.face_from_csv) and self.mouth_method != "csv":
+            raise ExtractorError("reliability mouth_csv_open_column / face_from_csv read the mouth CSVs: they need "
+                                 f"mouth_method 'csv' (it is {self.mouth_method!r})")
+        if self.smoothing_frames not in SMOOTHING_FRAMES:
+            raise ExtractorError(f"reliability smoothing_frames {self.smoothing_frames!r}: use one of {', '.join(SMOOTHING_FRAMES)}")
         if not 0 <= self.landmark_inset < 0.5:
             raise ExtractorError(f"reliability landmark_inset must be in [0, 0.5), got {self.landmark_inset}")
         if self.vad_backend not in VAD_BACKENDS:
@@ -188,6 +213,9 @@ MOUTH_METHODS: dict[str, Callable[[np.ndarray, ReliabilityConfig], float]] = {
 MOUTH_METHOD_NAMES = (*MOUTH_METHODS, "landmarks", "auto", "csv")
 IMAGE_STATISTIC_KEYS = ("mouth_box", "dark_ratio", "thumb")  # settings only the image statistics read
 CSV_KEYS = ("mouth_csv_dir", "mouth_csv_frame_column", "mouth_csv_value_column", "mouth_csv_frame_base")
+# settings added later: in the fingerprint only when not at their default, so older stores keep their key
+LATER_KEYS = {"mouth_csv_open_column": None, "face_from_csv": False, "smoothing_frames": "floor"}
+SMOOTHING_FRAMES = ("floor", "round")
 
 
 def resolve_mouth_method(method: str) -> str:
@@ -219,23 +247,38 @@ def _runs(mask: np.ndarray) -> list[tuple[int, int, bool]]:
     return [(int(s), int(e), bool(mask[s])) for s, e in zip(starts, ends)]
 
 
-def fill_gaps(open_: np.ndarray, fps: float, max_gap_s: float) -> np.ndarray:
+def _max_frames(seconds: float, fps: float, rounding: str) -> float:
+    """Longest run, in frames, that counts as lasting <= `seconds` (see `smoothing_frames`)."""
+    if rounding == "round":
+        return max(1, round(seconds * fps))
+    return seconds * fps + 1e-9 * fps
+
+
+def fill_gaps(open_: np.ndarray, fps: float, max_gap_s: float, rounding: str = "floor") -> np.ndarray:
     """Close-gap filling: closed runs strictly between two open runs lasting <= max_gap_s become open."""
     out = open_.copy()
     runs = _runs(open_)
+    limit = _max_frames(max_gap_s, fps, rounding)
     for k, (s, e, v) in enumerate(runs):
-        if not v and 0 < k < len(runs) - 1 and (e - s) / fps <= max_gap_s + 1e-9:
+        if not v and 0 < k < len(runs) - 1 and (e - s) <= limit:
             out[s:e] = True
     return out
 
 
-def drop_blips(open_: np.ndarray, fps: float, max_blip_s: float) -> np.ndarray:
+def drop_blips(open_: np.ndarray, fps: float, max_blip_s: float, rounding: str = "floor") -> np.ndarray:
     """Open runs lasting <= max_blip_s become closed (anywhere, edges included)."""
     out = open_.copy()
+    limit = _max_frames(max_blip_s, fps, rounding)
     for s, e, v in _runs(open_):
-        if v and (e - s) / fps <= max_blip_s + 1e-9:
+        if v and (e - s) <= limit:
             out[s:e] = False
     return out
+
+
+def smooth_open(raw_open: np.ndarray, fps: float, cfg: ReliabilityConfig) -> np.ndarray:
+    """The published smoothing of a per-frame open flag: gap fill, then blip drop."""
+    return drop_blips(fill_gaps(raw_open, fps, cfg.gap_fill_s, cfg.smoothing_frames), fps, cfg.blip_s,
+                      cfg.smoothing_frames)
 
 
 def mouth_open_rule(openness: np.ndarray, face: np.ndarray, fps: float, cfg: ReliabilityConfig) -> np.ndarray:
@@ -253,7 +296,7 @@ def mouth_open_rule(openness: np.ndarray, face: np.ndarray, fps: float, cfg: Rel
         counts = k - lo + 1
         roll = (csum[k + 1] - csum[lo]) / counts
         raw_open[idx] = (counts >= minp) & (roll > seq.mean())
-    return drop_blips(fill_gaps(raw_open, fps, cfg.gap_fill_s), fps, cfg.blip_s)
+    return smooth_open(raw_open, fps, cfg)
 
 
 # --------------------------------------------------------------------------------------- extractor
@@ -263,6 +306,7 @@ class ReliabilityPrepared:
     face: np.ndarray  # [N] bool
     mouth_raw: np.ndarray  # [N] float, NaN without a face
     vad: np.ndarray  # [M]
+    open_raw: np.ndarray | None = None  # [N] bool: an open flag read from the CSV (before smoothing)
 
 
 @register("reliability", modality="reliability", default=True)
@@ -281,7 +325,7 @@ class ReliabilityExtractor:
         read are left out (a store of the image statistics keeps the key it had before the other
         methods existed). The CSV folder's path is left out too: each file's content keys its video."""
         method = self.mouth_method
-        drop = {"vad_backend", "landmark_inset", *CSV_KEYS}
+        drop = {"vad_backend", "landmark_inset", *CSV_KEYS, *LATER_KEYS}
         if method not in MOUTH_METHODS:
             drop |= set(IMAGE_STATISTIC_KEYS)
         fp = {k: v for k, v in asdict(self.cfg).items() if k not in drop}
@@ -290,6 +334,7 @@ class ReliabilityExtractor:
             fp.update(landmark_inset=self.cfg.landmark_inset, landmarks=landmarks_identity())
         if method == "csv":
             fp.update({k: getattr(self.cfg, k) for k in CSV_KEYS if k != "mouth_csv_dir"})
+        fp.update({k: getattr(self.cfg, k) for k, default in LATER_KEYS.items() if getattr(self.cfg, k) != default})
         if self.vad_backend == "silero":
             from importlib.metadata import version
 
@@ -306,7 +351,10 @@ class ReliabilityExtractor:
 
     def source(self, video: Video) -> str | tuple[str, str]:
         """The crops folder when crops are used (its file list keys the cache), else the media file;
-        with mouth_method "csv", also the video's CSV, so its content keys the video's cache entry."""
+        with mouth_method "csv", also the video's CSV, so its content keys the video's cache entry
+        (with `face_from_csv` the CSV replaces the crops: the media file is then read for VAD only)."""
+        if self.cfg.face_from_csv:
+            return video.media_path, str(self.csv_path(video))
         faces = video.crops_dir if self._use_crops(video) and video.crops_dir else video.media_path
         return (faces, str(self.csv_path(video))) if self.mouth_method == "csv" else faces
 
@@ -319,18 +367,30 @@ class ReliabilityExtractor:
     def prepare(self, video: Video) -> ReliabilityPrepared:
         if video.fps <= 0:
             raise VideoError(f"{video.media_path}: fps {video.fps} is not positive; re-index the dataset")
-        face, mouth = self._crops_signals(video) if self._use_crops(video) else self._detect_signals(video)
-        if self.mouth_method == "csv":  # NaN without a face, as for every method
-            mouth = np.where(face, self._csv_signal(video, face.shape[0]), np.nan)
-        return ReliabilityPrepared(face.shape[0], face, mouth, self._vad(video))
+        if self.cfg.face_from_csv:  # no image is read: the CSV gives face and mouth
+            n = int(video.num_frames) if not self.cfg.max_frames else min(int(video.num_frames), self.cfg.max_frames)
+            face, mouth = np.zeros(n, bool), np.full(n, np.nan)
+        else:
+            face, mouth = self._crops_signals(video) if self._use_crops(video) else self._detect_signals(video)
+        open_raw = None
+        if self.mouth_method == "csv":
+            columns, present = self._csv_columns(video, face.shape[0])
+            if self.cfg.face_from_csv:
+                face = present
+            mouth = np.where(face, columns[self.cfg.mouth_csv_value_column], np.nan)  # NaN without a face
+            if self.cfg.mouth_csv_open_column:
+                open_raw = face & (np.nan_to_num(columns[self.cfg.mouth_csv_open_column]) > 0.5)
+        return ReliabilityPrepared(face.shape[0], face, mouth, self._vad(video), open_raw)
 
-    def _csv_signal(self, video: Video, n: int) -> np.ndarray:
-        """The CSV's values on the first `n` frames. Frame numbers are checked against the whole
-        video (a `max_frames` cut is not an out-of-range frame)."""
+    def _csv_columns(self, video: Video, n: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """The CSV's columns (and which frames it lists) on the first `n` frames. Frame numbers are
+        checked against the whole video (a `max_frames` cut is not an out-of-range frame)."""
         total = max(int(video.num_frames), n) if self.cfg.max_frames else n
         c = self.cfg
-        return read_mouth_csv(self.csv_path(video), total, c.mouth_csv_frame_column, c.mouth_csv_value_column,
-                              c.mouth_csv_frame_base)[:n]
+        columns = tuple(dict.fromkeys(x for x in (c.mouth_csv_value_column, c.mouth_csv_open_column) if x))
+        values, present = read_mouth_csv_columns(self.csv_path(video), total, columns, c.mouth_csv_frame_column,
+                                                 c.mouth_csv_frame_base)
+        return {k: v[:n] for k, v in values.items()}, present[:n]
 
     def _landmark_model(self) -> LandmarkMouth:
         if self._landmarks is None:  # load() was not called (a caller driving prepare directly)
@@ -415,7 +475,8 @@ class ReliabilityExtractor:
             "face": prepared.face.astype(np.float32),
             "mouth": normalise_per_video(prepared.mouth_raw),
             "mouth_raw": prepared.mouth_raw.astype(np.float32),
-            "mouth_open": mouth_open_rule(prepared.mouth_raw, prepared.face, fps, self.cfg),
+            "mouth_open": (mouth_open_rule(prepared.mouth_raw, prepared.face, fps, self.cfg) if prepared.open_raw is None
+                           else smooth_open(prepared.open_raw, fps, self.cfg)),
             "vad": prepared.vad.astype(np.float32),
             "vad_t0": vad_t0,
             "vad_t1": vad_t1,

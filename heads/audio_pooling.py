@@ -11,6 +11,15 @@ Window hop: 2 s (half a window). The published audio code cuts 4-s chunks with a
 same chunking as the behavior segments, B2), so every 1-s bin is seen by two windows and the
 per-frame prediction is the mean of the two.
 
+Two store layouts. A track grid (audio modes `long` / `per_clip`): one row sequence per video, cut
+here into 1-s bins on the label grid and windows of 4 bins every 2 (the tail window aligned to the
+end). Published windows (audio `mode: windows`, the paper profile): the store keeps each 4-s
+window's own rows (`clip`, `clip_t0`, `clip_t1`), so a sample is exactly one window, the last one
+shorter and padded, split into 4 equal parts of its padded length as the published model pools
+them (`wavlm_s2s_model.py` `_pool_chunks`); bin i of a window covers [start + i, start + i + 1) s
+of the label grid, cut at the window's end (a bin past it has no label, as published); a frame's
+prediction is the mean over the bins of every window covering it.
+
 Cross-modal filter (training windows only; rules and thresholds are config fields): a window is
 used when mouth open >= max(0.25 x window, 1 s), face coverage >= 0.8, >= 2 of its 4 bins are
 labelled and (optional, off by default since it is not published) speech fraction >= a threshold.
@@ -38,20 +47,25 @@ from heads.data import HeadVideo, frame_targets, load_head_videos, reliability_o
 from heads.losses import ccc_loss, weighted_cross_entropy
 from heads.outputs import HeadOutput
 from heads.train import TrainConfig
-from heads.windows import AudioTrustRule, frame_windows, overlap_add
+from heads.windows import AudioTrustRule, frame_windows, overlap_add, segments_to_frames, span_targets
 from heads.registry import register_model
 
 
 
 @dataclass
 class AudioTrainConfig(TrainConfig):
-    """Published audio-head training (B3): AdamW head lr 2e-4 / wd 0.01, clip 1.0, batch 8, 50 epochs,
-    plateau x0.5 patience 2, early stopping 6, EMA 0.998 (backbone lr: AudioPoolingConfig)."""
+    """Published audio-head training (B3, `cfg_test_w_audio.yaml`): AdamW head lr 2e-4 / wd 0.01,
+    clip 1.0, AMP, batch 8, 50 epochs, early stopping 6, EMA 0.998 (backbone lr: AudioPoolingConfig);
+    plateau x0.5 patience 2, threshold 5e-4, floor 1e-7, on the head's param group only
+    (`target_group_names: ["head"]`: the fine-tuned backbone layers keep their rate)."""
 
     epochs: int = 50
     lr: float = 2e-4
     plateau_factor: float = 0.5
     plateau_patience: int = 2
+    plateau_threshold: float = 5e-4
+    plateau_min_lr: float = 1e-7
+    plateau_groups: list[str] | None = field(default_factory=lambda: ["head"])
     early_stopping: int = 6
     ema_decay: float = 0.998
 
@@ -174,27 +188,42 @@ class AudioPoolingModel(nn.Module):
         top = [p for p in self.top.parameters() if p.requires_grad] if self.top is not None else []
         ids = {id(p) for p in top}
         head = [p for p in self.parameters() if p.requires_grad and id(p) not in ids]
-        return [{"params": head, "lr": head_lr}] + ([{"params": top, "lr": backbone_lr}] if top else [])
+        return ([{"params": head, "lr": head_lr, "name": "head"}]
+                + ([{"params": top, "lr": backbone_lr, "name": "backbone"}] if top else []))
 
 
 # ----------------------------------------------------------------------------- data
 
 @dataclass
 class AudioVideoData:
-    """One video's audio rows and its 1-s bin layout on the label grid."""
+    """One video's audio rows and its 1-s bin layout on the label grid.
+
+    Track grid: `frame_bin` [F] maps every label frame to its one bin; windows are cut from the
+    bins. Published windows (`windows` set): each window owns `bins` consecutive bins; `bin_frames`
+    ([NB] start, [NB] end) are the label frames each bin covers and `window_frames` the frames of
+    each window for the cross-modal filter (`make_audio_windows.py`: [round(s fps), round(e fps))).
+    """
 
     x: np.ndarray | None        # [M, D] rows (emb or lower), None if the video has no audio
     bin_start: np.ndarray       # [NB] first row of each bin
     bin_count: np.ndarray       # [NB] rows in each bin
-    frame_bin: np.ndarray       # [F] bin of each label frame
+    frame_bin: np.ndarray | None = None  # [F] bin of each label frame (track grid)
+    windows: list[tuple[int, int]] | None = None     # published windows: [start, end) bins of each
+    bin_frames: tuple[np.ndarray, np.ndarray] | None = None
+    window_frames: list[tuple[int, int]] | None = None
+    window_seconds: np.ndarray | None = None         # [W] duration of each window
 
 
 def video_bins(video: HeadVideo, cfg: AudioPoolingConfig, feature: str) -> AudioVideoData:
-    """Assign valid audio rows to 1-s bins by their centre time; frames to bins by t_i = i / fps."""
+    """Assign valid audio rows to 1-s bins by their centre time; frames to bins by t_i = i / fps.
+
+    A store of published windows (`clip` rows) is laid out by `window_bins` instead."""
+    feats = video.features
+    if feats and "clip" in feats and "clip_t0" in feats:
+        return window_bins(video, cfg, feature)
     f = video.num_frames
     nb = max(1, math.ceil(f / video.fps / cfg.bin_s - 1e-9)) if f > 0 else 0
     frame_bin = np.minimum((np.arange(f) / video.fps / cfg.bin_s + 1e-9).astype(np.int64), max(nb - 1, 0))
-    feats = video.features
     if not feats or feature not in feats or len(feats[feature]) == 0:
         return AudioVideoData(None, np.zeros(nb, np.int64), np.zeros(nb, np.int64), frame_bin)
     ok = np.asarray(feats.get("valid", np.ones(len(feats["t0"]), bool)), bool)
@@ -205,6 +234,42 @@ def video_bins(video: HeadVideo, cfg: AudioPoolingConfig, feature: str) -> Audio
     edges = np.arange(nb + 1) * cfg.bin_s
     pos = np.searchsorted(centre, edges, side="left")
     return AudioVideoData(x, pos[:-1].astype(np.int64), np.diff(pos).astype(np.int64), frame_bin)
+
+
+def window_bins(video: HeadVideo, cfg: AudioPoolingConfig, feature: str) -> AudioVideoData:
+    """The bins of a store of published windows: `cfg.bins` per window (see the module docstring).
+
+    Rows are stored window by window, each window padded to one length with its padding rows
+    invalid at its end; bin i takes the rows [round(i T / bins), round((i + 1) T / bins)) of the
+    window's T rows and counts only the valid ones (they form a prefix of the bin).
+    """
+    f, fps, feats = video.num_frames, video.fps, video.features
+    ct0 = np.asarray(feats["clip_t0"], np.float64)
+    ct1 = np.asarray(feats["clip_t1"], np.float64)
+    empty = np.zeros(0, np.int64)
+    if feature not in feats or len(feats[feature]) == 0 or len(ct0) == 0:
+        return AudioVideoData(None, empty, empty, None, [], (empty, empty), [], np.zeros(0))
+    clip = np.asarray(feats["clip"], np.int64)
+    valid = np.asarray(feats.get("valid", np.ones(len(clip), bool)), bool)
+    nb, j = cfg.bins, np.arange(len(ct0))
+    first, last = np.searchsorted(clip, j, side="left"), np.searchsorted(clip, j, side="right")
+    starts, counts, fs, fe, windows, wframes = [], [], [], [], [], []
+    for w in j:
+        rows = int(last[w] - first[w])
+        real = int(valid[first[w]:last[w]].sum())
+        cuts = [int(round(i * rows / nb)) for i in range(nb + 1)]
+        for i in range(nb):
+            starts.append(first[w] + cuts[i])
+            counts.append(max(0, min(cuts[i + 1], real) - cuts[i]))
+            b0 = ct0[w] + i * cfg.bin_s
+            b1 = min(ct0[w] + (i + 1) * cfg.bin_s, ct1[w])
+            fs.append(min(f, math.ceil(b0 * fps - 1e-9)))
+            fe.append(min(f, max(math.ceil(b1 * fps - 1e-9), fs[-1])))
+        windows.append((nb * int(w), nb * (int(w) + 1)))
+        wframes.append((min(f, int(round(ct0[w] * fps))), min(f, int(round(ct1[w] * fps)))))
+    return AudioVideoData(np.asarray(feats[feature], np.float16), np.asarray(starts, np.int64),
+                          np.asarray(counts, np.int64), None, windows,
+                          (np.asarray(fs, np.int64), np.asarray(fe, np.int64)), wframes, ct1 - ct0)
 
 
 def bin_targets(y: np.ndarray, yv: np.ndarray, frame_bin: np.ndarray, nb: int, task: str):
@@ -221,28 +286,41 @@ def bin_targets(y: np.ndarray, yv: np.ndarray, frame_bin: np.ndarray, nb: int, t
     return np.where(valid, votes.argmax(1), -1).astype(np.int64), valid
 
 
-def window_filter(video: HeadVideo, windows: list[tuple[int, int]], frame_bin: np.ndarray,
-                  labelled: np.ndarray, cfg: AudioPoolingConfig) -> tuple[np.ndarray, dict]:
+def window_filter(video: HeadVideo, windows: list[tuple[int, int]], frame_bin: np.ndarray | None,
+                  labelled: np.ndarray, cfg: AudioPoolingConfig, data: AudioVideoData | None = None) -> tuple[np.ndarray, dict]:
     """Training weight per window (1 keep, 0 drop, cfg.filter_weight distrust) and rule statistics.
 
     Windows with fewer than min(min_labelled_bins, bins in window) labelled bins are always dropped
     (nothing to learn). The mouth/face/VAD rules apply when their signal exists and mode != "off".
+    On the track grid a window's frames are those of its bins; a published window (`data.windows`)
+    is judged on its own frames and duration, as `make_audio_windows.py` does.
     """
     rel = reliability_on_grid(video)
     applied = {k: rel[k] is not None for k in ("mouth_open", "face", "vad")}
     rule = cfg.audio_trust
     applied["vad"] = applied["vad"] and rule.min_speech_fraction > 0
     stats = {"windows": len(windows), "no_labels": 0, "mouth": 0, "face": 0, "vad": 0, "rules_applied": applied}
-    nb = int(frame_bin.max()) + 1 if len(frame_bin) else 0
-    nb = max(nb, max((e for _, e in windows), default=0))
+    own = data is not None and data.windows is not None
+    if own:  # per-window sums over the window's own frames
+        spans = data.window_frames
 
-    def per_bin(values: np.ndarray | None) -> np.ndarray:  # sums per bin, so a window is a slice sum
-        return np.bincount(frame_bin, weights=None if values is None else values.astype(np.float64), minlength=nb)
+        def per_window(values: np.ndarray | None) -> np.ndarray:
+            c = np.concatenate([[0.0], np.cumsum(np.ones(video.num_frames) if values is None else values.astype(np.float64))])
+            return np.array([c[e] - c[s] for s, e in spans])
+    else:
+        nb = int(frame_bin.max()) + 1 if len(frame_bin) else 0
+        nb = max(nb, max((e for _, e in windows), default=0))
 
-    frames = per_bin(None)
-    mouth = per_bin(rel["mouth_open"]) if applied["mouth_open"] else None
-    face = per_bin(rel["face"]) if applied["face"] else None
-    speech = per_bin(rel["vad"] >= rule.vad_threshold) if applied["vad"] else None
+        def per_bin(values: np.ndarray | None) -> np.ndarray:  # sums per bin, so a window is a slice sum
+            return np.bincount(frame_bin, weights=None if values is None else values.astype(np.float64), minlength=nb)
+
+        def per_window(values: np.ndarray | None) -> np.ndarray:
+            c = per_bin(values)
+            return np.array([c[s:e].sum() for s, e in windows])
+    frames = per_window(None)
+    mouth = per_window(rel["mouth_open"]) if applied["mouth_open"] else None
+    face = per_window(rel["face"]) if applied["face"] else None
+    speech = per_window(rel["vad"] >= rule.vad_threshold) if applied["vad"] else None
     w = np.ones(len(windows), np.float32)
     for i, (s, e) in enumerate(windows):
         if labelled[s:e].sum() < min(cfg.min_labelled_bins, e - s):
@@ -251,11 +329,11 @@ def window_filter(video: HeadVideo, windows: list[tuple[int, int]], frame_bin: n
             continue
         if cfg.filter_mode == "off":
             continue
-        n = max(frames[s:e].sum(), 1.0)
-        dur = n / video.fps
-        fails = rule.failures(dur, None if mouth is None else mouth[s:e].sum() / video.fps,
-                              None if face is None else face[s:e].sum() / n,
-                              None if speech is None else speech[s:e].sum() / n)
+        n = max(frames[i], 1.0)
+        dur = float(data.window_seconds[i]) if own else n / video.fps
+        fails = rule.failures(dur, None if mouth is None else mouth[i] / video.fps,
+                              None if face is None else face[i] / n,
+                              None if speech is None else speech[i] / n)
         for r in fails:
             stats[r] += 1
         if fails:
@@ -324,7 +402,8 @@ def _rows_per_bin(datas) -> int:
 
 @torch.no_grad()
 def predict_video(model, video: HeadVideo, data: AudioVideoData, cfg: AudioPoolingConfig, r: int, device) -> HeadOutput:
-    """Bin outputs averaged over overlapping windows; each frame takes its bin's output."""
+    """Bin outputs averaged over overlapping windows; each frame takes its bin's output (track grid)
+    or the mean over the bins covering it (published windows)."""
     f = video.num_frames
     nb = len(data.bin_start)
     hop = int(round(cfg.hop_s / cfg.bin_s))
@@ -332,7 +411,7 @@ def predict_video(model, video: HeadVideo, data: AudioVideoData, cfg: AudioPooli
                        np.zeros(f, bool))
     if data.x is None or nb == 0 or data.bin_count.sum() == 0:
         return empty
-    wins = frame_windows(nb, cfg.bins, hop)
+    wins = data.windows if data.windows is not None else frame_windows(nb, cfg.bins, hop)
     x = torch.from_numpy(data.x)
     bstart, bcount = torch.from_numpy(data.bin_start), torch.from_numpy(data.bin_count)
     preds, embs = [], []
@@ -347,7 +426,12 @@ def predict_video(model, video: HeadVideo, data: AudioVideoData, cfg: AudioPooli
     bp, be = overlap_add(preds, wins, nb), overlap_add(embs, wins, nb)
     has = data.bin_count > 0
     bp[~has], be[~has] = np.nan, np.nan
-    pred, emb = bp[data.frame_bin], be[data.frame_bin]
+    if data.windows is not None:
+        fs, fe = data.bin_frames
+        pred, _ = segments_to_frames(bp, fs, fe, f, has)
+        emb, _ = segments_to_frames(be, fs, fe, f, has)
+    else:
+        pred, emb = bp[data.frame_bin], be[data.frame_bin]
     return HeadOutput(pred, emb, np.isfinite(pred).all(1))
 
 
@@ -361,10 +445,14 @@ def build_bank(videos, datas: dict, cfg: AudioPoolingConfig, r: int) -> tuple[Au
         if v.split != "train" or v.labels is None or d.x is None:
             continue
         y, yv = frame_targets(v, cfg.task)
-        by, bv = bin_targets(y, yv, d.frame_bin, len(d.bin_start), cfg.task)
+        if d.windows is not None:
+            by, bv = span_targets(y, yv, *d.bin_frames, cfg.task)
+            wins = d.windows
+        else:
+            by, bv = bin_targets(y, yv, d.frame_bin, len(d.bin_start), cfg.task)
+            wins = frame_windows(len(d.bin_start), cfg.bins, hop)
         bv &= d.bin_count > 0
-        wins = frame_windows(len(d.bin_start), cfg.bins, hop)
-        w, st = window_filter(v, wins, d.frame_bin, bv, cfg)
+        w, st = window_filter(v, wins, d.frame_bin, bv, cfg, d)
         for k in ("windows", "no_labels", "mouth", "face", "vad"):
             totals[k] += st[k]
         totals["kept"] += int((w > 0).sum())
@@ -373,7 +461,8 @@ def build_bank(videos, datas: dict, cfg: AudioPoolingConfig, r: int) -> tuple[Au
 
 
 @register_model("audio", kind="head", config=AudioPoolingConfig,
-                inputs=("features/audio", "features/reliability"), tasks=("va", "expr"))
+                inputs=("features/audio", "features/reliability"), tasks=("va", "expr"),
+                weights=("backbone_dir",))
 class AudioPooling(Head[AudioPoolingConfig]):
     """The audio head behind the contract (heads.contract): filtered 4-s windows of 1-s bins."""
 

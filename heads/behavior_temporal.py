@@ -35,7 +35,7 @@ from heads.data import HeadVideo, SequenceBank, frame_targets, load_head_videos,
 from heads.losses import window_task_loss
 from heads.outputs import HeadOutput
 from heads.train import TrainConfig
-from heads.windows import frame_windows, segments_to_frames
+from heads.windows import WINDOW_TAILS, frame_windows, segments_to_frames
 from heads.registry import register_model
 from pipeline.labels import fill_nearest
 
@@ -43,12 +43,15 @@ from pipeline.labels import fill_nearest
 
 @dataclass
 class BehaviorTrainConfig(TrainConfig):
-    """Published behavior-head training (B2): AdamW 3e-4 / wd 1e-3, batch 8, early stopping 12
-    (epochs and plateau settings are not published: face-head values)."""
+    """Published behavior-head training (B2; `src_behavior_model/src/trainers/transformer_trainer.py`):
+    AdamW 3e-4 / wd 1e-3, batch 8, early stopping 12, no learning-rate schedule and no gradient
+    clipping (its epoch loop is zero_grad, backward, step). Epochs are not published: 100."""
 
     lr: float = 3e-4
     weight_decay: float = 1e-3
     early_stopping: int = 12
+    grad_clip: float = 0.0
+    scheduler: str = "none"
 
 
 @dataclass
@@ -58,6 +61,7 @@ class BehaviorTemporalConfig:
     task: str = "va"
     segments: int = 16             # sequence length in segments
     stride: int = 8
+    tail: str = "ragged"           # last sequence: "ragged" (cut at the end, published) | "aligned" (full, ending at the end)
     d_model: int = 256
     d_state: int = 8
     layers: int = 12
@@ -184,7 +188,7 @@ def build_bank(videos: list[HeadVideo], cfg: BehaviorTemporalConfig, inputs: dic
         y, yv = frame_targets(v, cfg.task)
         fs, fe = segment_frames(v)
         sy, sv = segment_targets(y, yv, fs, fe, cfg.task)
-        wins = [(s, e) for s, e in frame_windows(len(x), cfg.segments, cfg.stride) if sv[s:e].any()]
+        wins = [(s, e) for s, e in frame_windows(len(x), cfg.segments, cfg.stride, cfg.tail) if sv[s:e].any()]
         if wins:
             bank.add_video({"x": x, "y": sy, "yv": sv}, wins)
     return bank.finalize()
@@ -197,7 +201,7 @@ def predict_video(model, video: HeadVideo, x: np.ndarray | None, cfg: BehaviorTe
                        np.zeros(f, bool))
     if x is None:
         return empty
-    wins = frame_windows(len(x), cfg.segments, cfg.stride)
+    wins = frame_windows(len(x), cfg.segments, cfg.stride, cfg.tail)
     seg_pred, seg_emb = predict_windows(model, x, wins, cfg.segments, cfg.infer_batch, device, len(x))
     fs, fe = segment_frames(video)
     pred, covered = segments_to_frames(seg_pred, fs, fe, f)
@@ -219,6 +223,8 @@ class BehaviorTemporal(Head[BehaviorTemporalConfig]):
         super().check()
         if self.cfg.block not in ("mixer", "published"):
             raise ValueError(f"BehaviorTemporalConfig.block must be 'mixer' or 'published', got {self.cfg.block!r}")
+        if self.cfg.tail not in WINDOW_TAILS:
+            raise ValueError(f"BehaviorTemporalConfig.tail must be one of {', '.join(WINDOW_TAILS)}, got {self.cfg.tail!r}")
 
     def load(self, records, urls):
         return load_head_videos(records, urls["features/behavior"], task=self.task)

@@ -1,11 +1,18 @@
 """Face head: a Transformer over windows of per-frame face embeddings (seed-systems B1).
 
-Published model (SMIL-SPCRAS/CVPRW-26 src_visual_dynamic_model): Linear(in->256)+LN+Dropout; 5
-post-LN layers whose sinusoidal positional encoding is added to Q, K and V in EVERY layer, FF
-256->256 GELU, an outer residual x = x + layer(x); head Linear(256,256)->LN->GELU->Dropout->
-Linear(256, 2) with no tanh. Windows of 400 frames, hop 150, tail aligned to the end; overlapping
-window predictions averaged per frame. Missing faces: nearest cached frame (we also feed a 0/1
-face-present channel so the model can tell a copied frame from a seen one).
+Published model (SMIL-SPCRAS/CVPRW-26 src_visual_dynamic_model/model.py): Linear(in->256)+LN+
+Dropout; 5 post-LN layers whose sinusoidal positional encoding is added to Q, K and V in EVERY
+layer, each sum with its own dropout (0.1), the residual taken around the encoded query
+(`LN(attn + drop(q + PE))`), FF 256->256 GELU; an outer residual x = x + layer(x); head
+Linear(256,256)->LN->GELU->Dropout->Linear(256, 2) with no tanh. Input: the 256-d embedding only.
+Windows of 400 frames, hop 150, tail aligned to the end; overlapping window predictions averaged
+per frame. Missing faces: nearest cached frame. Training without gradient clipping or AMP.
+
+`block: published` (default) is that layer (`heads.positional.PositionalAttentionLayer`).
+`block: affcache` is this project's layer, `LN(x + drop(attn(x + PE)))`: the residual around the
+un-encoded input, no dropout on the positional sums; with `face_flag: true` a 0/1 face-present
+channel is appended to the input so the model can tell a copied frame from a seen one. The demo
+runs that block with the channel (params.yaml).
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from heads.contract import TASK_OUTPUTS, Head
 from heads.data import HeadVideo, SequenceBank, frame_features, frame_targets, load_head_videos, predict_windows
 from heads.losses import window_task_loss
 from heads.outputs import HeadOutput
-from heads.positional import sinusoidal_encoding
+from heads.positional import PositionalAttentionLayer, sinusoidal_encoding
 from heads.train import TrainConfig
 from heads.windows import frame_windows
 from heads.registry import register_model
@@ -31,7 +38,11 @@ from pipeline.labels import fill_nearest
 @dataclass
 class FaceTrainConfig(TrainConfig):
     """Published face-head training (B1): AdamW 1e-4 / wd 0.01, batch 8, <= 100 epochs, plateau x0.1
-    patience 5, early stopping 15, seed 42: `TrainConfig`'s defaults, which are these values."""
+    patience 5, early stopping 15, seed 42 (`TrainConfig`'s defaults), no gradient clipping and no
+    AMP (`use_amp = false`)."""
+
+    grad_clip: float = 0.0
+    bf16: bool = False
 
 
 @dataclass
@@ -48,7 +59,9 @@ class FaceTemporalConfig:
     dropout: float = 0.1
     head_dim: int = 256            # penultimate (exported) embedding size
     feature: str = "emb"
-    face_flag: bool = True         # append a face-present channel to the input
+    block: str = "published"       # "published": PE on Q, K, V with dropout, residual on the encoded query | "affcache"
+    pe_dropout: float = 0.1        # dropout of each positional sum (published: fixed 0.1, whatever `dropout` is)
+    face_flag: bool = False        # append a face-present channel to the input (published: 256-d input only)
     loss: str = "per_window"       # CCC per window, averaged (published) | "pooled" (all frames of a batch)
     loss_weights: tuple[float, float] = (0.5, 0.5)
     mse_weight: float = 0.0
@@ -56,8 +69,12 @@ class FaceTemporalConfig:
     train: FaceTrainConfig = field(default_factory=FaceTrainConfig)
 
 
+BLOCKS = ("published", "affcache")
+
+
 class PosAttentionLayer(nn.Module):
-    """Post-LN encoder layer with the positional encoding added to Q, K and V (as published)."""
+    """The `affcache` block: post-LN, `LN(x + drop(attn(x + PE)))`, PE added to Q, K and V without
+    dropout, the residual around the un-encoded input."""
 
     def __init__(self, d: int, heads: int, ff: int, dropout: float):
         super().__init__()
@@ -80,7 +97,12 @@ class FaceTemporalModel(nn.Module):
         super().__init__()
         d = cfg.d_model
         self.proj = nn.Sequential(nn.Linear(in_dim, d), nn.LayerNorm(d), nn.Dropout(cfg.dropout))
-        self.layers = nn.ModuleList(PosAttentionLayer(d, cfg.heads, cfg.ff, cfg.dropout) for _ in range(cfg.layers))
+        self.published = cfg.block == "published"
+        if self.published:
+            self.layers = nn.ModuleList(PositionalAttentionLayer(d, cfg.heads, cfg.dropout, ff=cfg.ff, pe_dropout=cfg.pe_dropout)
+                                        for _ in range(cfg.layers))
+        else:
+            self.layers = nn.ModuleList(PosAttentionLayer(d, cfg.heads, cfg.ff, cfg.dropout) for _ in range(cfg.layers))
         self.fc = nn.Linear(d, cfg.head_dim)
         self.ln = nn.LayerNorm(cfg.head_dim)
         self.act = nn.GELU()
@@ -97,7 +119,7 @@ class FaceTemporalModel(nn.Module):
             # published-size step measured here); a fully padded row cannot occur with our windows
             pad = None
         for layer in self.layers:
-            h = h + layer(h, pe, pad)
+            h = h + (layer(h, h, pad, pe) if self.published else layer(h, pe, pad))
         emb = self.act(self.ln(self.fc(h)))
         return self.out(self.drop(emb)), emb
 
@@ -176,6 +198,8 @@ class FaceTemporal(Head[FaceTemporalConfig]):
         super().check()
         if self.cfg.loss not in ("per_window", "pooled"):
             raise ValueError(f"FaceTemporalConfig.loss must be 'per_window' or 'pooled', got {self.cfg.loss!r}")
+        if self.cfg.block not in BLOCKS:
+            raise ValueError(f"FaceTemporalConfig.block must be one of {', '.join(BLOCKS)}, got {self.cfg.block!r}")
 
     def loss(self):
         """Masked CCC (VA) or cross-entropy (EXPR) over a batch of windows; padding excluded.

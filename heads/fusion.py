@@ -41,18 +41,20 @@ def safe_key_padding_mask(valid: torch.Tensor) -> torch.Tensor:
 
 
 class ModalityProjection(nn.Module):
-    """[emb ; pred] -> d_model, LayerNorm, dropout; missing frames are zeroed *after* projection.
+    """[emb ; pred] -> d_model (then LayerNorm and dropout unless `linear`); missing frames are
+    zeroed *after* projection.
 
     Zeroing after projection only keeps padding finite: every consumer also receives the validity
     mask and never treats those zeros as data. LazyLinear because each head's embedding width is
-    known only when its store is read.
+    known only when its store is read. `linear=True` is the published RAAV projector (a LazyLinear
+    alone, `multimodal_fusion_model.py`); dcmmoe's published projection has the LayerNorm and dropout.
     """
 
-    def __init__(self, d_model: int, dropout: float) -> None:
+    def __init__(self, d_model: int, dropout: float, linear: bool = False) -> None:
         super().__init__()
         self.proj = nn.LazyLinear(d_model)
-        self.norm = nn.LayerNorm(d_model)
-        self.drop = nn.Dropout(dropout)
+        self.norm = nn.Identity() if linear else nn.LayerNorm(d_model)
+        self.drop = nn.Identity() if linear else nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         h = self.drop(self.norm(self.proj(x)))

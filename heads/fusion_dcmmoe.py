@@ -26,7 +26,7 @@ from torch import nn
 from heads.fusion import FusionHead, ModalityProjection, safe_key_padding_mask
 from heads.fusion_windows import FrameWindowing
 from heads.losses import va_loss
-from heads.positional import sinusoidal_encoding
+from heads.positional import PositionalAttentionLayer, sinusoidal_encoding
 from heads.postprocess import SmoothingConfig
 from heads.train import TrainConfig
 from heads.registry import register_model
@@ -66,25 +66,6 @@ class DCMMOEConfig:
         return [self.query, self.source]
 
 
-class DirectedLayer(nn.Module):
-    """One published layer: PE (with its own dropout) on Q, K and V; post-LN attention and FF."""
-
-    def __init__(self, d: int, heads: int, dropout: float) -> None:
-        super().__init__()
-        self.attn = nn.MultiheadAttention(d, heads, dropout=dropout, batch_first=True)
-        self.pe_drop_q, self.pe_drop_k, self.pe_drop_v = nn.Dropout(dropout), nn.Dropout(dropout), nn.Dropout(dropout)
-        self.ff = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Dropout(dropout), nn.Linear(d, d))
-        self.norm1, self.norm2 = nn.LayerNorm(d), nn.LayerNorm(d)
-        self.drop1, self.drop2 = nn.Dropout(dropout), nn.Dropout(dropout)
-
-    def forward(self, q: torch.Tensor, kv: torch.Tensor, kpm: torch.Tensor | None, pe: torch.Tensor) -> torch.Tensor:
-        qp = self.pe_drop_q(q + pe)
-        a, _ = self.attn(qp, self.pe_drop_k(kv + pe), self.pe_drop_v(kv + pe), key_padding_mask=kpm,
-                         need_weights=False)
-        x = self.norm1(a + self.drop1(qp))
-        return self.norm2(self.ff(x) + self.drop2(x))
-
-
 class DCMMOEModel(nn.Module):
     """Batch as in heads.fusion_windows (`x_<m>`, `valid_<m>`, `mask`) -> {"pred", "emb", "gates"}.
 
@@ -97,7 +78,7 @@ class DCMMOEModel(nn.Module):
         self.cfg = cfg
         d = cfg.d_model
         self.proj = nn.ModuleDict({m: ModalityProjection(d, cfg.dropout) for m in cfg.modalities})
-        self.layers = nn.ModuleList(DirectedLayer(d, cfg.n_heads, cfg.dropout) for _ in range(cfg.layers))
+        self.layers = nn.ModuleList(PositionalAttentionLayer(d, cfg.n_heads, cfg.dropout) for _ in range(cfg.layers))
         self.head_in = nn.Sequential(nn.Linear(d, d), nn.LayerNorm(d), nn.GELU(), nn.Dropout(cfg.dropout))
         self.head_out = nn.Linear(d, cfg.out_dim)
 

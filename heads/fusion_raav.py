@@ -27,20 +27,28 @@ from heads.registry import register_model
 
 @dataclass
 class RAAVTrainConfig(TrainConfig):
-    """Published RAAV optimisation (B4): AdamW 5e-5 / wd 0.01, batch 8, 50 epochs, early stopping 6.
+    """Published RAAV optimisation (B4, `mm_cfg_va_s2s.yaml`): AdamW 5e-5 / wd 0.01, batch 8, 50
+    epochs, early stopping 6, gradient clipping 1.0, AMP (bf16 autocast here, CUDA only).
 
-    `lr` 5e-5 is published for Aff-Wild2-sized data; small demos converge too slowly with it, so the
-    demo overrides it in params.yaml (`fuse.raav.train.lr`)."""
+    Scheduler: the published config sets `use_scheduler: true` but defines no `scheduler:` section,
+    and chimera_ml builds none then (`training/builders.py` `build_scheduler`: no config -> None), so
+    the published run kept its learning rate: `scheduler: none`. `lr` 5e-5 is published for
+    Aff-Wild2-sized data; small demos converge too slowly with it, so the demo overrides it in
+    params.yaml (`fuse.raav.train.lr`)."""
 
     epochs: int = 50
     lr: float = 5e-5
     early_stopping: int = 6
     progress: bool = False
+    scheduler: str = "none"
 
 
 def _raav_trust() -> AudioTrustRule:
     """The published RAAV audio rule: mouth open >= 1 s and face coverage >= 0.8 in the window."""
     return AudioTrustRule(min_open_fraction=0.0, min_open_seconds=1.0, min_face_coverage=0.8)
+
+
+PROJECTIONS = ("linear", "norm_dropout")
 
 
 @dataclass
@@ -56,6 +64,8 @@ class RAAVConfig:
     audio: str | None = "audio"
     priors: list[float] = field(default_factory=lambda: [0.85, 0.15])
     learn_priors: bool = True
+    projection: str = "linear"     # frame projections: "linear" (published LazyLinear) | "norm_dropout" (+ LayerNorm, dropout)
+    head_dropout: float = 0.1      # dropout before the head's last Linear (published: the model's dropout)
     d_model: int = 256
     n_latents: int = 4
     latent_heads: int = 4
@@ -82,6 +92,8 @@ class RAAVConfig:
             )
         if any(p <= 0 for p in self.priors):
             raise ValueError(f"RAAVConfig.priors must be > 0 (log is taken), got {self.priors}")
+        if self.projection not in PROJECTIONS:
+            raise ValueError(f"RAAVConfig.projection must be one of {', '.join(PROJECTIONS)}, got {self.projection!r}")
 
     @property
     def modalities(self) -> list[str]:
@@ -101,7 +113,8 @@ class RAAVModel(nn.Module):
         super().__init__()
         self.cfg = cfg
         d = cfg.d_model
-        self.proj = nn.ModuleDict({m: ModalityProjection(d, cfg.dropout) for m in cfg.visual})
+        linear = cfg.projection == "linear"
+        self.proj = nn.ModuleDict({m: ModalityProjection(d, cfg.dropout, linear=linear) for m in cfg.visual})
         self.gate = nn.ModuleDict({
             m: nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(d, 1)) for m in cfg.visual
         })
@@ -117,7 +130,10 @@ class RAAVModel(nn.Module):
         layer = nn.TransformerEncoderLayer(d, cfg.enc_heads, cfg.ff_dim, cfg.dropout, activation="gelu",
                                            batch_first=True, norm_first=True)
         self.encoder = nn.TransformerEncoder(layer, cfg.enc_layers, enable_nested_tensor=False)
-        self.head = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d), nn.GELU(), nn.Linear(d, output_width(cfg)))
+        head = [nn.LayerNorm(d), nn.Linear(d, d), nn.GELU()]
+        if cfg.head_dropout > 0:  # a zero dropout adds no module, so the head's parameter names stay those of old checkpoints
+            head.append(nn.Dropout(cfg.head_dropout))
+        self.head = nn.Sequential(*head, nn.Linear(d, output_width(cfg)))
 
     def visual_gates(self, h: dict[str, torch.Tensor], valid: dict[str, torch.Tensor]) -> torch.Tensor:
         """[B, L, M] softmax over the visual streams valid at each frame (0 where none is)."""

@@ -2,9 +2,16 @@
 
 Both are published steps of seed 1 (seed-systems.md B4): a per-dimension moving average
 (valence k=7, arousal k=13, replicate padding) applied after overlapping windows are averaged, and
-a channel-wise weighted average of several prediction sets whose weights are searched on
-validation (pair grid step 0.05 plus Dirichlet(1) samples for combinations of up to 3 sets).
+a weighted average of several prediction sets whose weights are searched on validation (pair grid
+step 0.05 plus Dirichlet(1) samples for combinations of up to 3 sets).
 Arousal gets the wider kernel because it changes more slowly than valence in Aff-Wild2 labels.
+
+Two weight searches (`LateFusionConfig.search`). "published" is `scripts/predictions_fusion.py` of
+SMIL-SPCRAS/CVPRW-26: every subset of up to `max_combination` sets is fitted on its own (one weight
+vector for valence and arousal alike, or one per dimension with its opt-in `--channelwise` flag),
+and the ONE subset with the best mean CCC (ties: arousal, then valence) serves both dimensions.
+"flexible" (this project's variant) lets each dimension pick its own subset and weights from the
+same candidates, always per dimension.
 """
 
 from __future__ import annotations
@@ -88,35 +95,58 @@ def smooth(pred: np.ndarray, valid: np.ndarray | None = None, cfg: SmoothingConf
     return out.astype(np.float32)
 
 
+SEARCHES = ("published", "flexible")
+
+
 @dataclass
 class LateFusionConfig:
-    """Weight search for a channel-wise weighted average of prediction sets (published defaults)."""
+    """Weight search for a weighted average of prediction sets (defaults: `predictions_fusion.py`'s CLI).
 
+    search: "published" (one subset for both dimensions, see the module docstring) | "flexible".
+    channelwise: published search only: separate valence/arousal weights within the subset (the
+        script's opt-in `--channelwise`; its README's example run passes it with 8000 samples).
+    n_dirichlet: Dirichlet samples per combination of 3 or more sets (published default 5000).
+    seed: the one random generator of the search (published 42).
+    """
+
+    search: str = "published"
+    channelwise: bool = False
     grid_step: float = 0.05
-    n_dirichlet: int = 8000
+    n_dirichlet: int = 5000
     alpha: float = 1.0
     max_combination: int = 3
-    seed: int = 0
+    seed: int = 42
     chunk: int = 512
+
+    def __post_init__(self) -> None:
+        if self.search not in SEARCHES:
+            raise ValueError(f"LateFusionConfig.search must be one of {', '.join(SEARCHES)}, got {self.search!r}")
 
 
 @dataclass
 class LateFusionResult:
-    """Weights [n_sets, C] (each column sums to 1) and the validation CCC they reach per dimension."""
+    """Weights [n_sets, C] (each column sums to 1) and the validation CCC they reach per dimension.
+
+    `subset`: the sets the published search chose (weights of the others are 0); None for flexible.
+    """
 
     names: list[str]
     weights: np.ndarray
     ccc: list[float]
     config: LateFusionConfig = field(default_factory=LateFusionConfig)
+    subset: list[str] | None = None
 
     def to_json(self) -> dict:
         dims = [DIMENSIONS[c] if c < len(DIMENSIONS) else f"dim{c}" for c in range(self.weights.shape[1])]
-        return {
+        out = {
             "models": self.names,
             "weights": {d: {n: float(self.weights[i, c]) for i, n in enumerate(self.names)} for c, d in enumerate(dims)},
             "ccc": {**{d: float(self.ccc[c]) for c, d in enumerate(dims)}, "mean": float(np.mean(self.ccc))},
             "search": asdict(self.config),
         }
+        if self.subset is not None:
+            out["subset"] = list(self.subset)
+        return out
 
     def save(self, path: str | Path) -> None:
         path = Path(path)
@@ -149,7 +179,7 @@ def search_weights(
     preds: Sequence[np.ndarray], true: np.ndarray, valid: np.ndarray | None = None,
     names: Sequence[str] | None = None, cfg: LateFusionConfig | None = None,
 ) -> LateFusionResult:
-    """Search channel-wise weights maximising validation CCC, per dimension independently.
+    """Search weights maximising validation CCC (`cfg.search`: "published" or "flexible").
 
     `preds`: per set, [N, C] predictions over the same N concatenated validation frames;
     `true` [N, C]; `valid` [N]. Frames where any set is non-finite are excluded from the search.
@@ -163,6 +193,8 @@ def search_weights(
     ok &= np.isfinite(P).all(axis=(0, 2)) & np.isfinite(t).all(1)
     if not ok.any():
         raise ValueError("late fusion: no validation frame where every prediction set and the label are valid")
+    if cfg.search == "published":
+        return _published_search(P[:, ok], t[ok], names, cfg)
     cands = candidate_weights(K, cfg)
     weights, scores = np.zeros((K, C)), []
     for c in range(C):
@@ -178,6 +210,82 @@ def search_weights(
         weights[:, c] = best
         scores.append(best_score)
     return LateFusionResult(names=names, weights=weights, ccc=scores, config=cfg)
+
+
+def _published_candidates(m: int, cfg: LateFusionConfig, rng: np.random.Generator):
+    """Candidate (valence, arousal) weight pairs of one subset of `m` sets, in the published order.
+
+    Returns (Wv [Sv, m], Wa [Sa, m], iv [S], ia [S]): candidate k is (Wv[iv[k]], Wa[ia[k]]). One set:
+    weight 1. Two: the grid of step `grid_step`, shared, or every (valence, arousal) grid pair when
+    channel-wise. Three or more: `n_dirichlet` Dirichlet samples (channel-wise: two independent
+    draws, paired in order), then the uniform vector and each one-hot, shared. `rng` is consumed in
+    the published order, so the search repeats the script's candidates for the same seed.
+    """
+    if m == 1:
+        one = np.ones((1, 1))
+        return one, one, np.zeros(1, int), np.zeros(1, int)
+    if m == 2:
+        x = np.arange(0.0, 1.0 + 1e-9, cfg.grid_step)
+        grid = np.stack([x, 1.0 - x], 1)
+        g = len(grid)
+        if cfg.channelwise:
+            return grid, grid, np.repeat(np.arange(g), g), np.tile(np.arange(g), g)
+        return grid, grid, np.arange(g), np.arange(g)
+    alpha = np.full(m, cfg.alpha)
+    base = rng.dirichlet(alpha, size=cfg.n_dirichlet)
+    extra = np.concatenate([np.full((1, m), 1.0 / m), np.eye(m)])
+    if cfg.channelwise:
+        base2 = rng.dirichlet(alpha, size=cfg.n_dirichlet)
+        wv, wa = np.concatenate([base, extra]), np.concatenate([base2, extra])
+        idx = np.arange(len(wv))
+        return wv, wa, idx, idx
+    w = np.concatenate([base, extra])
+    idx = np.arange(len(w))
+    return w, w, idx, idx
+
+
+def _ccc_of_weights(P: np.ndarray, t: np.ndarray, W: np.ndarray) -> np.ndarray:
+    """CCC of the fused prediction P^T w against t for every row w of W, from the sets' moments.
+
+    P [m, N], t [N], W [S, m] -> [S]. The fused mean, variance and covariance with t are linear and
+    quadratic forms in w, so S candidates cost O(S m^2) after one pass over the frames, not S passes.
+    """
+    mu, mt = P.mean(1), t.mean()
+    D = P - mu[:, None]
+    cov = D @ D.T / P.shape[1]           # [m, m] population covariance of the sets
+    ct = D @ (t - mt) / P.shape[1]       # [m] covariance of each set with t
+    vt = float(((t - mt) ** 2).mean())
+    mp, vp, cp = W @ mu, np.einsum("sm,mn,sn->s", W, cov, W), W @ ct
+    den = vp + vt + (mp - mt) ** 2
+    return np.where(den > 0, 2 * cp / np.where(den > 0, den, 1.0), 0.0)
+
+
+def _published_search(P: np.ndarray, t: np.ndarray, names: list[str], cfg: LateFusionConfig) -> LateFusionResult:
+    """`predictions_fusion.py`: the best candidate of every subset (sizes 1..max_combination, in
+    `itertools.combinations` order), then the best subset, both by (mean CCC, arousal, valence);
+    the first wins a tie. P [K, N, 2] and t [N, 2] hold the valid frames only."""
+    if P.shape[2] != 2:
+        raise ValueError(f"late fusion: the published search fuses valence and arousal, got {P.shape[2]} dimensions")
+    K = P.shape[0]
+    rng = np.random.default_rng(cfg.seed)
+    best_key, best = None, None
+    for r in range(1, min(cfg.max_combination, K) + 1):
+        for combo in itertools.combinations(range(K), r):
+            wv, wa, iv, ia = _published_candidates(r, cfg, rng)
+            cv = _ccc_of_weights(P[list(combo), :, 0], t[:, 0], wv)[iv]
+            ca = _ccc_of_weights(P[list(combo), :, 1], t[:, 1], wa)[ia]
+            va = 0.5 * (cv + ca)
+            order = np.lexsort((-np.arange(len(va)), cv, ca, va))  # last = max of (va, a, v), earliest index
+            k = int(order[-1])
+            key = (float(va[k]), float(ca[k]), float(cv[k]))
+            if best_key is None or key > best_key:
+                best_key, best = key, (combo, wv[iv[k]], wa[ia[k]])
+    combo, w_v, w_a = best
+    weights = np.zeros((K, 2))
+    weights[list(combo), 0] = w_v / w_v.sum()
+    weights[list(combo), 1] = w_a / w_a.sum()
+    return LateFusionResult(names=names, weights=weights, ccc=[best_key[2], best_key[1]], config=cfg,
+                            subset=[names[i] for i in combo])
 
 
 def apply_weights(preds: Sequence[np.ndarray], weights: np.ndarray) -> np.ndarray:

@@ -43,6 +43,7 @@ class ModelSpec:
     head: str                  # the heads.contract.Head subclass in `module`
     inputs: tuple[str, ...]    # "features/<modality>" | "heads/<head>"
     task: Task = "va"
+    weights: tuple[str, ...] = ()  # config fields naming files it loads (DVC deps via its params section)
 
     @property
     def base(self) -> str:
@@ -74,10 +75,11 @@ class ModelSpec:
 
 
 def register_model(name: str, *, kind: Kind, config: type, inputs: tuple[str, ...],
-                   tasks: tuple[Task, ...] = ("va",)):
+                   tasks: tuple[Task, ...] = ("va",), weights: tuple[str, ...] = ()):
     """Class decorator and declaration of a head or fusion (read from the source by `_declared`):
-    its registry name, kind, config dataclass, what it reads under data/, and the tasks it trains for
-    (an EXPR entry `expr_<name>` reads the EXPR heads' outputs)."""
+    its registry name, kind, config dataclass, what it reads under data/, the tasks it trains for
+    (an EXPR entry `expr_<name>` reads the EXPR heads' outputs), and the config fields that name
+    weights it loads (each becomes a DVC dep of its stage, read from its params section)."""
 
     def deco(cls: type) -> type:
         if not hasattr(config, "__dataclass_fields__"):
@@ -99,7 +101,8 @@ def _declared() -> dict[str, ModelSpec]:
 
     entries = []
     for d in declarations("heads", "register_model"):
-        base = ModelSpec(d.name, d.kwargs["kind"], d.module, d.kwargs["config"], d.cls, tuple(d.kwargs["inputs"]))
+        base = ModelSpec(d.name, d.kwargs["kind"], d.module, d.kwargs["config"], d.cls, tuple(d.kwargs["inputs"]),
+                         weights=tuple(d.kwargs.get("weights", ())))
         entries += [for_task(base, task) for task in d.kwargs.get("tasks", ("va",))]
     order = {"head": 0, "fusion": 1}
     entries.sort(key=lambda s: (s.task != "va", order[s.kind], s.base))

@@ -39,9 +39,13 @@ class TrainConfig:
     lr: float = 1e-4
     weight_decay: float = 0.01
     batch_size: int = 8
-    grad_clip: float = 1.0
+    grad_clip: float = 1.0         # max gradient norm; 0 = no clipping
+    scheduler: str = "plateau"     # "plateau": ReduceLROnPlateau on the validation metric | "none"
     plateau_factor: float = 0.1
     plateau_patience: int = 5
+    plateau_threshold: float = 1e-4  # relative improvement that counts (torch's default)
+    plateau_min_lr: float = 0.0
+    plateau_groups: list[str] | None = None  # names of the param groups the plateau lowers; None = all
     early_stopping: int = 15
     seed: int = 42
     device: str = "auto"           # "auto" -> cuda if available else cpu
@@ -64,6 +68,32 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+SCHEDULERS = ("plateau", "none")
+
+
+def plateau_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.ReduceLROnPlateau | None:
+    """The learning-rate schedule of `cfg` (None for "none").
+
+    `plateau_groups` restricts the plateau to the named param groups (the published audio head
+    lowers its head's rate only, never the fine-tuned backbone's): every other group gets its own
+    rate as its floor, so ReduceLROnPlateau leaves it where it is.
+    """
+    if cfg.scheduler not in SCHEDULERS:
+        raise ValueError(f"TrainConfig.scheduler must be one of {', '.join(SCHEDULERS)}, got {cfg.scheduler!r}")
+    if cfg.scheduler == "none":
+        return None
+    names = [g.get("name") for g in opt.param_groups]
+    if cfg.plateau_groups is not None:
+        unknown = sorted(set(cfg.plateau_groups) - set(names))
+        if unknown:
+            raise ValueError(f"TrainConfig.plateau_groups {unknown}: the model's param groups are {names}")
+    floors = [cfg.plateau_min_lr if cfg.plateau_groups is None or g.get("name") in cfg.plateau_groups else g["lr"]
+              for g in opt.param_groups]
+    return torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=cfg.plateau_factor,
+                                                      patience=cfg.plateau_patience,
+                                                      threshold=cfg.plateau_threshold, min_lr=floors)
 
 
 class Batches:
@@ -145,8 +175,7 @@ def fit(model: nn.Module, train_batches: Batches, loss_fn: Callable[[nn.Module, 
     model.to(device)
     groups = param_groups if param_groups is not None else [{"params": [p for p in model.parameters() if p.requires_grad]}]
     opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=cfg.plateau_factor,
-                                                       patience=cfg.plateau_patience)
+    sched = plateau_scheduler(opt, cfg)
     use_bf16 = cfg.bf16 and device.type == "cuda"
     ema = EMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
     history: list[dict] = []
@@ -210,7 +239,7 @@ def fit(model: nn.Module, train_batches: Batches, loss_fn: Callable[[nn.Module, 
             if ema is not None:
                 ema.swap(model)
             bad_epochs = 0 if (improved or not val) else bad_epochs + 1
-            if not math.isnan(score):
+            if sched is not None and not math.isnan(score):
                 sched.step(score)
 
             row = {"epoch": epoch, "train_loss": loss_sum / max(steps, 1),

@@ -12,20 +12,34 @@ from typing import Sequence
 
 import numpy as np
 
+WINDOW_TAILS = ("aligned", "ragged")
 
-def frame_windows(num_frames: int, size: int, hop: int) -> list[tuple[int, int]]:
-    """Windows [start, end) of `size` every `hop`, plus a tail window aligned to the end.
+def frame_windows(num_frames: int, size: int, hop: int, tail: str = "aligned") -> list[tuple[int, int]]:
+    """Windows [start, end) of `size` every `hop`, and how the last one ends.
 
-    The published face model aligns the last window to the video end so the final frames get full
-    context instead of a short ragged window. A video shorter than `size` gives ONE window
-    (0, num_frames): the caller pads it to `size` and masks the padding. No window for 0 frames.
+    `tail="aligned"`: a last window aligned to the end, so the final frames get full context
+    instead of a short ragged window (the published face model). `tail="ragged"`: windows start at
+    multiples of `hop` until one reaches the end, and that one is cut there, shorter (the published
+    behaviour model's sequences, `transformer_data.py` `_build_window_ranges`). A sequence no longer
+    than `size` gives ONE window (0, num_frames) either way: the caller pads a short window to
+    `size` and masks the padding. No window for 0 frames.
     """
     if size <= 0 or hop <= 0:
         raise ValueError(f"frame_windows: size ({size}) and hop ({hop}) must be positive")
+    if tail not in WINDOW_TAILS:
+        raise ValueError(f"frame_windows: tail must be one of {', '.join(WINDOW_TAILS)}, got {tail!r}")
     if num_frames <= 0:
         return []
     if num_frames <= size:
         return [(0, num_frames)]
+    if tail == "ragged":
+        out, start = [], 0
+        while True:
+            end = min(start + size, num_frames)
+            out.append((start, end))
+            if end >= num_frames:
+                return out
+            start += hop
     starts = list(range(0, num_frames - size + 1, hop))
     if starts[-1] + size < num_frames:
         starts.append(num_frames - size)
@@ -82,6 +96,24 @@ def segments_to_frames(seg_preds: np.ndarray, frame_start: np.ndarray, frame_end
     out = np.full(acc.shape, np.nan, np.float32)
     out[covered] = (acc[covered] / cnt[covered, None]).astype(np.float32)
     return out, covered
+
+
+def span_targets(y: np.ndarray, yv: np.ndarray, fs: np.ndarray, fe: np.ndarray, task: str) -> tuple[np.ndarray, np.ndarray]:
+    """Target of each frame span [fs, fe): the mean of its valid labels (VA) or their majority class
+    (EXPR); valid when any frame of the span is labelled."""
+    n, f = len(fs), len(yv)
+    s, e = np.clip(np.asarray(fs, np.int64), 0, f), np.clip(np.asarray(fe, np.int64), 0, f)
+    cv = np.concatenate([[0], np.cumsum(yv)])
+    valid = (cv[e] - cv[s]) > 0
+    if task == "va":
+        cy = np.concatenate([np.zeros((1, 2)), np.cumsum(np.where(yv[:, None], y, 0.0), 0)])
+        out = np.zeros((n, 2), np.float32)
+        out[valid] = ((cy[e] - cy[s])[valid] / (cv[e] - cv[s])[valid, None]).astype(np.float32)
+        return out, valid
+    out = np.full(n, -1, np.int64)
+    for i in np.flatnonzero(valid):
+        out[i] = np.bincount(y[s[i]:e[i]][yv[s[i]:e[i]]], minlength=8).argmax()
+    return out, valid
 
 
 @dataclass

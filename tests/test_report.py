@@ -292,7 +292,7 @@ def test_prediction_sets_feed_late_fusion(tiny_models, tmp_path):
     filled = prediction_sets({"audio": models["audio"]}, fill=True)["audio"]["vid0"]
     assert np.isfinite(filled).all()  # what the audio submission holds: the nearest prediction
     np.testing.assert_array_equal(filled[30:35], np.repeat(filled[29:30], 5, 0))
-    result, fused = late_fusion(sets, labels, LateFusionConfig(n_dirichlet=10))
+    result, fused = late_fusion(sets, labels, LateFusionConfig(search="flexible", n_dirichlet=10))
     assert result.weights[0, 0] > 0.9 and result.weights[1, 1] > 0.9  # valence <- face, arousal <- audio
     assert fused["vid0"].shape == (120, 2)
 

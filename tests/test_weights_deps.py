@@ -75,10 +75,18 @@ def test_a_local_model_outside_the_declared_weights_is_refused(tmp_path):
         check_weights(_params(tmp_path, None), "audio", _Cfg(model=str(model)))
 
 
-def test_a_hub_id_is_covered_by_its_hugging_face_cache_folder(tmp_path):
+def test_a_hub_id_is_covered_by_its_hugging_face_cache_folder(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))  # HF_HOME=<tmp>/hf
     cache = tmp_path / "hf" / "hub" / "models--3loi--SER-Odyssey-Baseline-WavLM-Multi-Attributes"
     cfg = _Cfg(model="microsoft/wavlm-large", ssl_weights="3loi/SER-Odyssey-Baseline-WavLM-Multi-Attributes")
     check_weights(_params(tmp_path, str(cache)), "audio", cfg)
+    # the same params in a process whose Hugging Face cache is elsewhere (HF_HOME not kept set for
+    # `dvc repro`): DVC would watch one copy of the weights while the extractor reads another
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "home" / ".cache" / "huggingface" / "hub"))
+    with pytest.raises(ParamsError, match=r"set HF_HOME=.*hf .*dvc repro"):
+        check_weights(_params(tmp_path, str(cache)), "audio", cfg)
     with pytest.raises(ParamsError, match="holds none of the weights"):
         check_weights(_params(tmp_path, str(tmp_path / "hf" / "hub" / "models--Qwen--Qwen3-VL-4B-Instruct")),
                       "audio", cfg)

@@ -9,6 +9,7 @@ extractor's config dataclass, checked strictly before any video is touched).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
@@ -24,19 +25,37 @@ def build_extractor(params: Params, modality: str, overrides: dict[str, Any] | N
     """Construct the extractor named in `extract.<modality>` with its strictly-checked config;
     `overrides` (command-line options such as `--device`) replace config fields before the check."""
     from extractors.registry import ExtractorError, config_class, extractor_class
-    from extractors.registry import build_extractor as build
 
     section = f"extract.{modality}"
     name = params.section(f"{section}.extractor")
     try:
-        cfg_cls = config_class(extractor_class(name))
-        for key in overrides or {}:
-            if key not in getattr(cfg_cls, "__dataclass_fields__", {}):
-                raise ParamsError(f"--{key}: the {modality} extractor ({name}) has no {key} setting")
-        values = {**(params.get(f"{section}.config") or {}), **(overrides or {})}
-        return build(name, values, where=f"{params.path}: {section}.config", modality=modality)
+        cls = extractor_class(name)
     except ExtractorError as e:
         raise ParamsError(f"{params.path}: {section}.extractor: {e}") from e
+    if cls.modality != modality:
+        raise ParamsError(f"{params.path}: {section}.extractor: {name!r} extracts {cls.modality!r}, not {modality!r}")
+    cfg_cls = config_class(cls)
+    for key in overrides or {}:
+        if key not in getattr(cfg_cls, "__dataclass_fields__", {}):
+            raise ParamsError(f"--{key}: the {modality} extractor ({name}) has no {key} setting")
+    values = {**(params.get(f"{section}.config") or {}), **(overrides or {})}
+    return cls(dataset_paths(params, build_config(cfg_cls, values, where=f"{params.path}: {section}.config")))
+
+
+def dataset_paths(params: Params, cfg: Any) -> Any:
+    """`cfg` with its dataset-relative paths read under params `dataset.root`.
+
+    A config class lists such fields in its `DATASET_RELATIVE` class attribute (the reliability
+    extractor's `mouth_csv_dir`): files that belong with the dataset, so a relative value follows
+    `dataset.root` and a profile needs no absolute path. Absolute values are kept.
+    """
+    root = params.get("dataset.root")
+    changes = {}
+    for name in getattr(type(cfg), "DATASET_RELATIVE", ()):
+        value = getattr(cfg, name, None)
+        if root and isinstance(value, str) and value and not Path(value).is_absolute():
+            changes[name] = str(Path(str(root)) / value)
+    return dataclasses.replace(cfg, **changes) if changes else cfg
 
 
 WEIGHT_FIELDS = ("weights", "model", "ssl_weights")
@@ -84,12 +103,28 @@ def check_weights(params: Params, modality: str, cfg: Any) -> None:
                                   "at the file or a folder that holds it")
             covered.append(field)
         elif hub_cache_name(value) in root.parts:
+            check_hub_cache(params, key, declared, Path(*root.parts[:root.parts.index(hub_cache_name(value))]))
             covered.append(field)
     if not covered:
         raise ParamsError(f"{params.path}: {key} ({declared}) holds none of the weights the {modality} extractor "
                           f"loads ({', '.join(f'config.{f} = {v}' for f, v in sources.items())}); for a Hub id "
                           "point it at the id's Hugging Face cache folder (.../hub/models--org--name), "
                           "see the README (weights as DVC deps)")
+
+
+def check_hub_cache(params: Params, key: str, declared: Any, hub: Path) -> None:
+    """The Hugging Face cache `key` points into (`hub`, the folder of `models--org--name`) must be the
+    one this process loads from, or DVC would watch one copy of the weights while the extractor
+    reads (or downloads) another: HF_HOME has to stay set while `dvc repro` runs, not only for
+    the download."""
+    from huggingface_hub import constants
+
+    used = Path(constants.HF_HUB_CACHE).resolve()
+    if hub.resolve() != used:
+        home = hub.parent if hub.name == "hub" else hub
+        raise ParamsError(f"{params.path}: {key} ({declared}) is in the Hugging Face cache {hub}, but this process "
+                          f"loads models from {used}; set HF_HOME={home} (export it in the shell that runs "
+                          "dvc repro, e.g. `export HF_HOME=$PWD/models/hf`), or point the weights at that cache")
 
 
 def run(params_path: Path, modality: str, device: str | None = None, video_ids: list[str] | None = None,

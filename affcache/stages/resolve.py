@@ -62,6 +62,7 @@ def resolve(params: Params) -> dict[str, dict[str, Any]]:
     from pipeline.datasets import synthetic
     from pipeline.evaluate import EvalConfig
     from pipeline.report import ReportConfig
+    from affcache.stages.extract import dataset_paths
     from affcache.stages.schema import adapter_options
 
     where = str(params.path)
@@ -90,8 +91,8 @@ def resolve(params: Params) -> dict[str, dict[str, Any]]:
             cls = extractor_class(name)
         except ExtractorError as e:
             raise ParamsError(f"{where}: {section}.extractor: {e}") from e
-        cfg = build_config(config_class(cls), params.get(f"{section}.config") or {},
-                           where=f"{where}: {section}.config")
+        cfg = dataset_paths(params, build_config(config_class(cls), params.get(f"{section}.config") or {},
+                                                 where=f"{where}: {section}.config"))
         out[f"extract_{modality}"] = {
             "extractor": name, "weights": params.get(f"{section}.weights"), "workers": int(params.get(f"{section}.workers", 2)),
             "prefetch": int(params.get(f"{section}.prefetch", 2)),
@@ -112,6 +113,24 @@ def resolve(params: Params) -> dict[str, dict[str, Any]]:
                                        **plain(build_config(LateFusionConfig, late, where=f"{where}: evaluate.late_fusion"))}}
     out["report"] = plain(params.build("report", ReportConfig) if params.get("report") is not None else ReportConfig())
     return out
+
+
+# What no setting changes, said next to the stages it concerns (`affcache params show` prints these
+# as YAML comments above each stage).
+AUGMENTATION = ("The published audio training augments waveforms (noise at 8-25 dB SNR p 0.6, gain +-6 dB "
+                "p 0.3, band limit p 0.3, reverb p 0.2; SMIL-SPCRAS/CVPRW-26 src_audio_and_fusion/configs/"
+                "cfg_va_s2s.yaml, augment_params). A cache of hidden states is computed once from the clean "
+                "audio and cannot be augmented per epoch, so every audio model here trains without them.")
+STAGE_NOTES = {
+    "extract_audio": AUGMENTATION,
+    "train_audio": AUGMENTATION,
+    "train_expr_audio": AUGMENTATION,
+}
+
+
+def stage_notes(stages: Any) -> dict[str, str]:
+    """The notes (`STAGE_NOTES`) of the given stage names."""
+    return {s: STAGE_NOTES[s] for s in stages if s in STAGE_NOTES}
 
 
 def resolve_profile(profile: str | Path) -> dict[str, dict[str, Any]]:
