@@ -1,4 +1,4 @@
-"""Audio head: attention-statistics pooling of cached speech-model states (seed-systems B3).
+"""Audio head: attention-statistics pooling of cached speech-model states (the published audio head, `src_audio_and_fusion/src/audio/`).
 
 Published (SMIL-SPCRAS/CVPRW-26, WavLM s2s model): 4-s windows, each split into 4 equal 1-s
 sub-windows; per sub-window score = w2^T tanh(W1 h) (W1: D->128, dropout 0.2), alpha = masked
@@ -8,7 +8,7 @@ Target per 1-s bin = the bin's mean valid label. Loss CCC v0.7/a0.3 + 0.1 MSE; A
 wd 0.01, backbone 5e-6 for the fine-tuned top-k WavLM layers; EMA 0.998.
 
 Window hop: 2 s (half a window). The published audio code cuts 4-s chunks with a 2-s shift (the
-same chunking as the behavior segments, B2), so every 1-s bin is seen by two windows and the
+same chunking as the behavior segments), so every 1-s bin is seen by two windows and the
 per-frame prediction is the mean of the two.
 
 Two store layouts. A track grid (audio modes `long` / `per_clip`): one row sequence per video, cut
@@ -54,7 +54,7 @@ from heads.registry import register_model
 
 @dataclass
 class AudioTrainConfig(TrainConfig):
-    """Published audio-head training (B3, `cfg_test_w_audio.yaml`): AdamW head lr 2e-4 / wd 0.01,
+    """Published audio-head training (`cfg_test_w_audio.yaml`): AdamW head lr 2e-4 / wd 0.01,
     clip 1.0, AMP, batch 8, 50 epochs, early stopping 6, EMA 0.998 (backbone lr: AudioPoolingConfig);
     plateau x0.5 patience 2, threshold 5e-4, floor 1e-7, on the head's param group only
     (`target_group_names: ["head"]`: the fine-tuned backbone layers keep their rate)."""
@@ -72,7 +72,7 @@ class AudioTrainConfig(TrainConfig):
 
 @dataclass
 class AudioPoolingConfig:
-    """Published defaults (B3); filter rules as in the published cross-modal filter."""
+    """Published defaults (`wavlm_s2s_model.py`); filter rules as in the published cross-modal filter."""
 
     task: str = "va"
     window_s: float = 4.0
@@ -105,7 +105,7 @@ class AudioPoolingConfig:
 # ----------------------------------------------------------------------------- model
 
 class AttentiveStatsPool(nn.Module):
-    """[N, R, D] states + mask [N, R] -> [N, 2D] attention-weighted mean and std (B3, exact)."""
+    """[N, R, D] states + mask [N, R] -> [N, 2D] attention-weighted mean and std (as published, exactly)."""
 
     def __init__(self, dim: int, attn_dim: int, dropout: float):
         super().__init__()

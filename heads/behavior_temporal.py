@@ -1,4 +1,4 @@
-"""Behavior head: Mamba over sequences of per-segment VLM features (seed-systems B2).
+"""Behavior head: Mamba over sequences of per-segment VLM features (the published behaviour head, `src_behavior_model/`).
 
 Published: Linear(2560->256)+LN+Dropout 0.2, 12 custom Mamba blocks (d_state 8, causal conv kernel
 5, post-LN), head 256->512->LN->GELU->Dropout->2; sequences of 16 segments (4-s windows, 2-s hop)
@@ -43,7 +43,7 @@ from pipeline.labels import fill_nearest
 
 @dataclass
 class BehaviorTrainConfig(TrainConfig):
-    """Published behavior-head training (B2; `src_behavior_model/src/trainers/transformer_trainer.py`):
+    """Published behavior-head training (`src_behavior_model/src/trainers/transformer_trainer.py`):
     AdamW 3e-4 / wd 1e-3, batch 8, early stopping 12, no learning-rate schedule and no gradient
     clipping (its epoch loop is zero_grad, backward, step). Epochs are not published: 100."""
 
@@ -56,7 +56,7 @@ class BehaviorTrainConfig(TrainConfig):
 
 @dataclass
 class BehaviorTemporalConfig:
-    """Published defaults (B2) except conv_kernel (see module docstring)."""
+    """Published defaults (`src_behavior_model/configs/text_va.toml`) except conv_kernel (see module docstring)."""
 
     task: str = "va"
     segments: int = 16             # sequence length in segments

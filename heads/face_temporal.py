@@ -1,4 +1,4 @@
-"""Face head: a Transformer over windows of per-frame face embeddings (seed-systems B1).
+"""Face head: a Transformer over windows of per-frame face embeddings (the published face head, `src_visual_dynamic_model/`).
 
 Published model (SMIL-SPCRAS/CVPRW-26 src_visual_dynamic_model/model.py): Linear(in->256)+LN+
 Dropout; 5 post-LN layers whose sinusoidal positional encoding is added to Q, K and V in EVERY
@@ -37,7 +37,7 @@ from pipeline.labels import fill_nearest
 
 @dataclass
 class FaceTrainConfig(TrainConfig):
-    """Published face-head training (B1): AdamW 1e-4 / wd 0.01, batch 8, <= 100 epochs, plateau x0.1
+    """Published face-head training (`config_best.toml`): AdamW 1e-4 / wd 0.01, batch 8, <= 100 epochs, plateau x0.1
     patience 5, early stopping 15, seed 42 (`TrainConfig`'s defaults), no gradient clipping and no
     AMP (`use_amp = false`)."""
 
@@ -47,7 +47,7 @@ class FaceTrainConfig(TrainConfig):
 
 @dataclass
 class FaceTemporalConfig:
-    """Published defaults (B1). `feature` names the store array holding the frame embeddings."""
+    """Published defaults (`src_visual_dynamic_model/`). `feature` names the store array holding the frame embeddings."""
 
     task: str = "va"               # "va" | "expr"
     window: int = 400

@@ -1,4 +1,4 @@
-"""dcmmoe: the published directed cross-modal fusion (seed 1, `src_fusion_model`, seed-systems.md B4).
+"""dcmmoe: the published directed cross-modal fusion (the published `src_fusion_model/`).
 
 The face stream queries the behavior stream: Q = face, K = V = behavior, and K/V are the projected
 behavior frames in every layer (never updated). Each of the 5 post-LN layers (8 heads) adds the

@@ -42,7 +42,7 @@ class GatedMoETrainConfig(TrainConfig):
 
 @dataclass
 class GatedMoEConfig:
-    """gated_moe settings; defaults are the published DCMMOE ones where they exist (seed-systems.md B4).
+    """gated_moe settings; defaults are the published DCMMOE ones where they exist (`src_fusion_model/config_best.toml`).
 
     `pairs` lists directed (target, source) experts; None means every ordered pair of enabled
     modalities. `windows`/`hop` are in frames (published 400/150).

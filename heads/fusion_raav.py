@@ -1,4 +1,4 @@
-"""raav: reliability-aware audio-visual fusion (seed 1, `MultimodalFusionModelV4`; seed-systems.md B4).
+"""raav: reliability-aware audio-visual fusion (the published `MultimodalFusionModelV4`, `src_audio_and_fusion/src/fusion/`).
 
 Visual streams (face, behavior) are fused per frame by a learned reliability gate: each stream's
 projection gets a gate-MLP logit plus a learnable log prior (face 0.85 / behavior 0.15 at init, so
@@ -27,7 +27,7 @@ from heads.registry import register_model
 
 @dataclass
 class RAAVTrainConfig(TrainConfig):
-    """Published RAAV optimisation (B4, `mm_cfg_va_s2s.yaml`): AdamW 5e-5 / wd 0.01, batch 8, 50
+    """Published RAAV optimisation (`mm_cfg_va_s2s.yaml`): AdamW 5e-5 / wd 0.01, batch 8, 50
     epochs, early stopping 6, gradient clipping 1.0, AMP (bf16 autocast here, CUDA only).
 
     Scheduler: the published config sets `use_scheduler: true` but defines no `scheduler:` section,
@@ -53,7 +53,7 @@ PROJECTIONS = ("linear", "norm_dropout")
 
 @dataclass
 class RAAVConfig:
-    """RAAV settings; defaults are the published ones (seed-systems.md B4).
+    """RAAV settings; defaults are the published ones (`multimodal_fusion_model.py`).
 
     Windows are `window_s` seconds of label frames
     with `hop_s` overlap; audio tokens are masked per window by the filter thresholds below.

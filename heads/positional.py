@@ -20,7 +20,7 @@ def sinusoidal_encoding(length: int, dim: int, device: torch.device | None = Non
 
 
 class PositionalAttentionLayer(nn.Module):
-    """The published post-LN layer of the face Transformer and of dcmmoe (seed-systems B1, B4).
+    """The published post-LN layer of the face Transformer and of dcmmoe (`src_visual_dynamic_model/model.py`, `src_fusion_model/`).
 
     The positional encoding is added to Q, K and V separately, each sum with its own dropout
     (`pe_dropout`); attention; `LN(attn + drop(q_pe))`, the residual taken around the *encoded*

@@ -1,6 +1,6 @@
 """Post-processing of per-frame predictions: temporal smoothing and weighted late fusion.
 
-Both are published steps of seed 1 (seed-systems.md B4): a per-dimension moving average
+Both are published steps (`src_audio_and_fusion/`): a per-dimension moving average
 (valence k=7, arousal k=13, replicate padding) applied after overlapping windows are averaged, and
 a weighted average of several prediction sets whose weights are searched on validation (pair grid
 step 0.05 plus Dirichlet(1) samples for combinations of up to 3 sets).
@@ -37,7 +37,7 @@ class SmoothingConfig:
     `kernels` smooth the validation outputs that select the epoch during training; `output_kernels`
     (None: the same) smooth the outputs written after training, which evaluate scores and export
     submits. Why two: the published system selected with 7/13 and smoothed its submission run's
-    outputs with 9/11 (seed-systems B4, `test_mm_cfg_va_s2s.yaml`).
+    outputs with 9/11 (`test_mm_cfg_va_s2s.yaml`).
     """
 
     kernels: tuple[int, ...] = (7, 13)

@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class TrainConfig:
-    """Optimisation settings; defaults = the published face head (seed-systems B1)."""
+    """Optimisation settings; defaults = the published face head (`src_visual_dynamic_model/config_best.toml`)."""
 
     epochs: int = 100
     lr: float = 1e-4

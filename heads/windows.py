@@ -2,7 +2,7 @@
 
 The label frame grid (frame i <-> t_i = i / fps, F = number of label lines) is the only time axis
 the heads expose; each modality keeps its own rows (`t0`, `t1` seconds) and is aligned here at
-training time, so no store has to assume another's rate (DESIGN.md, "The frame grid").
+training time, so no store has to assume another's rate (README, "Time").
 """
 
 from __future__ import annotations
@@ -120,7 +120,7 @@ def span_targets(y: np.ndarray, yv: np.ndarray, fs: np.ndarray, fe: np.ndarray, 
 class AudioTrustRule:
     """When a window's audio may be trusted to be the annotated subject speaking (the cross-modal filter).
 
-    Published rule (seed systems, audio head B3): mouth open for >= max(min_open_fraction x window,
+    Published rule (`src_audio_and_fusion/scripts/make_audio_windows.py`): mouth open for >= max(min_open_fraction x window,
     min_open_seconds) and face coverage >= min_face_coverage; optionally (not published, off at 0)
     a speech fraction >= min_speech_fraction under the VAD threshold. The audio head and the RAAV
     fusion both apply THIS rule (RAAV with min_open_fraction 0: its published form is "mouth open

@@ -1,6 +1,6 @@
 """Aff-Wild2 / ABAW frame labels: parsing, writing, and the frame-grid rule.
 
-Formats (ABAW protocol, see research/seed-systems.md section C):
+Formats (the ABAW protocol; README "Expression"):
 - VA:   header `valence,arousal`, then one `v,a` line per video frame, floats in [-1, 1];
         -5 marks an unannotated frame (a row is invalid when either value is -5).
 - EXPR: header `Neutral,Anger,...,Other`, then one class index 0-7 per frame; -1 = invalid.

@@ -2,7 +2,7 @@
 
 Why PyAV only: it links FFmpeg in-process (no `ffmpeg` CLI on PATH, no subprocess per video), it
 releases the GIL while decoding (so a thread pool overlaps decode with model inference), and it
-resamples audio in C (torchaudio wheels are bound to one torch build and break; see feasibility.md).
+resamples audio in C (torchaudio wheels are bound to one torch build and break).
 
 Conventions every caller relies on:
 - Times are presentation times in seconds from the stream's first timestamp

@@ -2,7 +2,7 @@
 
 Why a foundation module: heads select epochs with these numbers and `pipeline.evaluate` reports them,
 so both must run the one implementation -- and library code in `pipeline/` must not import `heads`
-(DESIGN.md, "Contracts": layers). The VA score is computed the ABAW way: CCC over all frames of all
+(README, "Layout"). The VA score is computed the ABAW way: CCC over all frames of all
 videos concatenated, invalid frames excluded -- never an average of per-video CCCs.
 """
 

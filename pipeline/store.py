@@ -1,6 +1,6 @@
 """The feature store: one Zarr v3 hierarchy per (modality, extractor fingerprint).
 
-Layout (see DESIGN.md "Feature store")::
+Layout (README, "The feature store")::
 
     <name>-<hash8>.zarr/            root attrs: schema_version, extractor, fingerprint, fingerprint_hash,
                                     package_version, created_at (written only by `create`/`consolidate`)
