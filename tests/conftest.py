@@ -24,6 +24,18 @@ REALDATA = REPO_ROOT.parent / "shared" / "realdata"
 SUBPROCESS_TIMEOUT = 900
 
 
+# The fast loop for development is `pytest -m "not slow"`: these modules run whole pipelines through
+# subprocesses (DVC stories, the user CLI, Ray, S3) and take most of the suite's time; CI runs them all.
+SLOW_MODULES = {"test_dvc_stories.py", "test_user_cli.py", "test_ray_engine.py", "test_s3_stores.py",
+                "test_real_time.py"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.name in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
+
+
 def in_ci() -> bool:
     """`CI` set to a true value (GitHub Actions, GitLab, `.ci/run` all use CI=true)."""
     return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes", "on"}
