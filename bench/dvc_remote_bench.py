@@ -188,7 +188,11 @@ def main() -> None:
     finally:
         if moto is not None:
             moto.terminate()
-            moto.wait(10)
+            try:
+                moto.wait(10)
+            except subprocess.TimeoutExpired:
+                moto.kill()
+                moto.wait()
         if not args.dir:
             shutil.rmtree(work, ignore_errors=True)
 

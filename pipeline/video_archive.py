@@ -239,11 +239,25 @@ class VideoArchive:
         return len(tail) - (at + 22 + comment)
 
     def read_entry(self, key: str) -> bytes:
-        """An entry's bytes, its Zip CRC-32 checked (ArchiveError if damaged, KeyError if absent)."""
+        """An entry's bytes, its Zip CRC-32 checked (ArchiveError if damaged, KeyError if absent).
+
+        Stored entries (all of this layout's) are read with one positioned read of the local header
+        and the data together; zipfile's own reader, ~5x slower per small entry, reads the rest."""
+        info = self.entries[key]
+        if info.compress_type == zipfile.ZIP_STORED and info.flag_bits & 0x01 == 0:
+            n = len(info.orig_filename.encode("utf-8"))
+            raw = self._read(_LOCAL_HEADER.size + n + len(info.extra) + info.compress_size, info.header_offset)
+            if len(raw) >= _LOCAL_HEADER.size and raw[:4] == _LOCAL_MAGIC:
+                nlen, xlen = _LOCAL_HEADER.unpack_from(raw)[-2:]
+                start = _LOCAL_HEADER.size + nlen + xlen
+                data = raw[start: start + info.compress_size]
+                if len(data) < info.compress_size:  # a longer local extra field than the directory's
+                    data = self._read(info.compress_size, info.header_offset + start)
+                if len(data) == info.compress_size and zlib.crc32(data) == info.CRC:
+                    return data
+                raise ArchiveError(f"{self.name}: entry {key} is damaged (Zip CRC-32 mismatch)")
         try:
             return self._zip.read(key)
-        except KeyError:
-            raise
         except (zipfile.BadZipFile, OSError, ValueError, EOFError, zlib.error) as e:
             raise ArchiveError(f"{self.name}: entry {key} is damaged ({e})") from None
 

@@ -55,8 +55,7 @@ def archive_entries(url: str, vid: str) -> dict[str, bytes]:
 
 def rewrite_archive(url: str, vid: str, drop: tuple[str, ...] = (), put: dict[str, bytes] | None = None) -> None:
     """Rewrite a video's archive as another tool could: entries dropped (by prefix) or replaced."""
-    entries = {k: v for k, v in archive_entries(url, vid).items() if not k.startswith(drop) if drop} if drop \
-        else archive_entries(url, vid)
+    entries = {k: v for k, v in archive_entries(url, vid).items() if not (drop and k.startswith(drop))}
     entries.update(put or {})
     with zipfile.ZipFile(Path(url) / f"{vid}.zip", "w") as zf:
         for k, v in entries.items():
