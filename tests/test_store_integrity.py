@@ -294,6 +294,10 @@ def test_xarray_opens_a_video_and_the_whole_store(toy_store) -> None:
     assert sorted(tree.children) == ["mixed", "vid00", "vid01", "vid02"]
     np.testing.assert_array_equal(tree["vid01"]["valid"].values, fs.read_video("vid01")["valid"])
     assert tree.attrs["schema_version"] == store_mod.SCHEMA_VERSION
+    import affcache  # the user's entry point gives the same
+
+    assert list(affcache.open_features(url, video="vid00", arrays=["emb"], xarray=True).data_vars) == ["emb"]
+    assert sorted(affcache.open_features(url, xarray=True).children) == sorted(tree.children)
 
 
 def test_cli_verify_lists_damage_and_repair_marks_it(toy_store) -> None:
