@@ -378,7 +378,9 @@ class FeatureStore:
         """Open the store at `url` if it was written by the same configuration, else create it.
 
         A different fingerprint at the same URL means another configuration wrote it; mixing features
-        of two models in one store would silently poison training, so this refuses.
+        of two models in one store would silently poison training, so this refuses. A store of the
+        same configuration in the folder-per-video layout (schema 2) is converted in place
+        (`upgrade_store`), so an extraction run after an update resumes instead of re-extracting.
         """
         url = str(url)
         store = _make_store(url, storage_options, read_only=False)
@@ -407,6 +409,15 @@ class FeatureStore:
                     f"{root_attrs.get('fingerprint_hash')!r}; yours: extractor={extractor!r}, {fp_hash!r}). "
                     "Delete the store or change the store name (store_url() derives a new one per fingerprint)."
                 )
+            if root_attrs.get("schema_version") == 2:
+                # The same configuration in the folder-per-video layout: convert it rather than
+                # re-extract (a writer may change the store; readers only name the command).
+                log.warning("%s: converting the folder-per-video store to one archive per video", url)
+                done = upgrade_store(url, storage_options)
+                if done["dropped"]:
+                    log.warning("%s: %d incomplete or damaged video(s) not converted, extracted again: %s",
+                                url, len(done["dropped"]), ", ".join(done["dropped"]))
+                root_attrs = {**root_attrs, "schema_version": SCHEMA_VERSION}
             _check_schema(url, root_attrs)
             return cls(url, store, root_attrs, storage_options)
         clash = sorted(set(attrs or {}) & {"schema_version", "extractor", "fingerprint", "fingerprint_hash",
@@ -933,7 +944,8 @@ def upgrade_store(url: str, storage_options: dict | None = None) -> dict:
     Each complete video is read through zarr-python (every chunk's checksum checked) and written as
     an archive before its folder is deleted; the root's schema_version changes last. So a run that
     is interrupted can simply be run again. Incomplete or damaged videos are dropped (named in
-    "dropped"): the next extraction run extracts them again, as it would have.
+    "dropped"): the next extraction run extracts them again, as it would have. One process at a
+    time: conversions do not take the per-video claims.
     """
     store, attrs = _open_root(str(url), storage_options)
     if attrs.get("schema_version") == SCHEMA_VERSION:

@@ -221,24 +221,14 @@ def test_store_without_checksums_is_refused_with_the_way_out(toy_store) -> None:
         assert url in str(err.value)
 
 
-def test_a_folder_per_video_store_is_upgraded_in_place(tmp_path: Path) -> None:
-    """A schema-2 store (a Zarr folder per video, as the previous release wrote it) is refused with
-    the command that converts it; `affcache store upgrade` converts it without re-extraction, drops
-    what was incomplete or damaged, and the next extraction run does only those."""
+def _folder_per_video_store(url: str, ref: FeatureStore) -> dict:
+    """The videos of `ref` written in the folder-per-video layout (schema 2) as the previous release
+    wrote it, with vid02 damaged (a flipped byte) and vid03 interrupted (no `complete`)."""
     import zarr
-    from click.testing import CliRunner
     from zarr.codecs import Crc32cCodec
 
-    from pipeline.cli import main
-
-    videos = toy_videos(tmp_path, 4)
-    root = str(tmp_path / "features")
-    want = run_extraction(ToyExtractor(ToyConfig()), videos, root, progress=False)
-    ref = FeatureStore.open(want.url)
     expected = {v: ref.read_video(v) for v in ref.video_ids()}
-    url = str(tmp_path / "old.zarr")  # the same videos, written as the folder-per-video layout
-    root_attrs = {**ref.attrs, "schema_version": 2}
-    zarr.open_group(url, mode="w-", attributes=root_attrs, zarr_format=3)
+    zarr.open_group(url, mode="w-", attributes={**ref.attrs, "schema_version": 2}, zarr_format=3)
     for vid, arrays in expected.items():
         group = zarr.open_group(url, path=vid, mode="w", attributes={**arrays.attrs, "complete": False}, zarr_format=3)
         for name, arr in arrays.items():
@@ -246,9 +236,24 @@ def test_a_folder_per_video_store_is_upgraded_in_place(tmp_path: Path) -> None:
                                    chunks=arr.shape or (1,), shards=arr.shape or (1,), compressors=[Crc32cCodec()],
                                    config={"write_empty_chunks": True})
             a[...] = arr
-        group.update_attributes({"complete": vid != "vid03"})  # vid03: interrupted
+        group.update_attributes({"complete": vid != "vid03"})
     old_chunk = Path(url, "vid02", "emb", "c", "0", "0")
-    flip(old_chunk, old_chunk.stat().st_size // 2)  # vid02: damaged
+    flip(old_chunk, old_chunk.stat().st_size // 2)
+    return expected
+
+
+def test_a_folder_per_video_store_is_upgraded_in_place(tmp_path: Path) -> None:
+    """A schema-2 store is refused by readers with the command that converts it; `affcache store
+    upgrade` converts it without re-extraction, drops what was incomplete or damaged, and the next
+    extraction run does only those."""
+    from click.testing import CliRunner
+
+    from pipeline.cli import main
+
+    videos = toy_videos(tmp_path, 4)
+    ref = FeatureStore.open(run_extraction(ToyExtractor(ToyConfig()), videos, str(tmp_path / "ref"), progress=False).url)
+    url = str(tmp_path / "old.zarr")
+    expected = _folder_per_video_store(url, ref)
     with pytest.raises(StoreError, match=f"schema_version 2 .*`affcache store upgrade {url}`"):
         FeatureStore.open(url)
     result = CliRunner().invoke(main, ["store", "upgrade", url])
@@ -265,6 +270,21 @@ def test_a_folder_per_video_store_is_upgraded_in_place(tmp_path: Path) -> None:
     assert verify(url) == []
     assert [v.video_id for v in store.todo(videos)] == ["vid02", "vid03"]
     assert CliRunner().invoke(main, ["store", "upgrade", url]).exit_code == 0  # already done: nothing to do
+
+
+def test_an_extraction_run_converts_a_folder_per_video_store_and_resumes(tmp_path: Path) -> None:
+    """After an update, the extraction stage on a store of its own configuration in the old layout
+    converts it and extracts only the videos that were not complete and intact."""
+    videos = toy_videos(tmp_path, 4)
+    ref = FeatureStore.open(run_extraction(ToyExtractor(ToyConfig()), videos, str(tmp_path / "ref"), progress=False).url)
+    root = tmp_path / "features"
+    url = store_mod.store_url(str(root), "toy", "toy-test", ToyExtractor(ToyConfig()).fingerprint())
+    assert Path(url).name == Path(ref.url).name
+    expected = _folder_per_video_store(url, ref)
+    report = run_extraction(ToyExtractor(ToyConfig()), videos, str(root), progress=False)
+    assert report.url == url and report.done == ["vid02", "vid03"] and sorted(report.skipped) == ["vid00", "vid01"]
+    assert verify(url) == [] and FeatureStore.open(url).video_ids() == ["vid00", "vid01", "vid02", "vid03"]
+    np.testing.assert_array_equal(FeatureStore.open(url).read_video("vid00")["emb"], expected["vid00"]["emb"])
 
 
 def test_xarray_opens_a_video_and_the_whole_store(toy_store) -> None:
