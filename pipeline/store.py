@@ -28,8 +28,9 @@ Why these choices:
   CRC-32 on every metadata entry: flipped or lost bytes anywhere are caught by every read path
   (zarr-python's codec, the direct reader, `verify`), so damaged data is never returned as good data.
   Stores of schema 1 (written before checksums) are refused with a message to re-extract; stores of
-  schema 2 (a folder per video) are refused with the command that converts them in place
-  (`affcache store upgrade`, `upgrade_store`).
+  schema 2 (a folder per video) are converted in place by the next extraction run of their
+  configuration (`create`) or by `affcache store upgrade` (`upgrade_store`); readers refuse them
+  with that command.
 - *Dimension names* on every array, so xarray opens a video (`open_xarray`, or
   `xr.open_zarr(zarr.storage.ZipStore(path, mode="r"))`) or the whole store: see `dimension_names`.
 - *Direct writer and reader for the plain numeric arrays* (`pipeline.video_archive`,
