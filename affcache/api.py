@@ -76,16 +76,14 @@ def open_features(store: PathLike, video: str | None = None, *, arrays: Sequence
     one video, or an `xarray.DataTree` (one node per video) for the whole store; dimensions are named
     in the store (`time`, `feature`, ...), see the README's feature schema.
     """
-    from pipeline.store import FeatureStore
+    from pipeline.store import FeatureStore, open_xarray
 
     url = str(store)
     if xarray:
-        import xarray as xr
-
         if video is not None:
-            ds = xr.open_zarr(url, group=video, consolidated=False, storage_options=storage_options)
+            ds = open_xarray(url, video, storage_options=storage_options)
             return ds[list(arrays)] if arrays else ds
-        return xr.open_datatree(url, engine="zarr", consolidated=False, storage_options=storage_options)
+        return open_xarray(url, storage_options=storage_options)
     fs = FeatureStore.open(url, storage_options=storage_options)
     if video is not None:
         return fs.read_video(video, arrays)

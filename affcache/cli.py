@@ -356,7 +356,7 @@ def dvc_yaml(check: bool, out: Path) -> None:
 
 @main.group("store", cls=AffcacheGroup)
 def store() -> None:
-    """Inspect, check and export feature stores."""
+    """Inspect, check, upgrade and export feature stores."""
 
 
 def _store_call(fn_name: str, *args):
@@ -391,6 +391,16 @@ def store_verify(url: str, repair: bool) -> None:
         raise UserError(f"{url}: {len(problems)} problem(s) found"
                         + ("; damaged videos are marked for re-extraction: re-run the extraction stage" if repair else ""))
     click.echo(f"{url}: ok")
+
+
+@store.command("upgrade")
+@click.argument("url")
+def store_upgrade(url: str) -> None:
+    """Convert a store of the folder-per-video layout (schema 2) in place, without re-extraction."""
+    done = _store_call("upgrade_store", url)
+    click.echo(f"{url}: converted {len(done['converted'])} video(s)"
+               + (f"; dropped (incomplete or damaged, the next extraction run redoes them): {', '.join(done['dropped'])}"
+                  if done["dropped"] else ""))
 
 
 @store.command("export-h5")

@@ -10,7 +10,8 @@ Zarr store (pipeline.store) and as .npy files. Reads are timed twice and the *se
 figures are reported: dropping the page cache needs root, so cold-disk reads are not measured.
 The `read_many` row goes through `pipeline.shard_reader` (the store's direct reader for local
 files); `read_many(fast=False)` is zarr-python's own reader, kept as the comparison. Both check
-the CRC32C of every chunk (store schema 2); `verify` reads every chunk through zarr-python.
+the CRC32C of every chunk; `verify` reads every chunk. The write row includes every checksum the
+store computes (CRC32C per chunk, Zip's CRC-32 per entry) and the NaN/inf check of embeddings.
 
     .venv/bin/python bench/store_bench.py                    # full size: ~1.5 GB each, check `df -h /tmp`
     .venv/bin/python bench/store_bench.py --frames 200000    # quick mode (~100 MB, seconds)

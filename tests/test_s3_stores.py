@@ -49,6 +49,40 @@ def test_a_store_on_s3_writes_reads_and_verifies(endpoint_from_params_only) -> N
     assert verify(url) == []
 
 
+def test_an_extraction_into_s3_is_one_object_per_video_and_repairs(endpoint_from_params_only, tmp_path: Path) -> None:
+    """The real engine into an S3 store: one object per video (plus the store's root), leases gone
+    after the run, a damaged object found by verify and moved aside by --repair, and the next run
+    rewrites that video only."""
+    import fsspec
+
+    from extractors.base import run_extraction
+    from affcache.stages import configure_storage
+    from pipeline.store import FeatureStore, verify
+    from toy_extractor import ToyConfig, ToyExtractor, toy_videos
+
+    s3 = endpoint_from_params_only
+    configure_storage(s3["endpoint"])
+    videos = toy_videos(tmp_path, 3)
+    report = run_extraction(ToyExtractor(ToyConfig()), videos, f"s3://{s3['bucket']}/{uuid.uuid4().hex}/features",
+                            progress=False)
+    assert report.done == ["vid00", "vid01", "vid02"]
+    bucket = fsspec.filesystem("s3", endpoint_url=s3["endpoint"])
+    inner = report.url[len("s3://"):]
+    assert sorted(k.rsplit("/", 1)[-1] for k in bucket.find(inner)) == ["vid00.zip", "vid01.zip", "vid02.zip", "zarr.json"]
+    assert bucket.find(f"{inner}.claims") == []
+    damaged = bytearray(bucket.cat_file(f"{inner}/vid01.zip"))
+    damaged[len(damaged) // 2] ^= 0xFF
+    bucket.pipe_file(f"{inner}/vid01.zip", bytes(damaged))
+    problems = verify(report.url)
+    assert problems and all(p.startswith("vid01: ") for p in problems), problems
+    assert FeatureStore.open(report.url).todo(videos) == []  # its head is intact: only verify sees it
+    verify(report.url, repair=True)
+    assert [v.video_id for v in FeatureStore.open(report.url).todo(videos)] == ["vid01"]
+    again = run_extraction(ToyExtractor(ToyConfig()), videos, report.url.rsplit("/", 2)[0], progress=False)
+    assert again.done == ["vid01"] and verify(report.url) == []
+    assert not bucket.exists(f"{inner}/vid01.zip.damaged")
+
+
 def test_extract_train_and_predict_with_stores_in_s3(endpoint_from_params_only, tmp_path: Path, torch_threads) -> None:
     import fsspec
 
@@ -76,6 +110,8 @@ def test_extract_train_and_predict_with_stores_in_s3(endpoint_from_params_only, 
     assert not (project / "data" / "features").exists()  # every store went to the bucket
     url = read_current(f"s3://{prefix}/features/face")
     assert url.startswith(f"s3://{prefix}/features/face/") and verify(url) == []
+    objects = fsspec.filesystem("s3", endpoint_url=s3["endpoint"]).find(url[len("s3://"):])
+    assert len(objects) == 1 + len(FeatureStore.open(url).video_ids())  # the root + one object per video
     from pipeline.records import read_index
 
     assert sorted(FeatureStore.open(url).video_ids()) == sorted(v.video_id for v in read_index(project / "data" / "index.json"))

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import zipfile
 from pathlib import Path
 
 import h5py
@@ -19,6 +20,7 @@ import zarr
 import pipeline.store as store_mod
 from pipeline.records import Video
 from pipeline.shard_reader import shard_layout
+from pipeline.video_archive import _zarr_encoded
 from pipeline.store import (
     FeatureStore,
     StoreError,
@@ -44,6 +46,25 @@ def make_arrays(n: int, dim: int = 16, seed: int = 0, **extra) -> dict[str, np.n
     t = np.arange(n, dtype=np.float32) / 30
     return {"t0": t, "t1": t + np.float32(1 / 30), "valid": rng.random(n) > 0.2,
             "emb": rng.standard_normal((n, dim)).astype(np.float32), **extra}
+
+
+def archive_entries(url: str, vid: str) -> dict[str, bytes]:
+    with zipfile.ZipFile(Path(url) / f"{vid}.zip") as zf:
+        return {i.filename: zf.read(i) for i in zf.infolist()}
+
+
+def rewrite_archive(url: str, vid: str, drop: tuple[str, ...] = (), put: dict[str, bytes] | None = None) -> None:
+    """Rewrite a video's archive as another tool could: entries dropped (by prefix) or replaced."""
+    entries = {k: v for k, v in archive_entries(url, vid).items() if not (drop and k.startswith(drop))}
+    entries.update(put or {})
+    with zipfile.ZipFile(Path(url) / f"{vid}.zip", "w") as zf:
+        for k, v in entries.items():
+            zf.writestr(k, v)
+
+
+def encoded(name: str, arr: np.ndarray, dims: tuple[str, ...] = ("time",)) -> dict[str, bytes]:
+    """An array's archive entries as zarr-python writes them (bypassing the store's validation)."""
+    return _zarr_encoded(name, arr, dims, 2 * 1024 * 1024)
 
 
 def make_video(tmp_path: Path, vid: str, content: bytes = b"video bytes") -> Video:
@@ -86,7 +107,7 @@ def test_round_trip_all_dtypes(fs: FeatureStore) -> None:
 
 
 def test_root_attrs_and_fingerprint_mismatch(tmp_path: Path, fs: FeatureStore) -> None:
-    assert fs.attrs["schema_version"] == store_mod.SCHEMA_VERSION == 2 and fs.attrs["extractor"] == "grada"
+    assert fs.attrs["schema_version"] == store_mod.SCHEMA_VERSION == 3 and fs.attrs["extractor"] == "grada"
     assert fs.attrs["fingerprint"] == FP and fs.attrs["fingerprint_hash"] == fingerprint_hash(FP)
     assert fs.attrs["package_version"] and fs.attrs["created_at"]
     again = FeatureStore.create(fs.url, extractor="grada", fingerprint=dict(reversed(FP.items())))
@@ -120,41 +141,51 @@ def test_write_validation_errors(fs: FeatureStore) -> None:
     assert fs.video_ids() == []
 
 
-def test_complete_is_written_last_and_garbage_is_rewritten(tmp_path: Path, fs: FeatureStore) -> None:
+def test_complete_is_written_and_garbage_is_rewritten(tmp_path: Path, fs: FeatureStore) -> None:
     video = make_video(tmp_path, "v1")
     fs.write_video("v1", make_arrays(5), source=source_fingerprint(video.media_path))
-    meta = json.loads((Path(fs.url) / "v1" / "zarr.json").read_text())
-    assert list(meta["attributes"])[-1] == "complete"
+    entries = archive_entries(fs.url, "v1")
+    assert list(entries)[0] == "zarr.json"  # the group first: a video's state is one small read
+    meta = json.loads(entries["zarr.json"])
+    assert list(meta["attributes"])[-1] == "complete" and meta["attributes"]["complete"] is True
     assert fs.todo([video]) == []
-    # Simulate a crash after the arrays but before `complete`: a stale array and complete=False.
-    group = zarr.open_group(zarr.storage.LocalStore(fs.url), path="v1", mode="r+")
-    group.create_array("stale", data=np.arange(3))
-    group.update_attributes({"complete": False})
+    # An archive without `complete` (another tool's, or one marked damaged), with a stale array.
+    group = json.loads(entries["zarr.json"])
+    group["attributes"]["complete"] = False
+    rewrite_archive(fs.url, "v1", put={"zarr.json": json.dumps(group).encode(),
+                                        **encoded("stale", np.arange(3, dtype=np.float32))})
     assert fs.todo([video]) == [video] and not fs.is_complete("v1") and fs.video_ids() == []
     with pytest.raises(StoreError, match="incomplete.*run the extraction stage again"):
         fs.read_video("v1")
     assert any("incomplete group" in p for p in verify(fs.url))
+    # A temporary file left by a killed writer is no video, and the next write replaces it.
+    (Path(fs.url) / "v2.zip.partial").write_bytes(b"PK\x03\x04 half an archive")
+    assert fs.video_ids() == [] and fs._all_group_ids() == ["v1"]
     fs.write_video("v1", make_arrays(5), source=source_fingerprint(video.media_path))
+    fs.write_video("v2", make_arrays(2))
     assert fs.todo([video]) == [] and "stale" not in fs.read_video("v1") and verify(fs.url) == []
+    assert sorted(p.name for p in Path(fs.url).iterdir()) == ["v1.zip", "v2.zip", "zarr.json"]
 
 
 KILL_SCRIPT = textwrap.dedent("""
     import os, signal, sys
     import numpy as np
     import pipeline.store as S
+    import pipeline.video_archive as A
     url, media_dir = sys.argv[1], sys.argv[2]
     fs = S.FeatureStore.create(url, extractor="grada", fingerprint={fp!r})
-    original = S._create_array
+    original = A._put
     state = {{"current": None, "written": 0}}
 
-    async def create_then_maybe_die(group, name, arr, dims):
-        await original(group, name, arr, dims)
+    def put_then_maybe_die(zf, name, pieces):
+        original(zf, name, pieces)
         if state["current"] == "v3":
             state["written"] += 1
-            if state["written"] == 2:  # half-way through v3: two of its arrays are on disk
+            if state["written"] == 4:  # half-way through v3: its group and some arrays are on disk
+                zf.fp.flush()
                 os.kill(os.getpid(), signal.SIGKILL)
 
-    S._create_array = create_then_maybe_die
+    A._put = put_then_maybe_die
     for i in range(5):
         vid = f"v{{i}}"
         state["current"] = vid
@@ -177,13 +208,14 @@ def test_kill_9_mid_video_resumes(tmp_path: Path) -> None:
     fs = FeatureStore.open(url)
     assert fs.video_ids() == ["v0", "v1", "v2"]
     assert [v.video_id for v in fs.todo(videos)] == ["v3", "v4"]
-    assert (Path(url) / "v3").is_dir() and not fs.is_complete("v3")
+    assert (Path(url) / "v3.zip.partial").stat().st_size > 0 and not (Path(url) / "v3.zip").exists()
+    assert not fs.is_complete("v3")
     n = 43
     t = np.arange(n, dtype=np.float32)
     fs.write_video("v3", {"t0": t, "t1": t + 1, "valid": np.ones(n, bool), "emb": np.ones((n, 8))},
                    source=source_fingerprint(videos[3].media_path))
     assert [v.video_id for v in fs.todo(videos)] == ["v4"]
-    assert verify(url) == []
+    assert verify(url) == [] and not (Path(url) / "v3.zip.partial").exists()
     assert fs.read_video("v3")["t0"].shape == (n,)
 
 
@@ -210,37 +242,42 @@ def test_source_change_puts_video_back_in_todo(tmp_path: Path, fs: FeatureStore)
     assert fs.todo([missing]) == [missing]
 
 
-def test_sharding_keeps_file_count_small(tmp_path: Path, fs: FeatureStore, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_one_file_per_video_with_chunked_shards(tmp_path: Path, fs: FeatureStore, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(store_mod, "TARGET_CHUNK_BYTES", 256)  # many inner chunks per array
     for i in range(10):
-        fs.write_video(f"v{i}", make_arrays(300 + i, dim=16, frame_index=np.arange(300 + i)))
+        fs.write_video(f"v{i}", make_arrays(300 + i, dim=16, frame_index=np.arange(300 + i), text=np.array(["a"] * (300 + i))))
     files = [p for p in Path(fs.url).rglob("*") if p.is_file()]
-    # 1 root zarr.json + per video: group zarr.json + 5 arrays x (zarr.json + one shard)
-    assert len(files) == 1 + 10 * (1 + 5 * 2)
-    inner = 0
+    assert len(files) == 1 + 10  # the root's zarr.json + one archive per video
     for i in range(10):
-        for name in ("t0", "t1", "valid", "emb", "frame_index"):
-            meta = json.loads((Path(fs.url) / f"v{i}" / name / "zarr.json").read_text())
-            shard_rows = meta["chunk_grid"]["configuration"]["chunk_shape"][0]
-            inner += shard_rows // meta["codecs"][0]["configuration"]["chunk_shape"][0]
-    plain_layout_files = len(files) - 10 * 5 + inner  # one file per chunk instead of one shard per array
-    assert len(files) * 4 < plain_layout_files
+        entries = archive_entries(fs.url, f"v{i}")
+        assert len(entries) == 1 + 6 * 2  # group + per array: metadata and one shard
+        meta = json.loads(entries["emb/zarr.json"])
+        shard_rows = meta["chunk_grid"]["configuration"]["chunk_shape"][0]
+        assert shard_rows // meta["codecs"][0]["configuration"]["chunk_shape"][0] >= 38  # inner chunks
     got = fs.read_video("v3")
     np.testing.assert_array_equal(got["frame_index"], np.arange(303))
     np.testing.assert_array_equal(got["emb"], fs.read_video("v3", fast=False)["emb"])
 
 
-def test_consolidate_and_reopen(fs: FeatureStore) -> None:
+def test_reopen_sees_every_write(fs: FeatureStore) -> None:
     for i in range(3):
         fs.write_video(f"v{i}", make_arrays(4 + i))
     fs.consolidate()
-    root = zarr.open_group(fs.url, mode="r", use_consolidated=True)
-    assert root.metadata.consolidated_metadata is not None and "v2/emb" in root.metadata.consolidated_metadata.flattened_metadata
     reopened = FeatureStore.open(fs.url)
     assert reopened.attrs == fs.attrs and reopened.video_ids() == ["v0", "v1", "v2"]
-    reopened.write_video("v3", make_arrays(2))  # writes after consolidation are seen (no stale listing)
+    reopened.write_video("v3", make_arrays(2))  # writes of another handle are seen (no stale listing)
     assert FeatureStore.open(fs.url).video_ids() == ["v0", "v1", "v2", "v3"]
     assert fs.read_many(["v0", "v3"])["v3"]["t0"].shape == (2,)
+
+
+def test_same_features_same_bytes(tmp_path: Path) -> None:
+    """Archives are deterministic: DVC deduplicates a re-extraction that changed nothing."""
+    a = FeatureStore.create(str(tmp_path / "a.zarr"), extractor="e", fingerprint=FP)
+    b = FeatureStore.create(str(tmp_path / "b.zarr"), extractor="e", fingerprint=FP)
+    arrays = make_arrays(50, text=np.array(["x"] * 50))
+    for store in (a, b, a):
+        store.write_video("v1", arrays, attrs={"fps": 30.0}, source={"kind": "file", "sha1": "0"})
+    assert (Path(a.url) / "v1.zip").read_bytes() == (Path(b.url) / "v1.zip").read_bytes()
 
 
 def test_concurrent_writes_from_threads(fs: FeatureStore) -> None:
@@ -267,18 +304,17 @@ def test_info_and_verify_on_good_and_damaged_store(fs: FeatureStore) -> None:
     info = store_info(fs.url)
     assert info["videos_complete"] == 4 and info["videos_incomplete"] == 0 and info["total_rows"] == 40
     assert info["arrays"]["emb"] == {"dtype": "float16", "row_shape": [8], "videos": 4, "rows": 40}
-    assert info["files"] == 1 + 4 * 9 and info["bytes"] > 4 * 10 * 8 * 2 and info["attrs"]["extractor"] == "grada"
+    assert info["files"] == 1 + 4 and info["bytes"] > 4 * 10 * 8 * 2 and info["attrs"]["extractor"] == "grada"
     assert verify(fs.url) == []
-    root = Path(fs.url)
-    (root / "v0" / "emb" / "c" / "0" / "0").unlink()  # lost chunk file
-    (root / "v1" / "t1" / "c" / "0").write_bytes(b"garbage")  # corrupt shard
-    group = zarr.open_group(zarr.storage.LocalStore(fs.url), path="v2", mode="r+")
-    del group["t0"]
-    group.create_array("t0", data=np.arange(7, dtype=np.float32))  # length mismatch
-    group = zarr.open_group(zarr.storage.LocalStore(fs.url), path="v3", mode="r+")
-    emb = group["emb"]
-    emb[0, 0] = np.inf
-    group["t0"][0] = 100.0
+    rewrite_archive(fs.url, "v0", drop=("emb/c/",))  # lost chunk file
+    rewrite_archive(fs.url, "v1", put={"t1/c/0": b"garbage"})  # corrupt shard
+    rewrite_archive(fs.url, "v2", drop=("t0/",), put=encoded("t0", np.arange(7, dtype=np.float32)))  # length mismatch
+    bad_emb = fs.read_video("v3")["emb"].copy()
+    bad_emb[0, 0] = np.inf
+    bad_t0 = fs.read_video("v3")["t0"].copy()
+    bad_t0[0] = 100.0
+    rewrite_archive(fs.url, "v3", drop=("emb/", "t0/"), put={**encoded("emb", bad_emb, ("time", "feature")),
+                                                            **encoded("t0", bad_t0)})
     with pytest.raises(StoreError, match="v0.*'emb' is unreadable.*affcache store verify --repair"):
         fs.read_video("v0")
     with pytest.raises(StoreError, match="'t1' is unreadable"):
@@ -288,7 +324,7 @@ def test_info_and_verify_on_good_and_damaged_store(fs: FeatureStore) -> None:
     assert "v1: array 't1': damaged chunk or shard" in problems
     assert "v2: row arrays disagree in length" in problems
     assert "v3: array 'emb' has NaN/inf" in problems and "v3: t0 > t1 in 1 rows" in problems
-    del group["valid"]
+    rewrite_archive(fs.url, "v3", drop=("valid/",))
     assert "v3: missing required arrays ['valid']" in "\n".join(verify(fs.url))
 
 
@@ -296,7 +332,7 @@ def test_export_h5_round_trip(tmp_path: Path, fs: FeatureStore) -> None:
     text = np.array(["a 😀", "b", ""])
     fs.write_video("v1", make_arrays(3, text=text), attrs={"fps": 25.0}, source={"size": 1})
     fs.write_video("v0", make_arrays(0))
-    zarr.open_group(zarr.storage.LocalStore(fs.url), path="v1", mode="r")  # sanity
+    zarr.open_group(zarr.storage.ZipStore(Path(fs.url) / "v1.zip", mode="r"), mode="r")  # sanity
     out = tmp_path / "out" / "features.h5"
     export_h5(fs.url, out)
     with h5py.File(out, "r") as h5:
@@ -359,17 +395,35 @@ def test_prune_and_current(tmp_path: Path) -> None:
 
 
 def test_foreign_layout_falls_back_to_zarr(fs: FeatureStore) -> None:
-    """Arrays the fast reader does not recognise (compressed, unsharded) still read through zarr;
-    temp files left by an interrupted atomic write are not mistaken for arrays."""
+    """Arrays the direct reader does not recognise (compressed, unsharded) still read through zarr."""
     fs.write_video("v1", make_arrays(5))
-    group = zarr.open_group(zarr.storage.LocalStore(fs.url), path="v1", mode="r+")
-    group.create_array("zipped", data=np.arange(5000, dtype=np.int64), chunks=(1000,))  # zstd, 5 chunk files
-    (Path(fs.url) / "v1" / "zarr.1234.partial").write_bytes(b"{")
+    entries: dict = {}
+    zarr.create_array(zarr.storage.MemoryStore(entries), name="zipped", data=np.arange(5000, dtype=np.int64),
+                      chunks=(1000,))  # zstd, 5 chunk files
+    rewrite_archive(fs.url, "v1", put={k: v.to_bytes() for k, v in entries.items() if k.startswith("zipped/")})
     got = fs.read_many(["v1"])["v1"]
     np.testing.assert_array_equal(got["zipped"], np.arange(5000))
-    assert "zarr.1234.partial" not in got and fs.video_ids() == ["v1"]
-    assert shard_layout(json.loads((Path(fs.url) / "v1" / "zipped" / "zarr.json").read_text())) is None
-    assert shard_layout(json.loads((Path(fs.url) / "v1" / "emb" / "zarr.json").read_text())) is not None
+    assert fs.video_ids() == ["v1"]
+    assert verify(fs.url)[0] == "v1: array 'zipped': chunks without checksums (not written by this store)"
+    stored = archive_entries(fs.url, "v1")
+    assert shard_layout(json.loads(stored["zipped/zarr.json"])) is None
+    assert shard_layout(json.loads(stored["emb/zarr.json"])) is not None
+
+
+def test_direct_writer_writes_what_zarr_writes(fs: FeatureStore) -> None:
+    """The direct writer's metadata and shard bytes equal zarr-python's own for the same array."""
+    arrays = make_arrays(300, dim=16, frame_index=np.arange(300), small=np.arange(300, dtype=np.uint8) % 7,
+                         lower=np.ones((300, 2, 16), np.float32))
+    fs.write_video("v1", arrays)
+    stored = archive_entries(fs.url, "v1")
+    dims = store_mod.dimension_names({n: store_mod._prepare_array("v1", n, a) for n, a in arrays.items()})
+    for name, value in arrays.items():
+        ours = {k: v for k, v in stored.items() if k.startswith(f"{name}/")}
+        theirs = _zarr_encoded(name, store_mod._prepare_array("v1", name, value), dims[name], store_mod.TARGET_CHUNK_BYTES)
+        assert ours.keys() == theirs.keys(), name
+        assert json.loads(ours[f"{name}/zarr.json"]) == json.loads(theirs[f"{name}/zarr.json"]), name
+        shard = next(k for k in ours if "/c/" in k)
+        assert ours[shard] == theirs[shard], name
 
 
 def _one_video_store(url: str, fp: dict) -> FeatureStore:
@@ -404,4 +458,4 @@ def test_damaged_root_of_a_store_not_named_by_its_fingerprint_is_an_error(tmp_pa
     (Path(url) / "zarr.json").write_bytes(b"not json")
     with pytest.raises(StoreError, match="custom.zarr/zarr.json: the store's root metadata is damaged"):
         FeatureStore.create(url, extractor="grada", fingerprint={"model": "x"})
-    assert (Path(url) / "v1").is_dir()
+    assert (Path(url) / "v1.zip").is_file()
