@@ -244,20 +244,12 @@ def test_rotation_is_applied_on_decode(tmp_path: Path, rotation: int) -> None:
     assert rec.rotation == rotation and Video.from_dict(rec.to_dict()).rotation == rotation
 
 
-def _face_rate(path: Path, limit: int) -> float:
-    from extractors.face_detection import FaceDetectorConfig, iter_face_crops
-
-    last = None
-    found = 0
-    for batch in iter_face_crops(str(path), FaceDetectorConfig(), batch_size=16, limit=limit):
-        found += len(batch.indices)
-        last = batch
-    return found / last.decoded
 
 
 def test_real_clip_stored_sideways_finds_faces_like_upright(realdata: Path, tmp_path: Path) -> None:
-    """The real face clip re-stored sideways with a display matrix (as a phone writes it): the face
-    detector finds faces in as many frames as on the upright clip, and the box is in upright pixels."""
+    """The real face clip re-stored sideways with a display matrix and the pixels turned (as a phone
+    writes it): the default detector finds a face in at least 59 of its 60 frames (the Haar cascade
+    found 45 here, 60 on the upright encode), and the boxes are in upright pixels."""
     clip = realdata / "facenet-examples" / "video.mp4"
     if not clip.exists():
         pytest.skip(f"{clip} absent")
@@ -269,12 +261,15 @@ def test_real_clip_stored_sideways_finds_faces_like_upright(realdata: Path, tmp_
         if len(images) >= n:
             break
     images, times = images[:n], times[:n]
-    upright = _encode(tmp_path / "upright.mp4", images, times)
     sideways = _encode(tmp_path / "sideways.mp4", [np.rot90(im, -1) for im in images], times, rotation=90)
     assert media.probe(sideways).rotation == 90
-    up, side = _face_rate(upright, n), _face_rate(sideways, n)
-    print(f"face found rate on the real clip: upright {up:.3f}, stored sideways + display matrix {side:.3f}")
-    assert up >= 0.9 and side >= up - 0.05
+    from extractors.face_detection import FaceDetectorConfig, track_faces
+
+    tracks = track_faces(str(sideways), FaceDetectorConfig(), limit=n)
+    found = len(set(tracks.frame.tolist()))
+    print(f"frames with a face on the real clip stored sideways + display matrix: {found} of {n}")
+    assert tracks.decoded == n and tracks.frame_size == (1080, 1920) and found >= 59
+    assert tracks.box[:, 2].max() > 1080 and tracks.box[:, 3].max() <= 1080  # upright (landscape) pixels
 
 
 # ------------------------------------------------------------------------------------- predict CSV
