@@ -66,3 +66,22 @@ def stack_persons(rows: Mapping[str, np.ndarray], persons: int) -> dict[str, np.
     out = {k: np.concatenate([np.asarray(v)] * p) for k, v in rows.items()}
     out[PERSON] = np.repeat(np.arange(p, dtype=np.int32), n)
     return out
+
+
+def by_frame(tables: Mapping[int, Mapping[str, np.ndarray]], after: str = "time") -> dict[str, np.ndarray]:
+    """Per-person tables (each one row per frame, all of one length N) as one table of P x N rows,
+    ordered by frame, then person, with a `person` column right after column `after`. A column
+    missing for a person is NaN in that person's rows."""
+    persons = sorted(tables)
+    names: list[str] = list(dict.fromkeys(k for p in persons for k in tables[p]))
+    n = len(next(iter(tables[persons[0]].values()))) if persons and tables[persons[0]] else 0
+    order = np.arange(n * len(persons)).reshape(len(persons), n).T.ravel()  # frame-major
+    out: dict[str, np.ndarray] = {}
+    for name in names:
+        cols = [np.asarray(tables[p][name]) if name in tables[p] else np.full(n, np.nan) for p in persons]
+        out[name] = np.concatenate(cols)[order] if cols else np.zeros(0)
+        if name == after:
+            out[PERSON] = np.repeat(np.asarray(persons, np.int64)[None, :], n, 0).ravel()
+    if PERSON not in out:
+        out[PERSON] = np.repeat(np.asarray(persons, np.int64)[None, :], n, 0).ravel()
+    return out
