@@ -63,8 +63,8 @@ class FaceDetectorConfig:
     name: "dlib-hog" (default: dlib's frontal-face HOG detector; finds 6 of 6 faces and no false
         one on facenet-pytorch's multiface.jpg, where the Haar cascade reports 8-9 boxes, with
         faces boxed twice and a box on no face);
-        "dlib-cnn" (dlib's MMOD CNN: more turned and occluded faces, but seconds to tens of seconds per 1080p
-        frame on a CPU; a CUDA build of dlib runs it on the GPU); "opencv-haar" (OpenCV's shipped
+        "dlib-cnn" (dlib's MMOD CNN: more turned and occluded faces, but seconds to tens of
+        seconds per 1080p frame on a CPU; a CUDA build of dlib runs it on the GPU); "opencv-haar" (OpenCV's shipped
         frontal cascade: the fallback that needs no dlib, with `align: none`).
     every_n: run the detector on every n-th frame; tracked boxes are held in between.
     smooth: weight of a new detection in the exponential box smoothing (1 = no smoothing).

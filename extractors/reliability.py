@@ -37,10 +37,10 @@ the image analogue of the lip-ring area. ("dark-fraction", the plain share of da
 an alternative.) Limits: it is not a landmark measurement. Lips vs cavity are separated only by
 brightness, so beards, dark lipstick, shadows, teeth (bright: they split the run), head pose and a
 poorly aligned crop (detected faces are aligned like Aff-Wild2's; `align: none` box crops are looser)
-bias it, and on the synthetic demo faces, whose lips and opening share one colour, mouth shape driven by valence moves it
-as much as speech does. It says nothing about *who* speaks. It is only used *relative to the same
-video* (the rule compares with the video mean; `mouth` is scaled per video), which cancels much of the
-per-person bias. (The image statistics are pluggable: `MOUTH_METHODS`.)
+bias it, and on the synthetic demo faces, whose lips and opening share one colour, mouth shape driven
+by valence moves it as much as speech does. By itself it says nothing about *who* speaks (several
+persons: each has its own signal, see above). It is only used *relative to the same video* (the rule
+compares with the video mean; `mouth` is scaled per video), which cancels much of the per-person bias. (The image statistics are pluggable: `MOUTH_METHODS`.)
 
 Smoothing rule (published): on the sequence of face frames, a frame is open when the trailing
 rolling-30 mean of the openness exceeds the video mean (pandas `rolling(30)`: the first 29 face frames

@@ -51,7 +51,8 @@ def _stores(tmp: Path, fps: float, n: int) -> tuple[Video, str, str]:
     """A two-person video: person 0 speaks (mouth open during the voiced middle 3 s), person 1
     listens (mouth closed); both faces are seen throughout. Audio rows cover the whole clip."""
     t0 = (np.arange(n) / fps).astype(np.float32)
-    video = Video("talk", str(tmp / "talk.mp4"), fps, n, n / fps, True, "test", frame_segments=[[0, n + 1, 0.0, 1 / fps]])
+    video = Video("talk", str(tmp / "talk.mp4"), fps, n, n / fps, True, "test",
+                  frame_segments=[[0, n + 1, 0.0, 1 / fps]])
     speech = (t0 >= 1.0) & (t0 < 4.0)
     rel = stack_persons({"t0": t0, "t1": t0 + 1 / fps, "valid": np.ones(n, bool), "face": np.ones(n, np.float32),
                          "mouth_open": np.zeros(n, bool)}, 2)
