@@ -92,13 +92,15 @@ def open_features(store: PathLike, video: str | None = None, *, arrays: Sequence
 
 
 def predict(videos: PathLike | Sequence[PathLike], *, project: PathLike = ".", params: PathLike = "params.yaml",
-            model: str | None = None, out: PathLike = "data/predictions") -> "pandas.DataFrame":
+            model: str | None = None, out: PathLike = "data/predictions",
+            max_faces: int | None = None) -> "pandas.DataFrame":
     """Per-frame predictions for video files (or folders) with a trained project's models.
 
     `project` is a folder where `dvc repro` (or `dvc pull`) has left `data/heads` and `data/fusion`;
     `params` and `out` are relative to it. Exactly what `affcache predict` does (features cached in
     `<out>/features`, one CSV and plot per video there); returns all videos' rows in one DataFrame
-    with a leading `video_id` column. Raises `affcache.stages.StageFailed` if any file failed.
+    with a leading `video_id` column, one row per frame and person (`person`: 0 = the face seen
+    longest; `max_faces` as `--max-faces`). Raises `affcache.stages.StageFailed` if any file failed.
     """
     import pandas as pd
 
@@ -110,7 +112,7 @@ def predict(videos: PathLike | Sequence[PathLike], *, project: PathLike = ".", p
     abs_paths = [Path(p).resolve() for p in paths]
     with working_dir(project):
         check_params_file(Path(params))
-        report = predict_stage.run(Path(params), abs_paths, Path(out), model=model)
+        report = predict_stage.run(Path(params), abs_paths, Path(out), model=model, max_faces=max_faces)
         frames = [pd.read_csv(o["csv"]).assign(video_id=vid) for vid, o in sorted(report.outputs.items())]
     df = pd.concat(frames, ignore_index=True)
     return df[["video_id"] + [c for c in df.columns if c != "video_id"]]

@@ -284,17 +284,21 @@ def export(ctx: click.Context, model: str | None, split: str, template: Path | N
 @click.option("--model", default=None,
               help=f"{', '.join(model_names())} (default: params `predict.model`, "
                    "else the best model on validation).")
+@click.option("--max-faces", type=click.IntRange(min=0), default=None,
+              help="Persons followed per video, the faces seen longest first (default: params "
+                   "`predict.max_faces`, 4; 0 = every tracked face).")
 @click.pass_context
-def predict(ctx: click.Context, videos: tuple[Path, ...], out: Path, model: str | None) -> None:
+def predict(ctx: click.Context, videos: tuple[Path, ...], out: Path, model: str | None, max_faces: int | None) -> None:
     """Run the extractors (cached or fresh) and the trained models on new videos (files, or
     folders: every video file below them; files that share a name get distinct ids).
 
-    Writes <out>/<video>.csv (frame, time, valence, arousal, per-head columns, gate weights) and
-    <out>/<video>.png per video; a video that fails is reported and the others still run.
+    Writes <out>/<video>.csv (frame, time, person, valence, arousal, face and voice columns,
+    per-head columns, gate weights; one row per frame and person) and <out>/<video>.png per video;
+    a video that fails is reported and the others still run.
     """
     from affcache.stages import predict as predict_stage
 
-    _run_stage(predict_stage.run, ctx.obj["params_path"], list(videos), out, model=model)
+    _run_stage(predict_stage.run, ctx.obj["params_path"], list(videos), out, model=model, max_faces=max_faces)
 
 
 # --------------------------------------------------------------------------- params

@@ -9,7 +9,11 @@ avgpool -> Dropout 0.1 -> Linear(1280, 256) -> BatchNorm1d -> Tanh, i.e. a 256-d
 Rows: one per video frame i, t0/t1 = [presentation time of frame i, of frame i + 1) from the file's
 packet timestamps recorded in the index (`Video.frame_grid`, right for variable frame rates); frames without a face
 have `valid=False` and a zero embedding. Detected videos also store `box` [N, 4] (x0, y0, x1, y1 in
-pixels of the upright source frame, NaN without a face; provided crops have no box, so none is stored). Missing faces are *not* filled here (the published face head uses the nearest
+pixels of the upright source frame, NaN without a face; provided crops have no box, so none is stored)
+and follow every person of `detector.max_faces` (`extractors.face_detection`): each person gets its N
+rows, stacked person by person with a `person` column (`pipeline.persons`; one person, the annotated
+subject, unless `max_faces` says otherwise), each crop aligned on five landmarks like Aff-Wild2's
+`cropped_aligned` images. Missing faces are *not* filled here (the published face head uses the nearest
 cached frame): filling is a modelling choice and belongs to the head, the cache stores what was seen.
 
 A video in which no face is found at all is not an error: every row is stored with `valid=False` and a
@@ -47,8 +51,9 @@ from extractors.base import (
     register,
     torch_device,
 )
-from extractors.face_detection import DETECTORS, FaceDetectorConfig, crop_files, iter_face_crops
+from extractors.face_detection import FaceDetectorConfig, crop_files, iter_face_crops
 from pipeline.files import sha256_file
+from pipeline.persons import stack_persons
 from pipeline.progress import advance_to, inner_bar
 from pipeline.records import Video
 
@@ -356,8 +361,9 @@ class GradaFaceExtractor:
               "store_heads": c.store_heads}
         if c.backbone == "grada":
             fp["variant"] = c.variant
-        if c.source != "crops":
+        if c.source != "crops":  # which detector, landmark model and alignment template ran
             fp["detector"] = asdict(c.detector)
+            fp["detector_identity"] = c.detector.identity()
         return fp
 
     def source(self, video: Video) -> str:
@@ -393,7 +399,7 @@ class GradaFaceExtractor:
             model, self.mean, self.std = _hf_backbone(cfg.backbone[3:])
         self.weights_id()  # fail now on an unreadable file, not at fingerprint time
         if cfg.source == "detect":  # ("auto" needs it only for videos without crops: checked per video)
-            DETECTORS[cfg.detector.name](cfg.detector)  # a detector that cannot load fails here, not once per video
+            cfg.detector.check_available("face")  # a detector that cannot load fails here, not once per video
         # channels_last on CPU too: oneDNN's depthwise convs are ~1.3x faster in NHWC (measured, B1 240 px)
         self.model = model.eval().to(self.device).to(memory_format=torch.channels_last)
         self._frozen = self._freeze() if self.device.type == "cpu" and self.cfg.cpu_freeze else None
@@ -522,10 +528,13 @@ class GradaFaceExtractor:
 
     def _detect_batches(self, video: Video, info: dict) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
         info["boxes"] = []  # one [k, 4] array per yielded batch (`compute` stores them as `box`)
-        for batch in iter_face_crops(video.media_path, self.cfg.detector, self.cfg.batch_size, self.cfg.max_frames):
-            info["decoded"] = batch.decoded
+        info["persons_of"] = []  # one [k] array per yielded batch: the person of each crop
+        for batch in iter_face_crops(video.media_path, self.cfg.detector, self.cfg.batch_size, self.cfg.max_frames,
+                                     side=video.side):
+            info["decoded"], info["persons"] = batch.decoded, batch.persons
             if batch.crops:
                 info["boxes"].append(np.asarray(batch.boxes, np.float32).reshape(-1, 4))
+                info["persons_of"].append(np.asarray(batch.persons_of, np.int64))
                 crops = [torch.from_numpy(np.ascontiguousarray(c)).permute(2, 0, 1) for c in batch.crops]
                 yield np.array(batch.indices, dtype=np.int64), self._finish(crops)
 
@@ -540,24 +549,30 @@ class GradaFaceExtractor:
                 if len(idx):
                     advance_to(bar, int(idx.max()) + 1)
             advance_to(bar, prepared.num_rows)
-        n = max(prepared.num_rows, int(prepared.info.get("decoded", 0)))
+        info = prepared.info
+        n = max(prepared.num_rows, int(info.get("decoded", 0)))
         dim = embs[0][1].shape[1] if embs else self._embedding_dim()
         out = empty_face_rows(n, video.fps, dim, video.frame_grid(n))
-        if "boxes" in prepared.info:
+        detected = "boxes" in info
+        if detected:  # every followed person gets n rows (pipeline.persons); a faceless video: person 0
             out["box"] = np.full((n, 4), np.nan, np.float32)
         heads = self.cfg.store_heads and self._has_heads
         if heads:
             out["va_pred"] = np.zeros((n, 2), np.float32)
             out["expr_logits"] = np.zeros((n, 8), np.float32)
-        for (idx, e, va, ex), boxes in zip(embs, prepared.info.get("boxes", [None] * len(embs))):
+        if detected:
+            out = stack_persons(out, int(info.get("persons", 1)))
+        crops_of = info.get("persons_of", [None] * len(embs))
+        for (idx, e, va, ex), boxes, persons in zip(embs, info.get("boxes", [None] * len(embs)), crops_of):
             keep = idx < n
+            rows = idx[keep] + (persons[keep] * n if persons is not None else 0)
             if boxes is not None:
-                out["box"][idx[keep]] = boxes[keep]
-            out["emb"][idx[keep]] = e[keep]
-            out["valid"][idx[keep]] = True
+                out["box"][rows] = boxes[keep]
+            out["emb"][rows] = e[keep]
+            out["valid"][rows] = True
             if heads:
-                out["va_pred"][idx[keep]] = va[keep]
-                out["expr_logits"][idx[keep]] = ex[keep]
+                out["va_pred"][rows] = va[keep]
+                out["expr_logits"][rows] = ex[keep]
         if n and not out["valid"].any():
             log.warning("%s (%s): no face found in any of %d frames; all rows stored invalid",
                         video.video_id, self.source(video), n)

@@ -3,8 +3,9 @@
 Both feed `extractors.reliability` (which owns the published smoothing rule); this module only
 turns a face (or a file) into one raw openness value per frame.
 
-**Landmarks** (`mouth_method: "landmarks"`, the `mouth` extra: `dlib-bin` + `face-recognition-models`,
-whose wheel ships dlib's 68-point iBUG 300-W shape predictor, so it runs offline). The measure is the
+**Landmarks** (`mouth_method: "landmarks"`; `dlib-bin` + `face-recognition-models`, core
+dependencies, whose wheel ships dlib's 68-point iBUG 300-W shape predictor, so it runs offline; on
+videos without crops the face tracker fits the same landmarks and hands over the ratio). The measure is the
 *inner-lip aspect ratio* (`inner_lip_ratio`): the mean of the three inner-lip vertical gaps
 (points 61-67, 62-66, 63-65, 0-based) divided by the inner mouth width (60-64). It is 0 for closed
 lips (the inner upper and lower points coincide) and grows with the opening; being a ratio of two
@@ -28,18 +29,17 @@ fails its video only.
 
 from __future__ import annotations
 
-import importlib.util
 import threading
 from pathlib import Path
 
 import numpy as np
 
+from extractors import dlib_models
 from extractors.base import ExtractorError, VideoError
 
 # 0-based indices into dlib's 68-point layout: inner lip ring 60..67
 INNER_LEFT, INNER_RIGHT = 60, 64
 INNER_TOP, INNER_BOTTOM = (61, 62, 63), (67, 66, 65)
-MOUTH_EXTRA_HINT = "pip install 'affcache[mouth]'"
 
 
 # ------------------------------------------------------------------------------------- the measure
@@ -60,25 +60,13 @@ def inner_lip_ratio(points: np.ndarray) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------ dlib backend
 def predictor_path() -> Path | None:
-    """The 68-point model file of `face-recognition-models`, or None when the package is absent.
-
-    Found through the package's location, without importing it: its `__init__` imports
-    `pkg_resources`, which recent setuptools no longer ship, while the model file is all we need.
-    """
-    spec = importlib.util.find_spec("face_recognition_models")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(list(spec.submodule_search_locations)[0]) / "models" / "shape_predictor_68_face_landmarks.dat"
-    return path if path.is_file() else None
+    """The 68-point model file of `face-recognition-models`, or None when the package is absent."""
+    return dlib_models.model_path("landmarks68")
 
 
 def landmarks_problem() -> str | None:
     """Why landmarks cannot run here (None when dlib and the model file are both present)."""
-    if importlib.util.find_spec("dlib") is None:
-        return f"the dlib package is not installed ({MOUTH_EXTRA_HINT})"
-    if predictor_path() is None:
-        return f"dlib's 68-point model (package face-recognition-models) is not installed ({MOUTH_EXTRA_HINT})"
-    return None
+    return dlib_models.problem("landmarks68")
 
 
 def landmarks_available() -> bool:
@@ -87,18 +75,15 @@ def landmarks_available() -> bool:
 
 def landmarks_identity() -> dict:
     """What the landmark signal depends on, for the store fingerprint: dlib's version and the model."""
-    import dlib
-
-    from extractors.base import weights_fingerprint
-
-    return {"dlib": str(dlib.__version__), "model": weights_fingerprint(str(predictor_path()))}
+    ident = dlib_models.identity("landmarks68")
+    return {"dlib": ident["dlib"], "model": ident["landmarks68"]}
 
 
 class LandmarkMouth:
     """dlib's shape predictor behind one call: (grey image, face rectangle) -> inner-lip ratio.
 
-    Loaded once per process (about 1 s, 100 MB) and shared by the prepare threads: dlib's
-    `shape_predictor::operator()` is const, so concurrent calls are safe.
+    The predictor is the process-wide one of `extractors.dlib_models` (its call is const, so the
+    prepare threads share it).
     """
 
     _shared: "LandmarkMouth | None" = None
@@ -111,7 +96,7 @@ class LandmarkMouth:
         import dlib
 
         self.dlib = dlib
-        self.predictor = dlib.shape_predictor(str(predictor_path()))
+        self.predictor = dlib_models.shared_predictor("reliability mouth_method 'landmarks'")
 
     @classmethod
     def shared(cls) -> "LandmarkMouth":

@@ -3,6 +3,11 @@
 They feed the published cross-modal audio filter (seed-systems B3: an audio window is used when the
 mouth is open >= 25 % of it and face coverage >= 0.8) and reliability-aware fusion.
 
+Several persons (videos without crops, `detector.max_faces`): every person followed gets its own N
+rows of the row arrays below, stacked person by person with a `person` column (`pipeline.persons`), so
+the audio filter and RAAV read the mouth and face coverage of the person they predict for; the voice
+activity rows are the video's, once.
+
 Stored per video (DESIGN.md feature store): t0, t1, valid [N] on the frame grid (frame i: [its presentation
 time, the next frame's), from the packet timestamps in the index record, so variable frame rates keep real times);
 face [N] (1 = crop/detection present), mouth [N] openness (NaN without a face), mouth_open [N] bool
@@ -23,8 +28,8 @@ ships no model files offline. Four methods, all giving one raw value per face fr
   (`extractors.mouth.inner_lip_ratio`: mean inner-lip vertical gap / inner mouth width; its limits are
   in that module's docstring). The rectangle handed to dlib: on aligned crops, the whole crop shrunk
   by `landmark_inset` per side (aligned crops frame the face with a border; dlib was trained on
-  tight detector boxes); on the detect path, the tracked detector box itself (mapped into the crop,
-  which holds a `margin` around it), the box dlib's own detector would give most closely.
+  tight detector boxes); on the detect path, the face tracker's own landmarks, fitted in the tracked
+  detector box on the full frame (`extractors.face_detection.track_faces`).
 - "auto": "landmarks" when dlib and its model are installed, else "dark-extent". The fingerprint
   records the method actually used (and for landmarks dlib's version and the model's digest), so a
   store never silently depends on what is installed.
@@ -35,11 +40,11 @@ the longest vertical run of such pixels, divided by the box height - the height 
 the image analogue of the lip-ring area. ("dark-fraction", the plain share of dark pixels, is kept as
 an alternative.) Limits: it is not a landmark measurement. Lips vs cavity are separated only by
 brightness, so beards, dark lipstick, shadows, teeth (bright: they split the run), head pose and a
-poorly aligned or detected crop (Haar boxes are looser than Aff-Wild2's alignment) bias it, and on the
-synthetic demo faces, whose lips and opening share one colour, mouth shape driven by valence moves it
-as much as speech does. It says nothing about *who* speaks. It is only used *relative to the same
-video* (the rule compares with the video mean; `mouth` is scaled per video), which cancels much of the
-per-person bias. (The image statistics are pluggable: `MOUTH_METHODS`.)
+poorly aligned crop (detected faces are aligned like Aff-Wild2's; `align: none` box crops are looser)
+bias it, and on the synthetic demo faces, whose lips and opening share one colour, mouth shape driven
+by valence moves it as much as speech does. By itself it says nothing about *who* speaks (several
+persons: each has its own signal, see above). It is only used *relative to the same video* (the rule
+compares with the video mean; `mouth` is scaled per video), which cancels much of the per-person bias. (The image statistics are pluggable: `MOUTH_METHODS`.)
 
 Smoothing rule (published): on the sequence of face frames, a frame is open when the trailing
 rolling-30 mean of the openness exceeds the video mean (pandas `rolling(30)`: the first 29 face frames
@@ -65,7 +70,7 @@ from typing import Callable, ClassVar
 import numpy as np
 
 from extractors.base import ExtractorError, VideoError, register
-from extractors.face_detection import DETECTORS, FaceDetectorConfig, crop_files, iter_face_crops
+from extractors.face_detection import FaceDetectorConfig, crop_files, iter_face_crops, persons_of
 from extractors.mouth import LandmarkMouth, landmarks_available, landmarks_identity, landmarks_problem, read_mouth_csv_columns
 from extractors.vad import VAD_BACKENDS, resolve_vad_backend, silero_available, silero_model, vad_times, voice_activity
 from pipeline.records import Video
@@ -303,10 +308,11 @@ def mouth_open_rule(openness: np.ndarray, face: np.ndarray, fps: float, cfg: Rel
 @dataclass
 class ReliabilityPrepared:
     num_rows: int
-    face: np.ndarray  # [N] bool
-    mouth_raw: np.ndarray  # [N] float, NaN without a face
+    face: np.ndarray  # [P, N] bool (P persons; provided crops: one)
+    mouth_raw: np.ndarray  # [P, N] float, NaN without a face
     vad: np.ndarray  # [M]
-    open_raw: np.ndarray | None = None  # [N] bool: an open flag read from the CSV (before smoothing)
+    open_raw: np.ndarray | None = None  # [P, N] bool: an open flag read from the CSV (before smoothing)
+    persons: bool = False  # detect path: store the rows person by person with a `person` column
 
 
 @register("reliability", modality="reliability", default=True)
@@ -335,6 +341,8 @@ class ReliabilityExtractor:
         if method == "csv":
             fp.update({k: getattr(self.cfg, k) for k in CSV_KEYS if k != "mouth_csv_dir"})
         fp.update({k: getattr(self.cfg, k) for k, default in LATER_KEYS.items() if getattr(self.cfg, k) != default})
+        if self.cfg.source != "crops":  # which detector, landmark model and alignment template ran
+            fp["detector_identity"] = self.cfg.detector.identity(landmarks=method == "landmarks")
         if self.vad_backend == "silero":
             from importlib.metadata import version
 
@@ -347,7 +355,7 @@ class ReliabilityExtractor:
         if self.mouth_method == "landmarks":
             self._landmarks = LandmarkMouth.shared()
         if self.cfg.source == "detect":  # "auto" needs it only for videos without crops
-            DETECTORS[self.cfg.detector.name](self.cfg.detector)  # fail now if the detector cannot load
+            self.cfg.detector.check_available("reliability", landmarks=self.mouth_method == "landmarks")
 
     def source(self, video: Video) -> str | tuple[str, str]:
         """The crops folder when crops are used (its file list keys the cache), else the media file;
@@ -367,20 +375,24 @@ class ReliabilityExtractor:
     def prepare(self, video: Video) -> ReliabilityPrepared:
         if video.fps <= 0:
             raise VideoError(f"{video.media_path}: fps {video.fps} is not positive; re-index the dataset")
+        crops = self._use_crops(video)
         if self.cfg.face_from_csv:  # no image is read: the CSV gives face and mouth
             n = int(video.num_frames) if not self.cfg.max_frames else min(int(video.num_frames), self.cfg.max_frames)
-            face, mouth = np.zeros(n, bool), np.full(n, np.nan)
+            face, mouth = np.zeros((1, n), bool), np.full((1, n), np.nan)
         else:
-            face, mouth = self._crops_signals(video) if self._use_crops(video) else self._detect_signals(video)
+            face, mouth = self._crops_signals(video) if crops else self._detect_signals(video)
         open_raw = None
-        if self.mouth_method == "csv":
-            columns, present = self._csv_columns(video, face.shape[0])
+        if self.mouth_method == "csv":  # the annotated subject's file: person 0; NaN without a face
+            columns, present = self._csv_columns(video, face.shape[1])
             if self.cfg.face_from_csv:
-                face = present
-            mouth = np.where(face, columns[self.cfg.mouth_csv_value_column], np.nan)  # NaN without a face
-            if self.cfg.mouth_csv_open_column:
-                open_raw = face & (np.nan_to_num(columns[self.cfg.mouth_csv_open_column]) > 0.5)
-        return ReliabilityPrepared(face.shape[0], face, mouth, self._vad(video), open_raw)
+                face[0] = present
+            mouth = np.full(face.shape, np.nan)
+            mouth[0] = np.where(face[0], columns[self.cfg.mouth_csv_value_column], np.nan)
+            if self.cfg.mouth_csv_open_column:  # other persons have no flag: closed
+                open_raw = np.zeros(face.shape, bool)
+                open_raw[0] = face[0] & (np.nan_to_num(columns[self.cfg.mouth_csv_open_column]) > 0.5)
+        persons = not (crops or self.cfg.face_from_csv)
+        return ReliabilityPrepared(face.shape[1], face, mouth, self._vad(video), open_raw, persons)
 
     def _csv_columns(self, video: Video, n: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """The CSV's columns (and which frames it lists) on the first `n` frames. Frame numbers are
@@ -430,24 +442,26 @@ class ReliabilityExtractor:
             if gray is None:
                 raise VideoError(f"{p}: unreadable crop; re-extract it, or delete it to mark 'no face'")
             face[i], mouth[i] = True, self._score(gray)
-        return face, mouth
+        return face[None], mouth[None]
 
     def _detect_signals(self, video: Video) -> tuple[np.ndarray, np.ndarray]:
+        """[P, N] face and raw mouth of every followed person. Landmarks: the inner-lip ratio of the
+        68 points the tracker fitted on the frame; image statistics: on the aligned crops."""
         import cv2
 
         limit = self.cfg.max_frames
-        n = int(video.num_frames) if not limit else min(int(video.num_frames), limit)
-        face, mouth = np.zeros(n, bool), np.full(n, np.nan)
-        for batch in iter_face_crops(video.media_path, self.cfg.detector, batch_size=32, limit=limit):
-            if batch.decoded > face.shape[0]:  # more frames than the index says: extend
-                face = np.r_[face, np.zeros(batch.decoded - face.shape[0], bool)]
-                mouth = np.r_[mouth, np.full(batch.decoded - mouth.shape[0], np.nan)]
-            for i, crop, box, (ox, oy) in zip(batch.indices, batch.crops, batch.boxes, batch.origins):
-                face[i] = True
-                if self.mouth_method == "csv":
-                    continue
-                in_crop = (box[0] - ox, box[1] - oy, box[2] - ox, box[3] - oy)  # the detector's box
-                mouth[i] = self._score(cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY), in_crop)
+        det = self.cfg.detector
+        tracks = persons_of(video.media_path, det, limit, video.side, landmarks=self.mouth_method == "landmarks")
+        n = max(int(video.num_frames) if not limit else min(int(video.num_frames), limit), tracks.decoded)
+        p = max(1, tracks.persons)
+        face, mouth = np.zeros((p, n), bool), np.full((p, n), np.nan)
+        face[tracks.person, tracks.frame] = True
+        if self.mouth_method == "landmarks":
+            mouth[tracks.person, tracks.frame] = tracks.lip
+        elif self.mouth_method in MOUTH_METHODS:
+            for batch in iter_face_crops(video.media_path, det, batch_size=32, limit=limit, tracks=tracks):
+                for i, person, crop in zip(batch.indices, batch.persons_of, batch.crops):
+                    mouth[person, i] = self._score(cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY))
         return face, mouth
 
     def _vad(self, video: Video) -> np.ndarray:
@@ -464,20 +478,25 @@ class ReliabilityExtractor:
         return voice_activity(wave, self.cfg.audio_rate, self.cfg.vad_hop, self.cfg.vad_win, self.vad_backend)
 
     def compute(self, video: Video, prepared: ReliabilityPrepared) -> dict[str, np.ndarray]:
+        """Per person (rows stacked person by person, `pipeline.persons`, on the detect path): face,
+        mouth normalised on that person's own frames and the open/closed rule on that person's own
+        sequence; the voice activity rows once, for the whole video."""
         n, fps = prepared.num_rows, video.fps
         t0, t1 = video.frame_grid(n)  # real frame times (VFR-safe), not i / fps
         m = prepared.vad.shape[0]
         vad_t0, vad_t1 = vad_times(m, self.cfg.vad_hop, self.cfg.vad_win)
-        return {
-            "t0": t0.astype(np.float32),
-            "t1": t1.astype(np.float32),
-            "valid": np.ones(n, bool),
-            "face": prepared.face.astype(np.float32),
-            "mouth": normalise_per_video(prepared.mouth_raw),
-            "mouth_raw": prepared.mouth_raw.astype(np.float32),
-            "mouth_open": (mouth_open_rule(prepared.mouth_raw, prepared.face, fps, self.cfg) if prepared.open_raw is None
-                           else smooth_open(prepared.open_raw, fps, self.cfg)),
-            "vad": prepared.vad.astype(np.float32),
-            "vad_t0": vad_t0,
-            "vad_t1": vad_t1,
+        face, raw = prepared.face, prepared.mouth_raw
+        rows = {
+            "t0": np.tile(t0.astype(np.float32), len(face)),
+            "t1": np.tile(t1.astype(np.float32), len(face)),
+            "valid": np.ones(face.size, bool),
+            "face": face.astype(np.float32).ravel(),
+            "mouth": np.concatenate([normalise_per_video(r) for r in raw]),
+            "mouth_raw": raw.astype(np.float32).ravel(),
+            "mouth_open": np.concatenate([
+                mouth_open_rule(r, f, fps, self.cfg) if prepared.open_raw is None else smooth_open(prepared.open_raw[i], fps, self.cfg)
+                for i, (r, f) in enumerate(zip(raw, face))]),
         }
+        if prepared.persons:
+            rows["person"] = np.repeat(np.arange(len(face), dtype=np.int32), n)
+        return {**rows, "vad": prepared.vad.astype(np.float32), "vad_t0": vad_t0, "vad_t1": vad_t1}

@@ -114,12 +114,26 @@ def _column_on_grid(col, t0, t1, f: int, fps: float, times: np.ndarray | None = 
     return v
 
 
+def person_group(group: dict | None, person: int) -> dict | None:
+    """One person's view of a store group (`pipeline.persons`): a group with a `person` column gives
+    that person's rows (None when it does not hold the person); a group without one (audio and
+    behaviour describe the whole video; provided crops are one person) serves every person as is."""
+    from pipeline.persons import PERSON, person_ids, select_person
+
+    if group is None or PERSON not in group:
+        return group
+    return select_person(group, person) if person in person_ids(group) else None
+
+
 def load_head_videos(videos: Sequence, store_url: str | None, task: str = "va",
-                     reliability_url: str | None = None, arrays: Sequence[str] | None = None) -> list[HeadVideo]:
+                     reliability_url: str | None = None, arrays: Sequence[str] | None = None,
+                     person: int = 0) -> list[HeadVideo]:
     """Build HeadVideos from index records (`pipeline.records.Video`), a feature store and labels.
 
     Reads every store group into RAM once (`FeatureStore.read_many`). Labels are reconciled with
-    the decoded frame count by `pipeline.labels.reconcile` (the label grid wins).
+    the decoded frame count by `pipeline.labels.reconcile` (the label grid wins). `person`: whose
+    rows of stores that hold several persons (`person_group`); training reads person 0, the
+    annotated subject (the only one the dataset stages extract).
     """
     from pipeline import labels as plabels  # local import: only needed when building from files
     from pipeline.store import FeatureStore
@@ -143,8 +157,8 @@ def load_head_videos(videos: Sequence, store_url: str | None, task: str = "va",
             f = len(lab.valid)
         else:
             f = int(v.label_frames.get(task, v.num_frames))
-        g = groups.get(v.video_id)
-        r = rel.get(v.video_id)
+        g = person_group(groups.get(v.video_id), person)
+        r = person_group(rel.get(v.video_id), person)
         out.append(HeadVideo(v.video_id, v.split, float(v.fps), f, lab,
                              {k: np.asarray(g[k]) for k in g} if g is not None else {},
                              {k: np.asarray(r[k]) for k in r} if r is not None else None,

@@ -227,6 +227,7 @@ def _shown(value: Any) -> str:
 # --------------------------------------------------------------------------- the whole file
 
 Positive = Annotated[int, pydantic.Field(ge=1)]
+NonNegative = Annotated[int, pydantic.Field(ge=0)]
 
 
 @dataclass
@@ -293,6 +294,7 @@ class PredictParams:
     device: str = "auto"
     keep_old_stores: bool = False
     features: str | None = None
+    max_faces: NonNegative = 4  # persons followed per video (`--max-faces`; 0 = every tracked face)
 
 
 @dataclass

@@ -62,6 +62,15 @@ class Video:
         return b[:-1], b[1:]
 
     @property
+    def side(self) -> str | None:
+        """"left"/"right" for Aff-Wild2's two-person ids (`<name>_left`, `<name>_right`): the
+        annotated subject is the face on that side of the shared media file; None otherwise."""
+        for side in ("left", "right"):
+            if self.video_id.endswith(f"_{side}"):
+                return side
+        return None
+
+    @property
     def media_key(self) -> str:
         return str(Path(self.media_path).resolve())
 

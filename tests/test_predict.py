@@ -144,13 +144,14 @@ def first_run(project: Path, inputs: dict[str, Path]):
 def test_predict_writes_csv_and_plot_per_video(first_run, inputs) -> None:
     out, result = first_run
     assert result.exit_code == 0, result.output
-    for key in ("speaker", "silent"):
+    for key, persons in (("speaker", 2), ("silent", 1)):  # the demo's two-person clip; no face: one row set
         header, rows = read_csv(out / f"{key}.csv")
-        assert header[:4] == ["frame", "time", "valence", "arousal"]
+        assert header[:5] == ["frame", "time", "person", "valence", "arousal"]
         assert {f"{h}_{d}" for h in HEADS for d in ("valence", "arousal")} <= set(header)
         assert any(c.startswith("gate_") for c in header)  # the gated_moe expert weights
-        assert len(rows) == decoded_frames(inputs[key])
-        assert [int(r[0]) for r in rows] == list(range(len(rows)))
+        n = decoded_frames(inputs[key])
+        assert len(rows) == n * persons
+        assert [(int(r[0]), int(r[2])) for r in rows] == [(f, p) for f in range(n) for p in range(persons)]
         png = out / f"{key}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     header, rows = read_csv(out / "silent.csv")
@@ -158,16 +159,25 @@ def test_predict_writes_csv_and_plot_per_video(first_run, inputs) -> None:
     assert all(r[audio] == "" for r in rows), "no audio track: the audio head must be masked, not zero"
     assert all(r[2] != "" for r in rows), "the fusion still predicts from the other modalities"
     assert all(r[header.index("vad")] == "" for r in rows), "no audio track: no voice activity value"
-    header, rows = read_csv(out / "speaker.csv")
-    assert any(r[header.index("audio_valence")] != "" for r in rows)
-    found = np.array([r[header.index("face_found")] for r in rows])
+    header, all_rows = read_csv(out / "speaker.csv")
+    assert any(r[header.index("audio_valence")] != "" for r in all_rows)
+    found = np.array([r[header.index("face_found")] for r in all_rows])
     assert set(found) <= {"0", "1"} and (found == "1").any()
     box = np.array([[float(x) if x else np.nan for x in r[header.index("face_x0"):header.index("face_y1") + 1]]
-                    for r in rows])
+                    for r in all_rows])
     assert (np.isfinite(box).all(1) == (found == "1")).all(), "a box exactly where a face was found"
     assert (box[found == "1", 2] > box[found == "1", 0]).all()
+    person = np.array([int(r[2]) for r in all_rows])
+    centre = (box[:, 0] + box[:, 2]) / 2
+    # person 0 is the face seen longest: the left one, in every frame; the right one turns away once
+    assert (found[person == 0] == "1").all() and (centre[person == 0] < 80).all()
+    assert (found[person == 1] == "0").any() and (centre[(person == 1) & (found == "1")] > 80).all()
+    mouth = np.array([r[header.index("mouth_open")] for r in all_rows])
+    assert set(mouth[found == "1"]) <= {"0", "1"} and (mouth[found == "0"] == "").all()
+    rows = [r for r in all_rows if r[2] == "0"]
     vad = np.array([float(r[header.index("vad")]) for r in rows if r[header.index("vad")] != ""])
     assert len(vad) >= 0.9 * len(rows) and ((vad >= 0) & (vad <= 1)).all() and vad.max() > 0.5  # speaks
+    assert [r[header.index("vad")] for r in all_rows if r[2] == "1"] == [r[header.index("vad")] for r in rows]
     times = np.array([float(r[1]) for r in rows])
     assert np.all(np.diff(times) > 0) and times[0] == 0.0
     gates = np.array([[float(x) for x in r[header.index("gate_face"):]] for r in rows if r[2] != ""])
@@ -199,6 +209,19 @@ def test_predict_never_touches_the_tracked_feature_stores(first_run, project) ->
 
         for m in MODALITIES:
             assert "speaker" not in FeatureStore.open(read_current(f"data/features/{m}")).video_ids()
+
+
+def test_max_faces_follows_fewer_persons(first_run, project, inputs) -> None:
+    """`--max-faces 1`: one person per video (the face seen longest), rows one per frame."""
+    out = project.parent / "one_face"
+    with cwd(project):
+        result = CliRunner().invoke(main, ["predict", str(inputs["speaker"]), "--out", str(out), "--max-faces", "1"])
+    assert result.exit_code == 0, result.output
+    header, rows = read_csv(out / "speaker.csv")
+    assert len(rows) == decoded_frames(inputs["speaker"]) and {r[2] for r in rows} == {"0"}
+    _, two = read_csv(first_run[0] / "speaker.csv")
+    same = [r[header.index("face_x0")] for r in rows] == [r[header.index("face_x0")] for r in two if r[2] == "0"]
+    assert same, "person 0 is the same face whatever the number of persons followed"
 
 
 def test_second_run_reuses_the_cache(first_run, project, inputs) -> None:
@@ -274,8 +297,9 @@ def test_unimodal_model_from_params(first_run, project, inputs) -> None:
     result = predict_with_model(project, "face", inputs["silent"], out)
     assert result.exit_code == 0, result.output
     header, rows = read_csv(out / "silent.csv")
-    assert header == ["frame", "time", "valence", "arousal", "face_found", "face_x0", "face_y0", "face_x1",
-                      "face_y1", "vad", "face_valence", "face_arousal"]
+    assert header == ["frame", "time", "person", "valence", "arousal", "face_found", "face_x0", "face_y0", "face_x1",
+                      "face_y1", "mouth_open", "vad", "face_valence", "face_arousal"]
+    assert all(r[header.index("mouth_open")] == "" for r in rows)  # the face head reads no reliability store
     assert all(r[header.index("vad")] == "" for r in rows)  # the face head reads no audio
     report = json.loads((out / "predict_report.json").read_text())
     assert set(report["extraction"]) == {"face"}
@@ -287,7 +311,7 @@ def test_raav_fusion_from_params(first_run, project, inputs) -> None:
     assert result.exit_code == 0, result.output
     header, rows = read_csv(out / "speaker.csv")
     assert header[-2:] == ["gate_face", "gate_behavior"]  # RAAV's visual reliability weights
-    assert len(rows) == decoded_frames(inputs["speaker"])
+    assert len(rows) == 2 * decoded_frames(inputs["speaker"])  # two persons, each with its own prediction
 
 
 def test_missing_heads_name_the_path_and_the_fix(tmp_path, inputs) -> None:
@@ -396,6 +420,7 @@ def test_readme_python_api_example_runs(project: Path, inputs: dict[str, Path], 
     np.testing.assert_array_equal(ds["t0"].values, features[namespace["video_id"]]["t0"])
     assert {"silent", "speaker"} <= set(tree.children)
     assert list(df.columns[:3]) == ["video_id", "frame", "time"]
-    for vid, src in (("speaker", inputs["speaker"]), ("silent", inputs["silent"])):
-        assert (df["video_id"] == vid).sum() == decoded_frames(src)
+    for vid, src, persons in (("speaker", inputs["speaker"], 2), ("silent", inputs["silent"], 1)):
+        assert (df["video_id"] == vid).sum() == decoded_frames(src) * persons
+        assert sorted(df.loc[df["video_id"] == vid, "person"].unique()) == list(range(persons))
     assert df["valence"].between(-1, 1).all()

@@ -174,8 +174,8 @@ def mouth_rule_on(ex, video, face, tmp_path):
     from extractors.reliability import ReliabilityPrepared
 
     columns, _ = ex._csv_columns(video, video.num_frames)
-    prepared = ReliabilityPrepared(video.num_frames, face, np.where(face, columns["surface_area_mouth"], np.nan),
-                                   np.zeros(0, np.float32))
+    mouth = np.where(face, columns["surface_area_mouth"], np.nan)
+    prepared = ReliabilityPrepared(video.num_frames, face[None], mouth[None], np.zeros(0, np.float32))  # one person
     return ex.compute(video, prepared)["mouth_open"]
 
 

@@ -244,20 +244,12 @@ def test_rotation_is_applied_on_decode(tmp_path: Path, rotation: int) -> None:
     assert rec.rotation == rotation and Video.from_dict(rec.to_dict()).rotation == rotation
 
 
-def _face_rate(path: Path, limit: int) -> float:
-    from extractors.face_detection import FaceDetectorConfig, iter_face_crops
-
-    last = None
-    found = 0
-    for batch in iter_face_crops(str(path), FaceDetectorConfig(), batch_size=16, limit=limit):
-        found += len(batch.indices)
-        last = batch
-    return found / last.decoded
 
 
 def test_real_clip_stored_sideways_finds_faces_like_upright(realdata: Path, tmp_path: Path) -> None:
-    """The real face clip re-stored sideways with a display matrix (as a phone writes it): the face
-    detector finds faces in as many frames as on the upright clip, and the box is in upright pixels."""
+    """The real face clip re-stored sideways with a display matrix and the pixels turned (as a phone
+    writes it): the default detector finds a face in at least 59 of its 60 frames (its faces are
+    ~75 px: a detector view below ~1600 px misses some), and the boxes are in upright pixels."""
     clip = realdata / "facenet-examples" / "video.mp4"
     if not clip.exists():
         pytest.skip(f"{clip} absent")
@@ -269,12 +261,15 @@ def test_real_clip_stored_sideways_finds_faces_like_upright(realdata: Path, tmp_
         if len(images) >= n:
             break
     images, times = images[:n], times[:n]
-    upright = _encode(tmp_path / "upright.mp4", images, times)
     sideways = _encode(tmp_path / "sideways.mp4", [np.rot90(im, -1) for im in images], times, rotation=90)
     assert media.probe(sideways).rotation == 90
-    up, side = _face_rate(upright, n), _face_rate(sideways, n)
-    print(f"face found rate on the real clip: upright {up:.3f}, stored sideways + display matrix {side:.3f}")
-    assert up >= 0.9 and side >= up - 0.05
+    from extractors.face_detection import FaceDetectorConfig, track_faces
+
+    tracks = track_faces(str(sideways), FaceDetectorConfig(), limit=n)
+    found = len(set(tracks.frame.tolist()))
+    print(f"frames with a face on the real clip stored sideways + display matrix: {found} of {n}")
+    assert tracks.decoded == n and tracks.frame_size == (1080, 1920) and found >= 59
+    assert tracks.box[:, 2].max() > 1080 and tracks.box[:, 3].max() <= 1080  # upright (landscape) pixels
 
 
 # ------------------------------------------------------------------------------------- predict CSV
@@ -303,7 +298,8 @@ def test_predict_frame_columns_face_box_and_vad(tmp_path: Path) -> None:
                           "vad_t1": (vt0 + 0.02).astype(np.float32)})
     rel.consolidate()
     cols = frame_columns(video, {"face": str(tmp_path / "face.zarr"), "reliability": str(tmp_path / "rel.zarr")})
-    assert list(cols) == ["time", "face_found", "face_x0", "face_y0", "face_x1", "face_y1", "vad"]
+    assert list(cols) == ["time", "face_found", "face_x0", "face_y0", "face_x1", "face_y1", "mouth_open", "vad"]
+    assert np.isnan(cols["mouth_open"]).all()  # the reliability store here has no mouth signal
     assert cols["face_found"].tolist() == [1, 1, 0, 0, 1, 1]
     assert cols["face_x0"][0] == 1.0 and cols["face_y1"][4] == 14.0 and np.isnan(cols["face_x0"][2])
     assert cols["vad"][:2].tolist() == [0.0, 0.0] and cols["vad"][3] == 1.0 and np.isnan(cols["vad"][5])
@@ -311,3 +307,37 @@ def test_predict_frame_columns_face_box_and_vad(tmp_path: Path) -> None:
 
     empty = frame_columns(video, {})
     assert np.isnan(empty["face_found"]).all() and np.isnan(empty["vad"]).all()
+
+
+def test_predict_frame_columns_per_person(tmp_path: Path) -> None:
+    """Stores of two persons (rows stacked person by person, `person` column): each person's face,
+    box and mouth; the voice activity is the video's, the same for both."""
+    from pipeline.persons import stack_persons
+    from affcache.stages.predict import frame_columns, video_persons
+    from pipeline.store import FeatureStore
+
+    video = Video("v", str(tmp_path / "v.mp4"), 10.0, 4, 0.4, True, "test", frame_segments=[[0, 5, 0.0, 0.1]])
+    t0 = (np.arange(4) / 10).astype(np.float32)
+    base = {"emb": np.zeros((4, 2), np.float32), "t0": t0, "t1": t0 + 0.1, "valid": np.zeros(4, bool),
+            "box": np.full((4, 4), np.nan, np.float32)}
+    face_rows = stack_persons(base, 2)
+    face_rows["valid"][[0, 1, 5, 6, 7]] = True  # person 0 in frames 0-1, person 1 in frames 1-3
+    face_rows["box"][[0, 1]] = [10, 10, 20, 20]
+    face_rows["box"][[5, 6, 7]] = [50, 10, 60, 20]
+    face = FeatureStore.create(str(tmp_path / "face.zarr"), extractor="grada", fingerprint={"t": 1})
+    face.write_video("v", face_rows)
+    rel_rows = stack_persons({"t0": t0, "t1": t0 + 0.1, "valid": np.ones(4, bool),
+                              "face": np.zeros(4, np.float32), "mouth_open": np.zeros(4, bool)}, 2)
+    rel_rows["face"][[0, 1, 5, 6, 7]] = 1.0
+    rel_rows["mouth_open"][[5, 6]] = True  # person 1 speaks
+    vt0 = np.arange(0, 0.4, 0.02).astype(np.float32)
+    rel = FeatureStore.create(str(tmp_path / "rel.zarr"), extractor="reliability", fingerprint={"t": 1})
+    rel.write_video("v", {**rel_rows, "vad": np.ones(len(vt0), np.float32), "vad_t0": vt0, "vad_t1": vt0 + 0.02})
+    urls = {"face": str(tmp_path / "face.zarr"), "reliability": str(tmp_path / "rel.zarr")}
+    assert video_persons(video, urls) == [0, 1]
+    p0, p1 = (frame_columns(video, urls, person=p) for p in (0, 1))
+    assert p0["face_found"].tolist() == [1, 1, 0, 0] and p1["face_found"].tolist() == [0, 1, 1, 1]
+    assert p0["face_x0"][0] == 10 and p1["face_x0"][1] == 50 and np.isnan(p1["face_x0"][0])
+    assert np.isnan(p0["mouth_open"][2]) and p0["mouth_open"][:2].tolist() == [0, 0]  # no face: no value
+    assert np.isnan(p1["mouth_open"][0]) and p1["mouth_open"][1:].tolist() == [1, 1, 0]
+    assert np.array_equal(p0["vad"], p1["vad"]) and np.array_equal(p0["time"], p1["time"])

@@ -83,6 +83,37 @@ def make_video(path: Path, seconds: float = 2.0, fps: int = 10, size: tuple[int,
     return path
 
 
+def write_frames(path: Path, images: list[np.ndarray], fps: int = 10, audio: np.ndarray | None = None,
+                 sample_rate: int = 16000) -> Path:
+    """Write RGB `images` (all one size, even sides) as H.264 at `fps`, with optional mono `audio`
+    (float32 at `sample_rate`, starting with the first frame)."""
+    import av
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    h, w = images[0].shape[:2]
+    with av.open(str(path), mode="w") as out:
+        vs = out.add_stream("libx264", rate=fps)
+        vs.width, vs.height, vs.pix_fmt = w, h, "yuv420p"
+        as_ = out.add_stream("aac", rate=sample_rate, layout="mono") if audio is not None else None
+        for i, img in enumerate(images):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img, np.uint8), format="rgb24")
+            frame.pts, frame.time_base = i, Fraction(1, fps)
+            for pkt in vs.encode(frame):
+                out.mux(pkt)
+        for pkt in vs.encode():
+            out.mux(pkt)
+        if as_ is not None:
+            for k in range(0, audio.size, 1024):
+                af = av.AudioFrame.from_ndarray(audio[None, k:k + 1024].astype(np.float32), format="flt", layout="mono")
+                af.sample_rate, af.pts, af.time_base = sample_rate, k, Fraction(1, sample_rate)
+                for pkt in as_.encode(af):
+                    out.mux(pkt)
+            for pkt in as_.encode():
+                out.mux(pkt)
+    return path
+
+
 def video_record(path: Path, video_id: str, seconds: float, fps: float, has_audio: bool = True) -> Video:
     """A `Video` record for a file written by `make_video` (fps/frames as written)."""
     n = int(round(seconds * fps))

@@ -11,7 +11,11 @@ the same file twice recomputes nothing and a changed `extract.*` param starts a 
 
 params (all optional): `predict.model` (a model name of heads.registry: a head or `fusion_<fusion>`;
 default: the best model in metrics/summary.json, else `heads.registry.DEFAULT_MODEL`), `predict.device` ("auto"),
-`predict.keep_old_stores` (false). Extraction reads `extract.<modality>` like the extraction stages.
+`predict.keep_old_stores` (false), `predict.max_faces` (4; `--max-faces`). Extraction reads
+`extract.<modality>` like the extraction stages, except that the face detector follows up to
+`max_faces` persons (`detector.max_faces`): every person gets its own rows (a `person` column; the
+face head reads that person's crops, the audio filter and RAAV that person's mouth and face
+coverage; audio and behaviour are the video's), frame by frame.
 When EXPR models were trained, the CSV also holds per-frame class probabilities `p_neutral` ...
 `p_other` of the best evaluated EXPR model (metrics/expr_summary.json; else expr_fusion_gated_moe),
 provided the features it reads were extracted for the chosen VA model.
@@ -59,8 +63,12 @@ class PredictReport:
         return {"model": self.model, "extraction": self.extraction, "outputs": self.outputs, "failed": self.failed}
 
 
-def run(params_path: Path, videos: list[Path], out: Path, model: str | None = None) -> PredictReport:
-    """Predict every video; raise StageFailed at the end if any video (or one of its modalities) failed."""
+def run(params_path: Path, videos: list[Path], out: Path, model: str | None = None,
+        max_faces: int | None = None) -> PredictReport:
+    """Predict every video; raise StageFailed at the end if any video (or one of its modalities) failed.
+
+    `max_faces`: persons followed per video (`--max-faces`; default `predict.max_faces`, 4; 0 = every
+    tracked face): each gets its own rows in the CSV (`person` column)."""
     params = load_params(params_path)
     layout = Layout.from_params(params)
     out = Path(out)
@@ -68,15 +76,21 @@ def run(params_path: Path, videos: list[Path], out: Path, model: str | None = No
     report = PredictReport(model=predictor.model)
     records = probe_videos(expand_inputs(videos), report)
     cache = str(params.get("predict.features") or out / "features")
-    urls = extract(params, layout, stores_needed(predictor), records, cache, report) if records else {}
+    faces = int(max_faces if max_faces is not None else params.get("predict.max_faces", DEFAULT_MAX_FACES))
+    urls = extract(params, layout, stores_needed(predictor), records, cache, report, faces) if records else {}
     usable = [v for v in records if extracted(v, report)]
-    if usable:
-        inputs = head_videos(usable, urls, predictor.modalities, report)
+    persons = {v.video_id: video_persons(v, urls, report) for v in usable}
+    results: dict[str, dict[int, tuple]] = {v.video_id: {} for v in usable}
+    for p in range(max((len(ps) for ps in persons.values()), default=0)):
+        batch = [v for v in usable if p < len(persons[v.video_id])]
+        inputs = head_videos(batch, urls, predictor.modalities, report, person=p)
         predictions = _guarded(predictor.model, predictor.predict, inputs)
-        expr = expr_probabilities(params, layout, usable, urls, report)
-        for v in usable:
-            report.outputs[v.video_id] = write_outputs(v, predictions[v.video_id], out, frame_columns(v, urls, report),
-                                                       expr.get(v.video_id))
+        expr = expr_probabilities(params, layout, batch, urls, report, person=p)
+        for v in batch:
+            results[v.video_id][p] = (predictions[v.video_id], frame_columns(v, urls, report, person=p),
+                                      expr.get(v.video_id))
+    for v in usable:
+        report.outputs[v.video_id] = write_outputs(v, results[v.video_id], out)
     remove_stale_outputs(report, out)
     write_json(out / REPORT, report.to_json())
     log.info("predict (%s): %d video(s) predicted -> %s; %d problem(s)", predictor.model, len(report.outputs), out,
@@ -220,16 +234,22 @@ def probe_videos(paths: list[Path], report: PredictReport) -> list[Video]:
 # --------------------------------------------------------------------------- features
 
 
+DEFAULT_MAX_FACES = 4
+
+
 def extract(params: Params, layout: Layout, modalities: list[str], records: list[Video], root: str,
-            report: PredictReport) -> dict[str, str]:
-    """Run each modality's extractor into `root` (cached per fingerprint); returns {modality: store URL}."""
+            report: PredictReport, max_faces: int = DEFAULT_MAX_FACES) -> dict[str, str]:
+    """Run each modality's extractor into `root` (cached per fingerprint); returns {modality: store URL}.
+
+    Extractors that detect faces (face, reliability) follow up to `max_faces` persons (their
+    `detector.max_faces`; the rest of `extract.<modality>` as in training)."""
     from extractors.base import ExtractorError, run_extraction
     from affcache.stages.extract import build_extractor
     from pipeline.store import prune_stores
 
     urls = {}
     for m in modalities:
-        extractor = build_extractor(params, m)
+        extractor = build_extractor(params, m, person_overrides(params, m, max_faces))
         try:
             res = run_extraction(extractor, records, root, workers=int(params.get(f"extract.{m}.workers", 2)),
                                  prefetch=int(params.get(f"extract.{m}.prefetch", 2)))
@@ -254,7 +274,7 @@ def warn_if_not_training_features(layout: Layout, modality: str, url: str) -> No
         trained = read_current(str(layout.feature_dir(modality)))
     except (StoreError, FileNotFoundError, OSError, ValueError):
         return  # no training store here (e.g. only the heads were pulled): nothing to compare
-    if Path(trained).name != Path(url).name:
+    if Path(trained).name != Path(url).name and not _same_but_persons(trained, url):
         log.warning("predict: %s features come from %s but the heads were trained on %s: the `extract.%s` params "
                     "changed since training; run `dvc repro` so heads and features match", modality, url, trained,
                     modality)
@@ -275,15 +295,66 @@ def remove_stale_outputs(report: PredictReport, out: Path) -> None:
                 (out / f"{f['video_id']}{suffix}").unlink(missing_ok=True)
 
 
+def person_overrides(params: Params, modality: str, max_faces: int) -> dict | None:
+    """`detector.max_faces` set to `max_faces` for an extractor config with a face detector."""
+    from extractors.registry import ExtractorError, config_class, extractor_class
+
+    try:
+        cls = extractor_class(str(params.get(f"extract.{modality}.extractor")))
+    except ExtractorError:
+        return None
+    if "detector" not in getattr(config_class(cls), "__dataclass_fields__", {}):
+        return None
+    return {"detector": {**(params.get(f"extract.{modality}.config.detector") or {}), "max_faces": int(max_faces)}}
+
+
+def _same_but_persons(a: str, b: str) -> bool:
+    """Two stores whose fingerprints differ only in how many persons are followed
+    (`detector.max_faces`): predict follows several, training the annotated one."""
+    from pipeline.store import FeatureStore, StoreError
+
+    def core(url: str) -> dict:
+        fp = json.loads(json.dumps(FeatureStore.open(url).attrs.get("fingerprint", {})))
+        if isinstance(fp.get("detector"), dict):
+            fp["detector"].pop("max_faces", None)
+        return fp
+
+    try:
+        return core(a) == core(b)
+    except (StoreError, OSError, ValueError):
+        return False
+
+
+def video_persons(video: Video, urls: dict[str, str], report: PredictReport | None = None) -> list[int]:
+    """The persons followed in `video` (`pipeline.persons`): from its face store group, else its
+    reliability group; [0] when neither follows persons (a video without a face is one person)."""
+    from pipeline.persons import PERSON, person_ids
+    from pipeline.store import FeatureStore, StoreError
+
+    failed = {f["stage"] for f in (report.failed if report else []) if f["video_id"] == video.video_id}
+    for m in ("face", "reliability"):
+        if m in urls and f"extract {m}" not in failed:
+            store = FeatureStore.open(urls[m])
+            if video.video_id not in set(store.video_ids()):
+                continue
+            try:
+                return person_ids(store.read_video(video.video_id, [PERSON]))
+            except StoreError:  # no person column: provided crops, or a store of one person
+                continue
+    return [0]
+
+
 def head_videos(records: list[Video], urls: dict[str, str], modalities: list[str],
-                report: PredictReport) -> dict[str, list["HeadVideo"]]:
-    """{modality: [HeadVideo]} on the decoded-frame grid; a modality that failed for a video is masked."""
+                report: PredictReport, person: int = 0) -> dict[str, list["HeadVideo"]]:
+    """{modality: [HeadVideo]} on the decoded-frame grid, for `person` (its face rows, its mouth
+    and face coverage for the audio filter; audio and behaviour are the video's); a modality that
+    failed for a video is masked."""
     from heads.data import load_head_videos
 
     rel = urls.get("reliability")
     out = {}
     for m in modalities:
-        vids = load_head_videos(records, urls[m], task="va", reliability_url=rel)
+        vids = load_head_videos(records, urls[m], task="va", reliability_url=rel, person=person)
         failed = set(report.extraction[m]["failed"])
         for hv in vids:
             if hv.video_id in failed:  # never use a stale group of an earlier run
@@ -311,7 +382,7 @@ def expr_model_name(layout: Layout) -> str | None:
 
 
 def expr_probabilities(params: Params, layout: Layout, records: list[Video], urls: dict[str, str],
-                       report: PredictReport) -> dict[str, dict]:
+                       report: PredictReport, person: int = 0) -> dict[str, dict]:
     """{video_id: {p_<class>: [F]}} from the EXPR model, or {} when there is none or its inputs were
     not extracted (the VA prediction never waits on, or fails for, the expression model)."""
     from heads.inference import load_expr_predictor
@@ -330,7 +401,7 @@ def expr_probabilities(params: Params, layout: Layout, records: list[Video], url
         log.info("predict: no expression probabilities: %s reads %s, not all extracted for the chosen model",
                  name, ", ".join(needed))
         return {}
-    probs = _guarded(name, predictor.probabilities, head_videos(records, urls, predictor.modalities, report))
+    probs = _guarded(name, predictor.probabilities, head_videos(records, urls, predictor.modalities, report, person))
     nan = float("nan")
     return {vid: {f"p_{c.lower()}": [float(x) if ok else nan for x, ok in zip(p[:, i], valid)]
                   for i, c in enumerate(EXPR_CLASSES)} for vid, (p, valid) in probs.items()}
@@ -347,25 +418,29 @@ def with_columns(cols: dict, extra: dict | None) -> dict:
 # --------------------------------------------------------------------------- outputs
 
 
-FRAME_COLUMNS = ("time", "face_found", "face_x0", "face_y0", "face_x1", "face_y1", "vad")
+FRAME_COLUMNS = ("time", "face_found", "face_x0", "face_y0", "face_x1", "face_y1", "mouth_open", "vad")
 
 
-def frame_columns(video: Video, urls: dict[str, str], report: PredictReport | None = None) -> dict[str, np.ndarray]:
-    """Per decoded frame: `time` (the frame's presentation time, s), `face_found` (1/0), the face
-    box `face_x0..face_y1` (display pixels of the upright frame, `pipeline.media`; NaN = no face, or
-    crops without a box) and `vad` (voice activity 0..1 at the frame's time; NaN without audio).
+def frame_columns(video: Video, urls: dict[str, str], report: PredictReport | None = None,
+                  person: int = 0) -> dict[str, np.ndarray]:
+    """Per decoded frame, for `person`: `time` (the frame's presentation time, s), `face_found`
+    (1/0), the face box `face_x0..face_y1` (pixels of the upright source frame; NaN = no face, or
+    crops without a box), `mouth_open` (1/0: the published open-mouth rule on this person's mouth;
+    NaN without a face or a reliability store) and `vad` (voice activity 0..1 at the frame's time,
+    the video's; NaN without audio).
 
     Sources (only stores the model already reads, so no extra extraction): the face store (found =
     a valid row, box = its `box` array), else the reliability store's `face`; `vad` from the
     reliability store's audio rows (linear between row centres), else the audio store's `vad`
     column. A store the model does not read, or one that failed for this video, gives empty cells.
     """
+    from heads.data import person_group
     from pipeline.labels import rows_to_frames
 
     n = int(video.num_frames)
     t0, _ = video.frame_grid(n)
     failed = {f["stage"] for f in (report.failed if report else []) if f["video_id"] == video.video_id}
-    groups = {m: _group(urls[m], video.video_id) for m in ("face", "reliability", "audio")
+    groups = {m: person_group(_group(urls[m], video.video_id), person) for m in ("face", "reliability", "audio")
               if m in urls and f"extract {m}" not in failed}
     groups = {m: g for m, g in groups.items() if g is not None}
     found = np.full(n, np.nan)
@@ -378,8 +453,14 @@ def frame_columns(video: Video, urls: dict[str, str], report: PredictReport | No
         if "face" in groups and "box" in g:
             b = np.asarray(g["box"], np.float64)
             box[ok] = b[idx[ok]]
-    vad = np.full(n, np.nan)
+    mouth = np.full(n, np.nan)
     rel = groups.get("reliability")
+    if rel is not None and "mouth_open" in rel and len(rel["t0"]):
+        idx, ok = rows_to_frames(rel["t0"], rel["t1"], None, n, video.fps, t0)
+        has_face = np.asarray(rel["face"]) > 0.5
+        ok &= has_face[np.clip(idx, 0, None)]
+        mouth[ok] = np.asarray(rel["mouth_open"], np.float64)[idx[ok]]
+    vad = np.full(n, np.nan)
     if rel is not None and "vad" in rel and len(rel["vad"]):
         vad = _interp_rows(t0, rel["vad"], rel["vad_t0"], rel["vad_t1"])
     elif "audio" in groups and "vad" in groups["audio"] and len(groups["audio"]["vad"]):
@@ -388,6 +469,7 @@ def frame_columns(video: Video, urls: dict[str, str], report: PredictReport | No
     cols = {"time": t0, "face_found": found}
     for k, name in enumerate(("face_x0", "face_y0", "face_x1", "face_y1")):
         cols[name] = box[:, k]
+    cols["mouth_open"] = mouth
     cols["vad"] = vad
     return cols
 
@@ -408,13 +490,11 @@ def _interp_rows(t: np.ndarray, values, t0, t1) -> np.ndarray:
     return out
 
 
-def write_outputs(video: Video, prediction: "VideoPrediction", out: Path,
-                  frame_cols: dict[str, np.ndarray] | None = None, extra: dict | None = None) -> dict:
-    """`<out>/<id>.csv` (one row per decoded frame) and `<out>/<id>.png`; returns their paths.
-
-    `frame_cols` (`frame_columns`): their `time` replaces the nominal one, the others follow
-    `valence`/`arousal`; `extra` columns (EXPR probabilities) go before the gate weights."""
-    out.mkdir(parents=True, exist_ok=True)
+def person_table(prediction: "VideoPrediction", frame_cols: dict[str, np.ndarray] | None = None,
+                 extra: dict | None = None) -> dict[str, np.ndarray]:
+    """One person's CSV columns, one row per decoded frame: `frame_cols` (`frame_columns`; their
+    `time` replaces the nominal one) follow `valence`/`arousal`; `extra` columns (EXPR
+    probabilities) go before the gate weights."""
     cols = prediction.columns()
     if frame_cols:
         n = len(cols["frame"])
@@ -422,16 +502,29 @@ def write_outputs(video: Video, prediction: "VideoPrediction", out: Path,
         head = {"frame": cols["frame"], "time": per_frame.pop("time", cols["time"]),
                 "valence": cols["valence"], "arousal": cols["arousal"]}
         cols = {**head, **per_frame, **{k: v for k, v in cols.items() if k not in head}}
-    cols = with_columns(cols, extra)
+    return with_columns(cols, extra)
+
+
+def write_outputs(video: Video, persons: dict[int, tuple], out: Path) -> dict:
+    """`<out>/<id>.csv` (one row per decoded frame and person: `frame`, `time`, `person`, ...) and
+    `<out>/<id>.png`; returns their paths. `persons`: {person: (VideoPrediction, frame columns,
+    EXPR columns or None)}, see `person_table`."""
+    from pipeline.persons import by_frame
+
+    out.mkdir(parents=True, exist_ok=True)
+    tables = {p: person_table(*persons[p]) for p in sorted(persons)}
+    cols = by_frame(tables, after="time")
+    first = persons[min(persons)][0]
     csv_path, png_path = out / f"{video.video_id}.csv", out / f"{video.video_id}.png"
     write_csv(csv_path, cols)
-    plot(png_path, cols, prediction.model, list(prediction.per_model), video)
+    plot(png_path, tables, first.model, list(first.per_model), video)
     missing = int(sum(1 for x in cols["valence"] if math.isnan(x)))
     if missing:
-        log.warning("predict: %s: %d of %d frames have no prediction (no usable input; empty cells in %s)",
-                    video.video_id, missing, video.num_frames, csv_path)
+        log.warning("predict: %s: %d of %d rows (%d frames x %d person(s)) have no prediction (no usable input; "
+                    "empty cells in %s)", video.video_id, missing, len(cols["valence"]), video.num_frames,
+                    len(tables), csv_path)
     return {"file": video.media_path, "csv": str(csv_path), "png": str(png_path), "frames": video.num_frames,
-            "frames_without_prediction": missing}
+            "persons": len(tables), "frames_without_prediction": missing}
 
 
 def write_csv(path: Path, cols: dict) -> None:
@@ -447,34 +540,41 @@ def write_csv(path: Path, cols: dict) -> None:
 
 
 def _cell(name: str, x) -> str:
-    if name == "frame":
+    if name in ("frame", "person"):
         return str(int(x))
-    if name == "face_found":
+    if name in ("face_found", "mouth_open"):
         return "" if math.isnan(float(x)) else str(int(x))
     x = float(x)
     return "" if math.isnan(x) else f"{x:.6f}"
 
 
-def plot(path: Path, cols: dict, model: str, heads: list[str], video: Video) -> None:
-    """Valence and arousal over time: one thin line per head, the selected model bold."""
+def plot(path: Path, tables: dict[int, dict], model: str, heads: list[str], video: Video) -> None:
+    """Valence and arousal over time: one person: one thin line per head, the selected model bold;
+    several persons: the selected model, one line per person."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(2, 1, figsize=(10, 5), sharex=True)
-    t = cols["time"]
+    several = len(tables) > 1
     for ax, dim in zip(axes, ("valence", "arousal")):
-        for h in heads:
-            if h != model:
-                ax.plot(t, cols[f"{h}_{dim}"], lw=1, alpha=0.7, label=h)
-        ax.plot(t, cols[dim], lw=2.5, color="black", label=model)
+        for p, cols in tables.items():
+            t = cols["time"]
+            if several:
+                ax.plot(t, cols[dim], lw=1.8, label=f"person {p}")
+                continue
+            for h in heads:
+                if h != model:
+                    ax.plot(t, cols[f"{h}_{dim}"], lw=1, alpha=0.7, label=h)
+            ax.plot(t, cols[dim], lw=2.5, color="black", label=model)
         ax.set_ylabel(dim)
         ax.set_ylim(-1.05, 1.05)
         ax.axhline(0, color="grey", lw=0.5)
         ax.grid(alpha=0.3)
-    axes[0].legend(loc="upper right", fontsize=8, ncol=len(heads) + 1)
-    axes[0].set_title(f"{video.video_id} ({Path(video.media_path).name}, {video.fps:.3g} fps) - {model}")
+    axes[0].legend(loc="upper right", fontsize=8, ncol=(len(tables) if several else len(heads) + 1))
+    who = f", {len(tables)} persons" if several else ""
+    axes[0].set_title(f"{video.video_id} ({Path(video.media_path).name}, {video.fps:.3g} fps{who}) - {model}")
     axes[1].set_xlabel("time (s)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
