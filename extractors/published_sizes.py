@@ -75,14 +75,15 @@ def count_parameters(config: Any, model_class: Any) -> int:
     return sum(p.numel() for p in model.parameters())  # parameters() yields a shared tensor once
 
 
-def write_wavlm_large(out_dir: str | Path, seed: int = 0) -> Path:
-    """Random-weight WavLM-Large plus its 16 kHz feature extractor, saved in bf16 with `save_pretrained`."""
+def write_wavlm_large(out_dir: str | Path, seed: int = 0, config: Any = None) -> Path:
+    """Random-weight WavLM-Large (or `config`) plus its 16 kHz feature extractor, saved in bf16 with
+    `save_pretrained`."""
     import torch
     from transformers import Wav2Vec2FeatureExtractor, WavLMModel
 
     out_dir = Path(out_dir)
     torch.manual_seed(seed)
-    model = WavLMModel(wavlm_large_config()).eval().to(torch.bfloat16)
+    model = WavLMModel(config if config is not None else wavlm_large_config()).eval().to(torch.bfloat16)
     model.save_pretrained(out_dir)
     Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True,
                              return_attention_mask=True).save_pretrained(out_dir)
@@ -147,20 +148,21 @@ def qwen3vl_processor(prompt: str):
                             tokenizer=qwen_tokenizer(prompt), chat_template=QWEN_CHAT_TEMPLATE)
 
 
-def write_qwen3vl(out_dir: str | Path, config: Any = None, seed: int = 0, prompt: str | None = None,
+def write_qwen3vl(out_dir: str | Path, config: Any = None, seed: int = 0, processor: Any = None,
                   device: str = "cpu") -> Path:
-    """Random-weight Qwen3-VL (default: the 4B configuration) plus its processor, saved in bf16 with
-    `save_pretrained` where the behaviour extractor loads it.
+    """Random-weight Qwen3-VL (default: the 4B configuration) plus its processor (default:
+    `qwen3vl_processor` with the behaviour extractor's prompt), saved in bf16 with `save_pretrained`
+    where the behaviour extractor loads it.
 
     The weights are created in bf16 on `device` (no fp32 copy: 8.3 GiB for the 4B model, not 8.3 +
     16.5), initialised by transformers' own initialiser under a fixed seed."""
     import torch
     from transformers import Qwen3VLForConditionalGeneration
 
-    if prompt is None:
+    if processor is None:
         from extractors.behavior import DEFAULT_PROMPT
 
-        prompt = DEFAULT_PROMPT
+        processor = qwen3vl_processor(DEFAULT_PROMPT)
     out_dir = Path(out_dir)
     config = config if config is not None else qwen3vl_4b_config()
     torch.manual_seed(seed)
@@ -168,5 +170,5 @@ def write_qwen3vl(out_dir: str | Path, config: Any = None, seed: int = 0, prompt
         model = Qwen3VLForConditionalGeneration._from_config(config, dtype=torch.bfloat16)
     model.eval().save_pretrained(out_dir)
     del model
-    qwen3vl_processor(prompt).save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
     return out_dir
