@@ -86,7 +86,7 @@ class TokenCounter:
     def __init__(self, model: Any):
         self.video_id = int(model.config.video_token_id)
         self.calls: list[tuple[int, int, int]] = []  # (batch, sequence length, video tokens per row)
-        model.register_forward_pre_hook(self._hook, with_kwargs=True)
+        getattr(model, "model", model).register_forward_pre_hook(self._hook, with_kwargs=True)  # the prefill's
 
     def _hook(self, module: Any, args: tuple, kwargs: dict) -> None:
         ids = kwargs.get("input_ids")

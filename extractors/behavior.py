@@ -418,11 +418,14 @@ class QwenVLBehaviorExtractor:
                 "cap_pixels_per_frame": False}
 
     def encode(self, frames: list[np.ndarray], rel_indices: list[np.ndarray], fps: float) -> dict[str, Any]:
-        """ONE prefill forward: last-layer state of the last token + masked mean (+ text if asked)."""
+        """ONE prefill forward: last-layer state of the last token + masked mean (+ text if asked).
+
+        The forward runs the base model (vision tower + language model, no output head) and keeps its
+        last (normed) layer only: asking the full model for `hidden_states` would hold all 37 layers'
+        states, 0.9 GB per segment at the published pixel budget (4776 tokens x 2560 x bf16)."""
         inputs = self.inputs(frames, rel_indices, fps)
         with inference(self.device, False):  # no autocast: the weights carry the precision
-            out = self.model(**inputs, output_hidden_states=True, use_cache=False, logits_to_keep=1)
-            last = out.hidden_states[-1].float()
+            last = self.model.model(**inputs, use_cache=False).last_hidden_state.float()
             mask = inputs["attention_mask"].to(last.dtype).unsqueeze(-1)
             emb = last[:, -1]
             emb_mean = (last * mask).sum(1) / mask.sum(1).clamp_min(1.0)
