@@ -27,7 +27,7 @@ pytestmark = pytest.mark.fast
 def dry_run(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("gpu_check_out")
     env = {**os.environ, "OUT": str(out), "PYTHON": sys.executable, "GPU_CHECK_SITE": str(out / "site"),
-           "PYTHONPATH": str(REPO)}
+           "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(["bash", "bench/gpu_check.sh", "--tiny", "--device", "cpu", "--simulate-gpu-machine",
                            "--modules-out", str(out / "modules.json")], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=600)
