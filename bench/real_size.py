@@ -93,6 +93,15 @@ class TokenCounter:
         if ids is not None:
             self.calls.append((int(ids.shape[0]), int(ids.shape[1]), int((ids[0] == self.video_id).sum())))
 
+    @property
+    def segments(self) -> list[int]:
+        """One entry per segment seen (each forward's rows)."""
+        return [i for b, _, _ in self.calls for i in range(b)]
+
+    @property
+    def largest(self) -> int:
+        return max((b for b, _, _ in self.calls), default=0)
+
 
 # ----------------------------------------------------------------------------------------- encoders
 def build_grada(path: Path, seed: int = 0) -> Path:
@@ -213,7 +222,7 @@ def bench_behavior(args: argparse.Namespace) -> dict:
         counter = TokenCounter(ext.model)
         _, t_run, rep, written = load_and_extract(ext, videos, tmp / "features")
         weights_gb = sum(p.numel() * p.element_size() for p in ext.model.parameters()) / 2**30
-    batch, seq, video_tokens = counter.calls[0]
+    _, seq, video_tokens = counter.calls[0]
     return {"modality": "behavior", "model": "Qwen3-VL-4B-Instruct (random weights, published config, tied)",
             "params": n_params(ext.model), "device": str(device),
             "weights_dtype": str(next(ext.model.parameters()).dtype), "compute_dtype": str(ext.compute_dtype),
