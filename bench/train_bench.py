@@ -124,12 +124,13 @@ def write_stores(plan: list[dict], root: Path, dims: dict, heads: list[str], see
 
 # ----------------------------------------------------------------------------- per-head timing
 
-def head_setup(head: str, videos: list[HeadVideo], dims: dict, device: str):
-    """(model, bank, loss_fn, train cfg) with the published model dims, built through the head contract."""
+def head_setup(head: str, videos: list[HeadVideo], dims: dict, device: str, overrides: dict | None = None):
+    """(model, bank, loss_fn, train cfg) with the published model dims (or `overrides` of the head's
+    config fields), built through the head contract."""
     from heads.registry import spec
 
     entry = spec(head, "head")
-    cfg = entry.config_class()(**({"filter_mode": "off"} if head == "audio" else {}))
+    cfg = entry.config_class()(**({"filter_mode": "off"} if head == "audio" else {}), **(overrides or {}))
     h = entry.build(cfg)
     inputs = h.prepare(videos)
     shapes = h.dims(inputs)
@@ -164,7 +165,8 @@ def naive_batches(head: str, store: FeatureStore, videos: list[HeadVideo], batch
     return (time.perf_counter() - t) / n
 
 
-def bench_head(head: str, url: str, plan: list[dict], labels: dict, dims: dict, args) -> dict:
+def bench_head(head: str, url: str, plan: list[dict], labels: dict, dims: dict, args,
+               overrides: dict | None = None) -> dict:
     store = FeatureStore.open(url)
     t = time.perf_counter()
     groups = store.read_many([v["id"] for v in plan])
@@ -172,7 +174,7 @@ def bench_head(head: str, url: str, plan: list[dict], labels: dict, dims: dict, 
     videos = [HeadVideo(v["id"], v["split"], v["fps"], v["F"], labels[v["id"]], dict(groups[v["id"]]))
               for v in plan]
     t = time.perf_counter()
-    model, bank, loss_fn, tcfg = head_setup(head, videos, dims, args.device)
+    model, bank, loss_fn, tcfg = head_setup(head, videos, dims, args.device, overrides)
     build_s = time.perf_counter() - t
     batches = Batches(len(bank), tcfg.batch_size, bank.gather, seed=0)
     cfg = TrainConfig(epochs=1, lr=tcfg.lr, weight_decay=tcfg.weight_decay, batch_size=tcfg.batch_size,

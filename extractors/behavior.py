@@ -36,6 +36,7 @@ import torch
 
 from extractors.base import BackgroundStream, ExtractorError, MediaCache, hf_load_error, inference
 from extractors.base import register, torch_device, weights_fingerprint
+from extractors.precision import CPU_COMPUTE, compute_dtype, upcast_per_layer
 from pipeline.progress import inner_bar
 from pipeline.records import Video
 
@@ -72,7 +73,8 @@ class BehaviorConfig:
     max_new_tokens: int = 0  # > 0 (or generate=True) -> greedy descriptions stored in `text`
     batch_size: int = 4  # segments per forward pass
     device: str = "auto"
-    bf16: bool = True  # bf16 weights on CUDA (published); fp32 on CPU; execution only, not in the fingerprint
+    bf16: bool = True  # bf16 weights on every device (published); false: fp32 weights (4B: 16.5 GiB)
+    cpu_compute: str = "auto"  # CPU arithmetic over bf16 weights: auto | bf16 | fp32 (`extractors.precision`)
     attn_implementation: str = "sdpa"
     cap_pixels_per_frame: bool = True  # qwen-vl-utils' per-frame pixel cap (transformers' explicit choice)
     cache_size: int = 2  # media files whose results are memoised (left/right ids share one file)
@@ -202,6 +204,7 @@ class QwenVLBehaviorExtractor:
         self.model: Any = None
         self.processor: Any = None
         self.device = torch.device("cpu")
+        self.compute_dtype = torch.float32
         self._text: str | None = None
         self._cache = MediaCache(self.cfg.cache_size)
 
@@ -220,6 +223,8 @@ class QwenVLBehaviorExtractor:
             raise ExtractorError(f"behavior: need 0 < min_pixels <= max_pixels per frame, got {low} and {high}")
         if not c.prompt.strip():
             raise ExtractorError("behavior: prompt is empty; set behavior.prompt or leave the default")
+        if c.cpu_compute not in CPU_COMPUTE:
+            raise ExtractorError(f"behavior: cpu_compute {c.cpu_compute!r}: use one of {list(CPU_COMPUTE)}")
 
     @property
     def new_tokens(self) -> int:
@@ -230,8 +235,9 @@ class QwenVLBehaviorExtractor:
 
     # -------------------------------------------------------------------------------- protocol
     def fingerprint(self) -> dict:
-        """Everything that changes the stored numbers; execution settings (device, bf16, batch size,
-        cache) do not belong here, so a store written on a GPU is reused on a CPU."""
+        """Everything that changes the stored numbers; execution settings (device, bf16, cpu_compute,
+        batch size, cache) do not belong here, so a store written on a GPU is reused on a CPU. The
+        precision settings change the numbers at bf16 precision only (`extractors.precision`)."""
         c = self.cfg
         return {
             "extractor": self.name,
@@ -261,7 +267,7 @@ class QwenVLBehaviorExtractor:
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
         self.device = torch_device(self.cfg.device)
-        dtype = torch.bfloat16 if (self.cfg.bf16 and self.device.type == "cuda") else torch.float32
+        dtype = torch.bfloat16 if self.cfg.bf16 else torch.float32  # the weights, on every device
         try:
             processor = AutoProcessor.from_pretrained(self.cfg.model, revision=self.cfg.revision)
             model = AutoModelForImageTextToText.from_pretrained(
@@ -277,6 +283,9 @@ class QwenVLBehaviorExtractor:
             raise ExtractorError(f"behavior: {self.cfg.model!r} has no video processor; use a Qwen3-VL checkpoint")
         processor.tokenizer.padding_side = "left"  # last position = last real token for every row
         self.processor = processor
+        self.compute_dtype = compute_dtype(self.device, self.cfg.bf16, self.cfg.cpu_compute)
+        if self.compute_dtype != dtype:
+            upcast_per_layer(model)  # fp32 arithmetic from the bf16 weights, no fp32 copy of the model
         self.model = model.to(self.device).eval()
         self._text = self.chat_text()
 
@@ -406,11 +415,14 @@ class QwenVLBehaviorExtractor:
                 "cap_pixels_per_frame": False}
 
     def encode(self, frames: list[np.ndarray], rel_indices: list[np.ndarray], fps: float) -> dict[str, Any]:
-        """ONE prefill forward: last-layer state of the last token + masked mean (+ text if asked)."""
+        """ONE prefill forward: last-layer state of the last token + masked mean (+ text if asked).
+
+        The forward runs the base model (vision tower + language model, no output head) and keeps its
+        last (normed) layer only: asking the full model for `hidden_states` would hold all 37 layers'
+        states, 0.9 GB per segment at the published pixel budget (4776 tokens x 2560 x bf16)."""
         inputs = self.inputs(frames, rel_indices, fps)
-        with inference(self.device, False):  # weights are already bf16 on CUDA
-            out = self.model(**inputs, output_hidden_states=True, use_cache=False, logits_to_keep=1)
-            last = out.hidden_states[-1].float()
+        with inference(self.device, False):  # no autocast: the weights carry the precision
+            last = self.model.model(**inputs, use_cache=False).last_hidden_state.float()
             mask = inputs["attention_mask"].to(last.dtype).unsqueeze(-1)
             emb = last[:, -1]
             emb_mean = (last * mask).sum(1) / mask.sum(1).clamp_min(1.0)

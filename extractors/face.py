@@ -301,13 +301,28 @@ def normalize(x_u8: torch.Tensor, mean: tuple, std: tuple) -> torch.Tensor:
 
 def read_rgb(path: Path) -> torch.Tensor:
     """Decode one crop to uint8 [3,H,W] RGB. OpenCV, not torchvision.io: torchvision's image decoders
-    are deprecated since 0.29, and cv2.imread releases the GIL, so worker threads decode in parallel."""
-    import cv2
-
+    are deprecated since 0.29, and cv2.imread releases the GIL, so worker threads decode in parallel.
+    Without OpenCV (a bare GPU machine) Pillow decodes it: both wheels decode JPEG with libjpeg-turbo's
+    defaults, pixel for pixel the same (tested)."""
+    try:
+        import cv2
+    except ImportError:
+        return _read_rgb_pillow(path)
     bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if bgr is None:
         raise VideoError(f"{path}: unreadable/corrupt crop; re-extract it, or delete it to mark 'no face'")
     return torch.from_numpy(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)).permute(2, 0, 1)
+
+
+def _read_rgb_pillow(path: Path) -> torch.Tensor:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            rgb = np.asarray(img.convert("RGB"))
+    except (OSError, UnidentifiedImageError, ValueError) as e:
+        raise VideoError(f"{path}: unreadable/corrupt crop ({e}); re-extract it, or delete it to mark 'no face'") from e
+    return torch.from_numpy(rgb.copy()).permute(2, 0, 1)
 
 
 # --------------------------------------------------------------------------------------- extractor

@@ -164,7 +164,7 @@ def test_left_right_share_one_pass(qwen, clips):
     """`_left`/`_right` ids of one file: the second id reuses the first one's arrays (no decode, no forward)."""
     ex = extractor(qwen, batch_size=4)
     calls = []
-    ex.model.register_forward_hook(lambda *a: calls.append(1))
+    ex.model.model.register_forward_hook(lambda *a: calls.append(1))  # the prefill runs the base model
     left = video_record(clips["5s"], "five_left", 5.0, 10, has_audio=False)
     right = video_record(clips["5s"], "five_right", 5.0, 10, has_audio=False)
     out_l = ex.compute(left, ex.prepare(left))
@@ -174,3 +174,20 @@ def test_left_right_share_one_pass(qwen, clips):
     assert len(calls) == 1
     np.testing.assert_array_equal(out_l["emb"], out_r["emb"])
     np.testing.assert_array_equal(out_l["frame_end"], out_r["frame_end"])
+
+
+def test_prefill_keeps_only_the_last_layer(qwen):
+    """`emb` is the full model's last hidden state at the last token, computed without the output head
+    and without holding every layer's states (0.9 GB per segment at the published budget)."""
+    import torch
+
+    ex = extractor(qwen)
+    rel = np.linspace(0, 39, 8).round().astype(int)
+    frames = [np.random.default_rng(1).integers(0, 255, (8, 48, 64, 3), dtype=np.uint8)]
+    heads = []
+    ex.model.lm_head.register_forward_hook(lambda *a: heads.append(1))
+    got = ex.encode(frames, [rel], 10.0)
+    assert not heads  # no logits computed
+    with torch.inference_mode():
+        full = ex.model(**ex.inputs(frames, [rel], 10.0), output_hidden_states=True, use_cache=False)
+    np.testing.assert_allclose(got["emb"], full.hidden_states[-1][:, -1].float().numpy(), rtol=0, atol=1e-6)

@@ -312,3 +312,24 @@ def test_cpu_chunk_scales_with_the_pixel_count() -> None:
     assert FaceConfig(image_size=240).cpu_chunk == 4 and FaceConfig(cpu_batch_size=7).cpu_chunk == 7
     with pytest.raises(ExtractorError, match="cpu_batch_size"):
         FaceConfig(cpu_batch_size=-1).validate()
+
+
+def test_crops_decode_the_same_without_opencv(tmp_path, monkeypatch):
+    """A machine without OpenCV (the bare GPU node) decodes crops with Pillow: same pixels, same errors."""
+    from PIL import Image
+
+    from extractors.face import read_rgb
+
+    rng = np.random.default_rng(0)
+    img = cv2.GaussianBlur(rng.integers(0, 255, (112, 112, 3), dtype=np.uint8), (7, 7), 0)
+    cv2.imwrite(str(tmp_path / "00001.jpg"), img)
+    Image.fromarray(img).save(tmp_path / "00002.jpg", quality=90)
+    (tmp_path / "00003.jpg").write_bytes(b"not a jpeg")
+    with_cv2 = [read_rgb(tmp_path / f"0000{i}.jpg") for i in (1, 2)]
+    monkeypatch.setitem(__import__("sys").modules, "cv2", None)  # `import cv2` now raises ImportError
+    for i, want in zip((1, 2), with_cv2):
+        got = read_rgb(tmp_path / f"0000{i}.jpg")
+        assert got.dtype == torch.uint8 and got.shape == (3, 112, 112)
+        assert torch.equal(got, want)
+    with pytest.raises(VideoError, match="00003.jpg: unreadable/corrupt crop"):
+        read_rgb(tmp_path / "00003.jpg")
