@@ -1,6 +1,6 @@
 """Behavior features: a video LLM (Qwen3-VL) reads short segments with an affect-analysis prompt.
 
-Why it looks like this (published system, seed-systems.md B2):
+Why it looks like this (the published behaviour branch; README, "The paper profile"):
 - **Segments:** 4 s windows every 2 s; `segments()` reproduces the published slicing rule exactly,
   edge cases included, so segment indices and frame ranges line up with the published pipeline.
 - **Frames:** up to 16 frames at 4 fps per segment, sampled like qwen-vl-utils samples a cut clip

@@ -1,6 +1,6 @@
 """Face extractor: aligned face crops (provided or detected) -> backbone -> one embedding per frame.
 
-Default backbone = the published GRADA model (seed-systems A): torchvision EfficientNet-B1 features +
+Default backbone = the published GRADA model (README, "The paper profile"): torchvision EfficientNet-B1 features +
 avgpool -> Dropout 0.1 -> Linear(1280, 256) -> BatchNorm1d -> Tanh, i.e. a 256-d embedding, plus an
 8-class `classifier` and a 2-d `regression` (VA) head. Attribute names match the published
 `Modified_EfficientNet_B1`, so its `.pth` state dict loads as is. Preprocessing: long side to 240 px

@@ -1,6 +1,6 @@
 """Reliability signals: per-frame face presence and mouth opening, per-audio-row voice activity.
 
-They feed the published cross-modal audio filter (seed-systems B3: an audio window is used when the
+They feed the published cross-modal audio filter (the published rule: an audio window is used when the
 mouth is open >= 25 % of it and face coverage >= 0.8) and reliability-aware fusion.
 
 Several persons (videos without crops, `detector.max_faces`): every person followed gets its own N
@@ -8,7 +8,7 @@ rows of the row arrays below, stacked person by person with a `person` column (`
 the audio filter and RAAV read the mouth and face coverage of the person they predict for; the voice
 activity rows are the video's, once.
 
-Stored per video (DESIGN.md feature store): t0, t1, valid [N] on the frame grid (frame i: [its presentation
+Stored per video (one feature-store group): t0, t1, valid [N] on the frame grid (frame i: [its presentation
 time, the next frame's), from the packet timestamps in the index record, so variable frame rates keep real times);
 face [N] (1 = crop/detection present), mouth [N] openness (NaN without a face), mouth_open [N] bool
 (smoothed rule below), extra mouth_raw [N]; and for audio rows: vad [M], vad_t0, vad_t1 [M]
@@ -82,7 +82,7 @@ SCHEMA = 1
 
 @dataclass
 class ReliabilityConfig:
-    """Reliability parameters; defaults are the published filter settings (seed-systems B3).
+    """Reliability parameters; defaults are the published filter settings.
 
     source: "auto" (crops when the video has crops_dir, else detect) | "crops" | "detect".
     mouth_method: "dark-extent" (default) | "dark-fraction" | "landmarks" | "auto" | "csv"; see the
