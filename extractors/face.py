@@ -364,8 +364,9 @@ class GradaFaceExtractor:
         return fp
 
     def source(self, video: Video) -> str:
-        """The crops folder when crops are used (its file list keys the cache), else the media file."""
-        return video.crops_dir if self._use_crops(video) and video.crops_dir else video.media_path
+        """The crops folder when crops are used (its content, as the index checked it, keys the cache:
+        `Video.crops_source`), else the media file."""
+        return video.crops_source() if self._use_crops(video) and video.crops_dir else video.media_path
 
     def _use_crops(self, video: Video) -> bool:
         if self.cfg.source == "crops":

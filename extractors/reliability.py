@@ -308,9 +308,10 @@ class ReliabilityExtractor:
             DETECTORS[self.cfg.detector.name](self.cfg.detector)  # fail now if the detector cannot load
 
     def source(self, video: Video) -> str | tuple[str, str]:
-        """The crops folder when crops are used (its file list keys the cache), else the media file;
-        with mouth_method "csv", also the video's CSV, so its content keys the video's cache entry."""
-        faces = video.crops_dir if self._use_crops(video) and video.crops_dir else video.media_path
+        """The crops folder when crops are used (its content, as the index checked it, keys the cache:
+        `Video.crops_source`), else the media file; with mouth_method "csv", also the video's CSV, so
+        its content keys the video's cache entry."""
+        faces = video.crops_source() if self._use_crops(video) and video.crops_dir else video.media_path
         return (faces, str(self.csv_path(video))) if self.mouth_method == "csv" else faces
 
     def csv_path(self, video: Video) -> Path:
