@@ -36,6 +36,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from pipeline.datasets.affwild2 import DatasetError
 from pipeline.datasets.scan_cache import RACY_NS, ScanCache
 from pipeline.progress import progress_bar
 from pipeline.records import Video
@@ -45,7 +46,7 @@ log = logging.getLogger(__name__)
 PROGRESS_MIN = 32  # crop sets; fewer show no bar
 
 
-class CropError(Exception):
+class CropError(DatasetError):
     """A crop folder cannot be listed or read (the message names the file)."""
 
 
