@@ -64,7 +64,7 @@ def build_index(adapter_name: str, root: str | Path, cache_dir: str | Path | Non
     adapter = get_adapter(adapter_name, root, **options)
     adapter.cache = cache = ScanCache(cache_dir, root)
     videos = adapter.build()
-    videos, stats = check_crops(videos, cache, shared_crops, workers=adapter.workers, progress=adapter.progress)
+    videos, stats = check_crops(videos, cache, shared_crops, progress=adapter.progress)
     cache.save()
     if stats.sets:
         log.info("crops: %d set(s), %d file(s) listed, %d read, %d set(s) changed", stats.sets, stats.files,

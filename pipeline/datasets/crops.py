@@ -29,7 +29,6 @@ import hashlib
 import json
 import logging
 import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -169,32 +168,26 @@ def check_crop_set(folder: Path, rel: str, cache: ScanCache, shared: Mapping | N
 
 
 def check_crops(videos: Sequence[Video], cache: ScanCache, shared: Mapping[str, Mapping] | None = None,
-                workers: int = 4, progress: bool | None = None) -> tuple[list[Video], CheckStats]:
-    """Attach `crops_fingerprint` to every video with a crops folder (threads: stat calls release the GIL).
+                progress: bool | None = None) -> tuple[list[Video], CheckStats]:
+    """Attach `crops_fingerprint` to every video with a crops folder.
 
     `shared` maps video id -> its record in the previous crops file. Crop sets no longer indexed are
-    dropped from the cache (which the caller saves).
+    dropped from the cache (which the caller saves). One thread: the walk is stat calls plus Python
+    per file, and threads added system time without saving wall time (bench/RESULTS.md).
     """
     shared = shared or {}
     todo = [(i, v) for i, v in enumerate(videos) if v.crops_dir]
     rels = {i: cache_name(cache, v.crops_dir) for i, v in todo}
     stats = CheckStats(sets=len(todo))
-
-    def one(item: tuple[int, Video]) -> tuple[int, dict, int]:
-        i, v = item
-        fp, hashed = check_crop_set(Path(v.crops_dir), rels[i], cache, shared.get(v.video_id))
-        return i, fp, hashed
-
     out = list(videos)
     show = len(todo) > PROGRESS_MIN if progress is None else progress
-    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="crops") as pool:
-        for i, fp, hashed in progress_bar(enabled=show, iterable=pool.map(one, todo), total=len(todo),
-                                          desc="crops", unit="video"):
-            before = videos[i].crops_fingerprint or shared.get(videos[i].video_id)
-            stats.files += fp["files"]
-            stats.hashed += hashed
-            stats.changed += int(bool(before) and before.get("sha1") != fp["sha1"])
-            out[i] = replace(videos[i], crops_fingerprint=fp)
+    for i, v in progress_bar(enabled=show, iterable=todo, total=len(todo), desc="crops", unit="video"):
+        fp, hashed = check_crop_set(Path(v.crops_dir), rels[i], cache, shared.get(v.video_id))
+        before = shared.get(v.video_id)
+        stats.files += fp["files"]
+        stats.hashed += hashed
+        stats.changed += int(bool(before) and before.get("sha1") != fp["sha1"])
+        out[i] = replace(v, crops_fingerprint=fp)
     cache.keep_crops(set(rels.values()))
     return out, stats
 
