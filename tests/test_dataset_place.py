@@ -282,3 +282,11 @@ class CropToy(ToyExtractor):
 
     def prepare(self, video: Video) -> bytes:
         return b"".join(p.read_bytes() for p in sorted(Path(video.crops_dir).iterdir()))
+
+
+def test_an_unreadable_crop_is_an_error_naming_it(tmp_path, dataset) -> None:
+    from pipeline.datasets import DatasetError, build_index
+
+    (dataset / "cropped_aligned" / "b" / "00009.jpg").symlink_to(tmp_path / "gone.jpg")  # dangling
+    with pytest.raises(DatasetError, match=r"cropped_aligned/b/00009\.jpg: cannot list or stat"):
+        build_index("affwild2", dataset, progress=False)
