@@ -14,6 +14,7 @@ and CPU seconds (user + sys of dvc and the stage); peak RSS is the largest proce
 files of smaller counts are hard links into one pool, so generation is paid once.
 
     python bench/dvc_scale.py --files 300000 1000000 --before 300000
+    python bench/dvc_scale.py --files --before --demo-extra 300000   # the demo moved out, 300k extra crops
 
 Results and the machine: bench/RESULTS.md ("DVC and the dataset").
 """
@@ -192,19 +193,78 @@ def run_case(work: Path, pool: Path, files: int, per_video: int, variant: str, c
     return out
 
 
+def demo_case(work: Path, pool: Path, extra: int, per_video: int) -> dict:
+    """The issue's own setting: the tiny demo (tests/params.tiny.yaml) built with `dvc repro`, its dataset
+    copied outside the repository (`dataset.root` pointing there) with `extra` crop files added in folders
+    of ids that are not annotated; then `dvc status` and no-op `dvc repro` of the whole graph."""
+    import yaml
+
+    proj = work / "demo_project"
+    if proj.exists():
+        shutil.rmtree(proj)
+    proj.mkdir(parents=True)
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                            capture_output=True, text=True, check=True).stdout.splitlines()
+    for rel in listed:
+        if (REPO / rel).is_file() and not rel.startswith(("data/", "metrics/", "plots/")) and rel != "dvc.lock":
+            (proj / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / rel, proj / rel)
+    params = yaml.safe_load((proj / "params.yaml").read_text())
+    for section, values in yaml.safe_load((REPO / "tests" / "params.tiny.yaml").read_text()).items():
+        merge(params.setdefault(section, {}), values)
+    (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "demo"]):
+        subprocess.run(cmd, cwd=proj, check=True, capture_output=True, env=git_env())
+    log("[demo] full dvc repro (minutes) ...")
+    out: dict = {"variant": "after", "demo_extra_files": extra, "build": timed(proj, ["dvc", "repro"], REPO)}
+    outside = work / "demo_dataset"
+    if outside.exists():
+        shutil.rmtree(outside)
+    shutil.copytree(proj / "data" / "raw" / "demo", outside, copy_function=shutil.copyfile)
+    params["dataset"]["root"] = str(outside)
+    (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out["moved_repro"] = timed(proj, ["dvc", "repro"], REPO)
+    added = 0
+    for v in range(math.ceil(extra / per_video)):
+        dest = outside / "cropped_aligned" / f"extra_{v:04d}"
+        dest.mkdir(parents=True)
+        with os.scandir(pool / "cropped_aligned" / f"v{v:04d}") as entries:
+            for e in entries:
+                if added < extra:
+                    os.link(e.path, dest / e.name)
+                    added += 1
+    out["status"] = timed(proj, ["dvc", "status"], REPO)
+    out["noop_repro"] = timed(proj, ["dvc", "repro"], REPO)
+    out["noop_repro_2"] = timed(proj, ["dvc", "repro"], REPO)
+    for key in ("build", "moved_repro", "status", "noop_repro", "noop_repro_2"):
+        r = out[key]
+        log(f"  {key}: {r['wall_s']:.1f} s wall, {r['cpu_s']:.1f} s cpu, {r['rss_mb']} MB, ran {r['ran']}")
+    return out
+
+
+def merge(base: dict, overlay: dict) -> None:
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            merge(base[key], value)
+        else:
+            base[key] = value
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--files", type=int, nargs="+", default=[300_000, 1_000_000])
+    ap.add_argument("--files", type=int, nargs="*", default=[300_000, 1_000_000])
     ap.add_argument("--before", type=int, nargs="*", default=[300_000], help="counts also run on --before-rev")
     ap.add_argument("--before-rev", default=BEFORE_REV)
     ap.add_argument("--per-video", type=int, default=5000, help="Aff-Wild2: ~4,700 crops per video")
     ap.add_argument("--work", type=Path, default=None, help="keep the pool here (default: a temporary folder)")
     ap.add_argument("--out", type=Path, default=None, help="write the results as JSON")
+    ap.add_argument("--demo-extra", type=int, default=0,
+                    help="also: the tiny demo moved outside the repo with this many extra crop files")
     args = ap.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="dvc_scale_"))
     work.mkdir(parents=True, exist_ok=True)
     pool = work / "pool"
-    build_pool(pool, math.ceil(max(args.files) / args.per_video), args.per_video)
+    build_pool(pool, math.ceil(max([*args.files, args.demo_extra]) / args.per_video), args.per_video)
     before_code = None
     results = []
     for files in sorted(args.files):
@@ -215,6 +275,8 @@ def main() -> None:
                 before_code = code_tree(args.before_rev, target)
             results.append(run_case(work, pool, files, args.per_video, "before", before_code))
         results.append(run_case(work, pool, files, args.per_video, "after", REPO))
+    if args.demo_extra:
+        results.append(demo_case(work, pool, args.demo_extra, args.per_video))
     if args.out:
         args.out.write_text(json.dumps(results, indent=1))
     print(json.dumps(results, indent=1))
