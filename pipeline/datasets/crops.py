@@ -200,8 +200,8 @@ def check_crops(videos: Sequence[Video], cache: ScanCache, shared: Mapping[str, 
     """Attach `crops_fingerprint` to every video with a crops folder.
 
     `shared` maps video id -> its record in the previous crops file. Crop sets no longer indexed are
-    dropped from the cache (which the caller saves). One thread: the walk is stat calls plus Python
-    per file, and threads added system time without saving wall time (bench/RESULTS.md).
+    dropped from the cache (which the caller saves). One thread: the walk is a stat call plus a little
+    Python per file, which the GIL serialises anyway.
     """
     shared = shared or {}
     todo = [(i, v) for i, v in enumerate(videos) if v.crops_dir]
