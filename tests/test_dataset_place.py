@@ -290,3 +290,21 @@ def test_an_unreadable_crop_is_an_error_naming_it(tmp_path, dataset) -> None:
     (dataset / "cropped_aligned" / "b" / "00009.jpg").symlink_to(tmp_path / "gone.jpg")  # dangling
     with pytest.raises(DatasetError, match=r"cropped_aligned/b/00009\.jpg: cannot list or stat"):
         build_index("affwild2", dataset, progress=False)
+
+
+def test_the_params_check_is_skipped_only_while_params_and_code_are_unchanged(tmp_path, monkeypatch) -> None:
+    """`index` runs at every `dvc repro`: its whole-file params check (which imports every registry)
+    is remembered, but an edited params file is checked again."""
+    from pipeline.config import ParamsError
+    from pipeline.stages import schema
+
+    params, memo = tmp_path / "params.yaml", tmp_path / ".affcache" / "params_checked"
+    params.write_text((REPO / "params.yaml").read_text())
+    schema.check_params_file(params, memo)
+    assert memo.is_file()
+    monkeypatch.setattr(schema, "params_schema", lambda: pytest.fail("checked again with nothing changed"))
+    schema.check_params_file(params, memo)
+    monkeypatch.undo()
+    params.write_text(params.read_text().replace("report:\n", "report:\n  no_such_key: 1\n", 1))
+    with pytest.raises(ParamsError, match="no_such_key"):
+        schema.check_params_file(params, memo)
