@@ -19,7 +19,7 @@ itself, incrementally, against this machine's scan cache (`pipeline.datasets.sca
   once (no earlier digest to compare with) and never again, and the key depends on the content of
   every file ever seen to change, not on paths or mtimes.
 
-Known limit (as for make, git and DVC's own state): a rewrite that keeps both size and mtime
+Known limit (as for make): a rewrite that keeps both size and mtime
 (`cp -p` of other bytes of the same length) is not seen.
 """
 
