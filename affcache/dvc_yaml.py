@@ -31,7 +31,7 @@ HEADER = """\
 
 COMMENTS = {
     "demo_data": "the embedded demo (params `demo.build`; a real dataset lists none)",
-    "index": "the dataset's videos and labels -> data/index.json",
+    "index": "the dataset -> data/index.json, index.crops.json; always runs, no dataset dep (affcache/dvc_yaml.py)",
     "extract_": "one extraction per modality that extractors declare (`@register(..., modality=...)`)",
     "train_": "one stage per declared head and task (heads/*.py `@register_model`)",
     "fuse_": "one stage per declared fusion and task",
@@ -84,10 +84,11 @@ def _extract_stages(root: Path) -> dict[str, Any]:
     for m in modalities():
         specs = [s for s in declared if s.modality == m]
         weights = ["${extract.%s.weights}" % m] if any(s.weights for s in specs) else []
+        crops = ["data/index.crops.json"] if any(s.crops for s in specs) else []
         code = code_deps(root, [f"{STAGES}/extract.py", *(_module_path(s.module) for s in specs)])
         out[f"extract_{m}"] = {
             "cmd": f"affcache extract {m}",
-            "deps": ["data/index.json", *weights, *code],
+            "deps": ["data/index.json", *crops, *weights, *code],
             "params": [f"extract.{m}"],
             "outs": [{f"data/features/{m}": {"persist": True}}],
         }
@@ -154,23 +155,49 @@ def _view_stages(root: Path) -> dict[str, Any]:
     }
     report = {
         "cmd": "affcache report",
-        "deps": ["params.yaml", "metrics/summary.json", "metrics/late_fusion.json", "metrics/coverage.json",
+        "deps": ["metrics/summary.json", "metrics/late_fusion.json", "metrics/coverage.json",
                  "metrics/expr_summary.json", "plots/traces", "plots/confusion", "data/index.json",
                  *outputs("va"), *code_deps(root, [f"{STAGES}/report.py"])],
-        "params": ["report"],
+        "params": report_params(),
         "outs": ["data/reports"],
     }
     return {"evaluate": evaluate, "evaluate_expr": evaluate_expr, "report": report}
 
 
+def report_params() -> list[str]:
+    """Every params section but `dataset.root`: the report prints their hash, and where the dataset
+    sits on this machine is no part of any result (`tests/test_dataset_place.py`)."""
+    return ["report", "demo", "demo_models", *_dataset_params(), "extract", "train", "fuse", "evaluate"]
+
+
+def _dataset_params() -> list[str]:
+    """`dataset.<key>` for every key but `root`: where the dataset sits is this machine's business."""
+    from dataclasses import fields
+
+    from pipeline.config import DatasetParams
+
+    return [f"dataset.{f.name}" for f in fields(DatasetParams) if f.name != "root"]
+
+
+def _index_stage(root: Path) -> dict[str, Any]:
+    """The dataset folder is no dep: DVC would hash every crop file at every `dvc status` (2.8M for
+    Aff-Wild2). The stage checks the dataset itself, incrementally (`pipeline.datasets.crops`,
+    `scan_cache`), so it runs at every `dvc repro` and rewrites its outputs only when their content
+    changes: then nothing after it re-runs. Paths in the index are relative to `dataset.root`, which
+    is no param here or below: the same dataset at another path reuses every result."""
+    return {
+        "cmd": "affcache index",
+        "always_changed": True,
+        "deps": code_deps(root, [f"{STAGES}/index.py"]),
+        "params": _dataset_params(),
+        "outs": [{"data/index.json": {"persist": True}},
+                 {"data/index.crops.json": {"persist": True}}],
+    }
+
+
 def stages(root: Path = REPO) -> dict[str, Any]:
     """The whole stage graph, in pipeline order."""
-    index = {"index": {
-        "cmd": "affcache index",
-        "deps": ["${dataset.root}", *code_deps(root, [f"{STAGES}/index.py"])],
-        "params": ["dataset"],
-        "outs": ["data/index.json"],
-    }}
+    index = {"index": _index_stage(root)}
     return {**_demo_stages(root), **index, **_extract_stages(root), **_model_stages(root), **_view_stages(root)}
 
 

@@ -35,11 +35,10 @@ def rates(params_path: str, url: str) -> dict:
     from heads.fusion_windows import AudioFilter
     from heads.windows import frame_windows
     from pipeline.config import load_params
-    from pipeline.records import read_index
-    from affcache.stages import Layout
+    from affcache.stages import Layout, read_videos
 
     params = load_params(params_path)
-    videos = read_index(Layout.from_params(params).index)
+    videos = read_videos(params, Layout.from_params(params), crops=True)
     audio_ids = {v.video_id for v in videos if v.has_audio}
     raav_cfg = params.build("fuse.raav", RAAVConfig) if params.get("fuse.raav") is not None else RAAVConfig()
     windowing = RAAV(raav_cfg).windowing

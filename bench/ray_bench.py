@@ -76,7 +76,7 @@ def main() -> None:
     from extractors.base import run_extraction
     from extractors.engine_ray import RayConfig, run_extraction_ray
     from pipeline.config import load_params
-    from pipeline.records import read_index
+    from affcache.stages import Layout, read_videos
     from affcache.stages.extract import build_extractor
 
     threads = torch.get_num_threads()
@@ -84,7 +84,7 @@ def main() -> None:
         project = build_demo(Path(tmp), args.seconds)
         with working_dir(project):
             params = load_params(Path("params.yaml"))
-            videos = read_index(Path("data/index.json"))
+            videos = read_videos(params, Layout(), crops=True)
             t = time.perf_counter()
             ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
                      runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}})

@@ -338,7 +338,7 @@ class FacePrepared:
         self.batches.close()
 
 
-@register("grada", modality="face", default=True, weights=True)
+@register("grada", modality="face", default=True, weights=True, crops=True)
 class GradaFaceExtractor:
     """Face embeddings per frame (store layout: emb, t0, t1, valid, frame_index [+ va_pred, expr_logits])."""
 
@@ -382,8 +382,9 @@ class GradaFaceExtractor:
         return fp
 
     def source(self, video: Video) -> str:
-        """The crops folder when crops are used (its file list keys the cache), else the media file."""
-        return video.crops_dir if self._use_crops(video) and video.crops_dir else video.media_path
+        """The crops folder when crops are used (its content, as the index checked it, keys the cache:
+        `Video.crops_source`), else the media file."""
+        return video.crops_source() if self._use_crops(video) and video.crops_dir else video.media_path
 
     def _use_crops(self, video: Video) -> bool:
         if self.cfg.source == "crops":

@@ -29,6 +29,7 @@ class ExtractorSpec:
     module: str
     default: bool = False   # the extractor its modality uses unless params or the API name another
     weights: bool = False   # loads weights from a file, folder or Hub id (`extract.<modality>.weights`)
+    crops: bool = False     # reads the dataset's provided face crops (their fingerprints: data/index.crops.json)
 
 
 # Classes registered by importing their module: the declared ones once used, and any a program or a
@@ -36,9 +37,11 @@ class ExtractorSpec:
 REGISTRY: dict[str, type] = {}
 
 
-def register(name: str, *, modality: str, default: bool = False, weights: bool = False) -> Callable[[type], type]:
+def register(name: str, *, modality: str, default: bool = False, weights: bool = False,
+             crops: bool = False) -> Callable[[type], type]:
     """Class decorator and declaration of an extractor: its registry name, the modality (feature
-    store) it writes, whether it is that modality's default, whether it loads weights. The arguments
+    store) it writes, whether it is that modality's default, whether it loads weights, whether it reads
+    the dataset's face crops (its stage then depends on the crops' fingerprints). The arguments
     are literals so that `declared_extractors` reads them without importing the module."""
 
     def deco(cls: type) -> type:
@@ -56,7 +59,7 @@ def declared_extractors() -> dict[str, ExtractorSpec]:
     from pipeline.plugins import declarations
 
     return {d.name: ExtractorSpec(d.name, d.kwargs["modality"], d.module, bool(d.kwargs.get("default")),
-                                  bool(d.kwargs.get("weights")))
+                                  bool(d.kwargs.get("weights")), bool(d.kwargs.get("crops")))
             for d in declarations("extractors", "register")}
 
 

@@ -315,7 +315,7 @@ class ReliabilityPrepared:
     persons: bool = False  # detect path: store the rows person by person with a `person` column
 
 
-@register("reliability", modality="reliability", default=True)
+@register("reliability", modality="reliability", default=True, crops=True)
 class ReliabilityExtractor:
     """Face coverage, mouth opening and voice activity per video (see module docstring)."""
 
@@ -358,12 +358,13 @@ class ReliabilityExtractor:
             self.cfg.detector.check_available("reliability", landmarks=self.mouth_method == "landmarks")
 
     def source(self, video: Video) -> str | tuple[str, str]:
-        """The crops folder when crops are used (its file list keys the cache), else the media file;
-        with mouth_method "csv", also the video's CSV, so its content keys the video's cache entry
-        (with `face_from_csv` the CSV replaces the crops: the media file is then read for VAD only)."""
+        """The crops folder when crops are used (its content, as the index checked it, keys the cache:
+        `Video.crops_source`), else the media file; with mouth_method "csv", also the video's CSV, so
+        its content keys the video's cache entry (with `face_from_csv` the CSV replaces the crops: the
+        media file is then read for VAD only)."""
         if self.cfg.face_from_csv:
             return video.media_path, str(self.csv_path(video))
-        faces = video.crops_dir if self._use_crops(video) and video.crops_dir else video.media_path
+        faces = video.crops_source() if self._use_crops(video) and video.crops_dir else video.media_path
         return (faces, str(self.csv_path(video))) if self.mouth_method == "csv" else faces
 
     def csv_path(self, video: Video) -> Path:

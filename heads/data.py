@@ -152,7 +152,7 @@ def load_head_videos(videos: Sequence, store_url: str | None, task: str = "va",
     for v in videos:
         lab = None
         if task in v.labels:
-            lab = plabels.read_labels(v.labels[task], task)
+            lab = plabels.read_indexed_labels(v, task)
             lab, _msg = plabels.reconcile(lab, v.num_frames, v.video_id)
             f = len(lab.valid)
         else:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.files import atomic_write_text
+from pipeline.files import atomic_write_text, sha256_file
 
 __all__ = [
     "VA_INVALID",
@@ -170,6 +170,23 @@ def read_labels(path: str | Path, task: str) -> FrameLabels:
     if task not in readers:
         raise ValueError(f"unknown label task {task!r}; expected one of {sorted(readers)}")
     return readers[task](path)
+
+
+def read_indexed_labels(video, task: str) -> FrameLabels:
+    """The `task` label file of an index record (`pipeline.records.Video`), checked against the
+    content hash the index recorded (`label_hashes`).
+
+    The index's paths are resolved under this machine's `dataset.root`, which the stages after
+    `index` read without depending on it; this check keeps a root that holds other labels (or a label
+    file edited after indexing) from being trained or scored on silently.
+    """
+    path = video.labels[task]
+    expected = (video.label_hashes or {}).get(task)
+    if expected and sha256_file(path) != expected:
+        raise LabelError(path, None, f"content differs from the index's record of video {video.video_id!r}",
+                         "re-index (`affcache index`, which `dvc repro` runs first), or point `dataset.root` at "
+                         "the copy of the dataset the index was built from")
+    return read_labels(path, task)
 
 
 def count_label_lines(path: str | Path) -> int:

@@ -62,7 +62,7 @@ from zarr.storage import FsspecStore, LocalStore
 
 from pipeline.files import (atomic_output, atomic_write_text, is_url, local_path, read_bytes, sampled_digest,
                             url_fs)
-from pipeline.records import Video
+from pipeline.records import Fingerprinted, Video
 from pipeline.video_archive import (GROUP_KEY, HEAD_BYTES, ArchiveError, VideoArchive, head_group_meta,
                                     write_archive)
 
@@ -108,9 +108,15 @@ def source_fingerprint(path_or_dir: str | os.PathLike | Sequence[str | os.PathLi
     A list/tuple of paths (a video whose arrays depend on several inputs, e.g. its crops and an
     external per-frame CSV) gives `{"kind": "multi", "parts": [...]}`, one fingerprint per path, so a
     change to any of them re-extracts that video.
+    A `pipeline.records.Fingerprinted` path (a crop folder the index stage checked, content included:
+    `pipeline.datasets.crops`) gives the fingerprint it carries, in the same form, without a walk.
     """
     if isinstance(path_or_dir, (list, tuple)):
         return {"kind": "multi", "parts": [source_fingerprint(p) for p in path_or_dir]}
+    if isinstance(path_or_dir, Fingerprinted):
+        if not os.path.isdir(path_or_dir):
+            raise StoreError(f"{path_or_dir}: source folder not found; check `dataset.root` and re-index (`affcache index`)")
+        return dict(path_or_dir.fingerprint)
     path = Path(path_or_dir)
     if path.is_dir():
         return _dir_fingerprint(path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 from fractions import Fraction
@@ -14,7 +15,7 @@ import pytest
 from pipeline import labels as L
 from pipeline import media
 from pipeline.datasets import ADAPTERS, DatasetError, IndexReport, build_index
-from pipeline.records import read_index, write_index
+from pipeline.records import crops_index_path, read_crops, read_index, with_crops, write_crops, write_index
 
 REAL_CLIP = Path(__file__).resolve().parents[2] / "shared" / "realdata" / "facenet-examples" / "video.mp4"
 PAIR = "10-60-64x48"  # the name claims 60 fps; the stream is 29.97
@@ -138,8 +139,16 @@ def test_affwild2_test_labels_option(tree):
 def test_index_round_trip(tree, tmp_path):
     videos, warnings = build_index("affwild2", tree, progress=False)
     assert len(warnings) == 1
-    write_index(videos, tmp_path / "index.json")
-    assert read_index(tmp_path / "index.json") == videos
+    assert by_id(videos)["a"].crops_fingerprint["files"] == 3
+    index, crops = tmp_path / "index.json", crops_index_path(tmp_path / "index.json")
+    write_index(videos, index, warnings, root=tree)
+    write_crops(videos, crops)
+    assert str(tree) not in index.read_text()  # paths relative to the dataset root
+    assert with_crops(read_index(index, root=tree), read_crops(crops)) == videos
+    with pytest.raises(ValueError, match="relative to the dataset root"):
+        read_index(index)
+    write_index(videos, tmp_path / "plain.json")  # without a root: paths as given, read back as such
+    assert read_index(tmp_path / "plain.json") == [dataclasses.replace(v, crops_fingerprint=None) for v in videos]
 
 
 def test_affwild2_missing_media_names_id_and_folders(tree):

@@ -1,8 +1,11 @@
-"""The README's three user stories, with real `dvc` in a temporary git repository on the tiny demo.
+"""The README's user stories, with real `dvc` in a temporary git repository on the tiny demo.
 
 (a) `dvc repro` builds everything; (b) changing one fusion param re-runs only that fusion stage and
 what follows it; (c) a teammate's clone with a shared DVC remote pulls and recomputes nothing (also
-through the run-cache). One module-scoped build keeps the three stories to one full pipeline run.
+through the run-cache); (e) their own copy of the dataset at another `dataset.root` re-runs nothing
+after `index`; (f) an edited crop in it re-extracts that video only. One module-scoped build keeps
+the stories to one full pipeline run. `index` checks the dataset itself, so it runs at every
+`dvc repro` and `dvc status` always lists it (`ALWAYS`).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ TINY_OVERLAY = Path(__file__).with_name("params.tiny.yaml")
 
 TRAIN_FACE_STAGE = "train_face"
 EXTRACT_PREFIX = "extract_"
+ALWAYS = {"index"}  # dvc.yaml `always_changed`: runs at every repro, rewrites its outputs only on change
 
 
 def _env() -> dict[str, str]:
@@ -73,6 +77,12 @@ def copy_project(dest: Path) -> None:
 
 def ran_stages(output: str) -> set[str]:
     return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")}
+
+
+def assert_nothing_stale(project: Path) -> None:
+    """`dvc status`: nothing to do but the stage that always runs."""
+    status = json.loads(sh(project, "dvc", "status", "--json"))
+    assert status == {stage: ["always changed"] for stage in ALWAYS}, status
 
 
 @pytest.fixture(scope="module")
@@ -132,8 +142,7 @@ def test_a_repro_builds_everything(built) -> None:
     rows = (built["work"] / "late_fusion.txt").read_text().splitlines()
     assert rows[0] == "image_location,valence,arousal" and len(rows) > 100
     assert sum(late["videos_fused"].values()) > 0
-    status = sh(project, "dvc", "status")
-    assert "up to date" in status
+    assert_nothing_stale(project)
 
 
 def test_history_plot_keeps_the_columns_every_epoch_has() -> None:
@@ -154,7 +163,7 @@ def test_b_fusion_param_reruns_only_fusion(built) -> None:
     train["seed"] = int(train.get("seed", 0)) + 1
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     output = sh(project, "dvc", "repro")
-    assert ran_stages(output) == {"fuse_gated_moe", "evaluate", "report"}, output
+    assert ran_stages(output) == ALWAYS | {"fuse_gated_moe", "evaluate", "report"}, output
     sh(project, "git", "add", "-A")
     sh(project, "git", "commit", "-qm", "gated_moe seed")
 
@@ -181,8 +190,8 @@ def test_b3_expr_param_reruns_only_expr_stages(built) -> None:
     params["train"]["expr_face"]["train"]["seed"] = int(params["train"]["expr_face"]["train"].get("seed", 0)) + 1
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     output = sh(project, "dvc", "repro")
-    assert ran_stages(output) == {"train_expr_face", "fuse_expr_gated_moe", "fuse_expr_raav", "evaluate_expr",
-                                  "report"}, output
+    assert ran_stages(output) == ALWAYS | {"train_expr_face", "fuse_expr_gated_moe", "fuse_expr_raav",
+                                           "evaluate_expr", "report"}, output
     sh(project, "git", "add", "-A")
     sh(project, "git", "commit", "-qm", "expr_face seed")
 
@@ -200,10 +209,12 @@ def test_b4_replaced_weights_file_invalidates_only_its_extraction(built) -> None
         assert not {s for s in changed if s.startswith(EXTRACT_PREFIX)} - {"extract_face"}, changed
     finally:
         weights.write_bytes(saved)
-    assert "up to date" in sh(project, "dvc", "status")
+    assert_nothing_stale(project)
 
 
-def test_c_teammate_pulls_and_recomputes_nothing(built) -> None:
+@pytest.fixture(scope="module")
+def teammate(built) -> Path:
+    """A teammate's clone of the project after `dvc pull --run-cache` from a shared local remote."""
     work, project = built["work"], built["project"]
     remote = work / "remote"
     sh(project, "dvc", "remote", "add", "-d", "team", str(remote))
@@ -213,9 +224,44 @@ def test_c_teammate_pulls_and_recomputes_nothing(built) -> None:
     clone = work / "clone"
     sh(work, "git", "clone", "-q", str(project), str(clone))
     sh(clone, "dvc", "pull", "--run-cache")
-    output = sh(clone, "dvc", "repro")
-    assert ran_stages(output) == set(), output
-    assert "up to date" in sh(clone, "dvc", "status")
+    return clone
+
+
+def test_c_teammate_pulls_and_recomputes_nothing(teammate) -> None:
+    output = sh(teammate, "dvc", "repro")
+    assert ran_stages(output) == ALWAYS, output  # their first index: a stat walk (pulled crops: no key changes)
+    assert "0 set(s) changed" in output, output
+    assert_nothing_stale(teammate)
+
+
+def test_e_own_copy_at_another_root_reruns_nothing_after_index(built, teammate) -> None:
+    """The teammate's own copy of the dataset elsewhere (new inodes and mtimes), named by their
+    `dataset.root`: the index files come out identical, so nothing after `index` runs."""
+    theirs = built["work"] / "teammate_data" / "demo"
+    shutil.copytree(teammate / "data" / "raw" / "demo", theirs, copy_function=shutil.copyfile)
+    index_before = (teammate / "data" / "index.json").read_bytes()
+    params = yaml.safe_load((teammate / "params.yaml").read_text())
+    params["dataset"]["root"] = str(theirs)
+    (teammate / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    output = sh(teammate, "dvc", "repro")
+    assert ran_stages(output) == ALWAYS, output
+    assert (teammate / "data" / "index.json").read_bytes() == index_before
+    assert_nothing_stale(teammate)
+
+
+def test_f_edited_crop_reextracts_that_video_only(built, teammate) -> None:
+    """One crop overwritten with its mirror image at the same size (names and sizes unchanged): the
+    face and reliability stores redo that video, no other video and no other extractor."""
+    from test_dataset_place import mirror_same_size
+
+    theirs = built["work"] / "teammate_data" / "demo"
+    if not theirs.is_dir():
+        pytest.skip("needs the teammate's copy of test_e")
+    crops = sorted(p for p in (theirs / "cropped_aligned").iterdir() if len(list(p.iterdir())) > 2)[0]
+    mirror_same_size(sorted(crops.iterdir())[1])
+    output = sh(teammate, "dvc", "repro", "extract_face", "extract_reliability")
+    assert ran_stages(output) == ALWAYS | {"extract_face", "extract_reliability"}, output
+    assert output.count(" 1 to extract, ") == 2, output  # face and reliability: that video only
 
 
 def test_d_team_shares_over_s3(built, s3_server) -> None:
@@ -233,8 +279,8 @@ def test_d_team_shares_over_s3(built, s3_server) -> None:
     sh(work, "git", "clone", "-q", str(project), str(clone))
     sh(clone, "dvc", "pull", "--run-cache")
     output = sh(clone, "dvc", "repro")
-    assert ran_stages(output) == set(), output
-    assert "up to date" in sh(clone, "dvc", "status")
+    assert ran_stages(output) == ALWAYS, output
+    assert_nothing_stale(clone)
     assert (clone / "metrics" / "summary.json").read_text() == (project / "metrics" / "summary.json").read_text()
 
 

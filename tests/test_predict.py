@@ -107,8 +107,9 @@ def inputs(project: Path) -> dict[str, Path]:
 
     folder = project.parent / "inputs"
     folder.mkdir()
-    with_audio = next(v for v in read_index(project / "data" / "index.json") if v.has_audio and v.crops_dir)
-    source = project / with_audio.media_path  # index paths are relative to the project root
+    root = project / PARAMS["dataset"]["root"]
+    with_audio = next(v for v in read_index(project / "data" / "index.json", root) if v.has_audio and v.crops_dir)
+    source = Path(with_audio.media_path)  # index paths are relative to the dataset root
     speech = folder / "speaker.mp4"
     shutil.copy(source, speech)
     silent = make_video(folder / "silent.mp4", seconds=3.0, fps=10, size=(96, 72), audio=False)
@@ -348,7 +349,7 @@ def test_inference_matches_the_training_outputs(project, fusion: str) -> None:
     from pipeline.store import FeatureStore, read_current
 
     with cwd(project):
-        videos = read_index("data/index.json")
+        videos = read_index("data/index.json", PARAMS["dataset"]["root"])
         predictor = load_predictor(f"fusion_{fusion}", {h: f"data/heads/{h}" for h in HEADS},
                                    {f"fusion_{fusion}": f"data/fusion/{fusion}"}, device="cpu")
         rel = read_current("data/features/reliability")

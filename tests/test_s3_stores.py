@@ -114,7 +114,7 @@ def test_extract_train_and_predict_with_stores_in_s3(endpoint_from_params_only, 
     assert len(objects) == 1 + len(FeatureStore.open(url).video_ids())  # the root + one object per video
     from pipeline.records import read_index
 
-    assert sorted(FeatureStore.open(url).video_ids()) == sorted(v.video_id for v in read_index(project / "data" / "index.json"))
+    assert sorted(FeatureStore.open(url).video_ids()) == sorted(v.video_id for v in read_index(project / "data" / "index.json", project / "data" / "raw" / "demo"))
     assert (project / "data" / "heads" / "face" / "model.pt").exists()
     assert report.extraction["face"]["store"].startswith(f"s3://{prefix}/predict/face/")
     assert (project / next(iter(report.outputs.values()))["csv"]).stat().st_size > 0

@@ -98,7 +98,7 @@ def test_index_lists_label_frame_mismatches(demo_project: Path) -> None:
 def test_corrupt_video_fails_alone_and_a_rerun_retries_only_it(demo_project: Path, tmp_path: Path) -> None:
     project = copy_of(demo_project, tmp_path / "project")
     victim = single_file_video(project)
-    media = project / victim["media_path"]
+    media = project / PARAMS["dataset"]["root"] / victim["media_path"]  # index paths: under the dataset root
     good = media.read_bytes()
     media.write_bytes(good[:3000] + bytes(len(good) - 3000))  # header kept, the rest zeroed
 

@@ -38,6 +38,18 @@ class Layout:
         return self.root / "data" / "index.json"
 
     @property
+    def scan_cache(self) -> Path:
+        """This machine's memory of the dataset tree (`pipeline.datasets.scan_cache`): never tracked."""
+        return self.root / ".affcache" / "index"
+
+    @property
+    def crops(self) -> Path:
+        """The crop fingerprints the index stage writes beside the index (`records.crops_index_path`)."""
+        from pipeline.records import crops_index_path
+
+        return crops_index_path(self.index)
+
+    @property
     def features(self) -> Path | str:
         return self.features_root.rstrip("/") if self.features_root else self.root / "data" / "features"
 
@@ -106,3 +118,26 @@ def configure_storage(endpoint_url: str, timeout_s: float = 10.0) -> None:
 def write_json(path: Path, data: Any) -> None:
     """Write a stage output as JSON through the one atomic writer (sorted keys, stable bytes)."""
     atomic_write_json(path, data)
+
+
+def dataset_root(params: Any) -> Path | None:
+    """This machine's dataset root (params `dataset.root`), which resolves the index's relative paths.
+
+    Read here, and on purpose not a DVC param of the stages after `index`: the root says where the
+    files are, while the index (label hashes, container probes) and its crops file (crop content
+    fingerprints) say what they are, and those files are the stages' deps. So a teammate's copy at
+    another path reuses every result. A root that does not hold what the index describes is caught
+    where it is read: extraction compares each source's fingerprint with its store entry, and
+    training and evaluation check each label file against its hash in the index (`pipeline.labels`).
+    """
+    root = params.get("dataset.root")
+    return Path(root) if root else None
+
+
+def read_videos(params: Any, layout: Layout, crops: bool = False) -> list:
+    """The index's videos, paths under this machine's dataset root; `crops` attaches the crop
+    fingerprints (the extraction stages that read crops depend on that file too)."""
+    from pipeline.records import read_crops, read_index, with_crops
+
+    videos = read_index(layout.index, root=dataset_root(params))
+    return with_crops(videos, read_crops(layout.crops)) if crops else videos

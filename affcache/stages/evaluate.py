@@ -20,8 +20,7 @@ from pathlib import Path
 import click
 
 from pipeline.config import build_config, load_params
-from pipeline.records import read_index
-from affcache.stages import Layout, write_json
+from affcache.stages import Layout, read_videos, write_json
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +39,7 @@ def run_expr(params_path: Path) -> dict:
     params = load_params(params_path)
     split = str(params.get("evaluate.split", "validation"))
     layout = Layout()
-    records = read_index(layout.index)
+    records = read_videos(params, layout)
     summary = evaluate_expr(model_dirs(layout, "expr"), load_expr_labels(records, split),
                             load_expr_labels(records, "train"), layout.metrics / "expr_summary.json",
                             layout.plots / "confusion")
@@ -58,7 +57,7 @@ def run(params_path: Path) -> None:
     late = dict(section.pop("late_fusion", None) or {})
     cfg = build_config(EvalConfig, section, where=f"{params.path}: evaluate")
     layout = Layout()
-    records = read_index(layout.index)
+    records = read_videos(params, layout)
     labels = load_labels(records, cfg.split)
     times = label_frame_times(records, labels)
     models = model_dirs(layout)

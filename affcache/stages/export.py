@@ -11,8 +11,8 @@ import json
 import logging
 from pathlib import Path
 
-from pipeline.records import read_index
-from affcache.stages import Layout, StageFailed
+from pipeline.config import load_params
+from affcache.stages import Layout, StageFailed, read_videos
 from affcache.stages.evaluate import model_dirs
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ def run(params_path: Path, model: str | None, split: str, template: Path | None,
     if model == LATE_FUSION and not (models[model] / "outputs.zarr").exists():
         raise StageFailed(f"{models[model]}/outputs.zarr: not found; enable `evaluate.late_fusion` and run "
                           "`dvc repro evaluate`")
-    videos = [v for v in read_index(layout.index) if v.split == split]
+    videos = [v for v in read_videos(load_params(params_path), layout) if v.split == split]
     if not videos:
         raise StageFailed(f"{layout.index}: no video in split {split!r}")
     task = "va" if model == LATE_FUSION else by_model_name(model).task

@@ -15,8 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import Params, ParamsError, build_config, load_params
-from pipeline.records import read_index
-from affcache.stages import Layout, StageFailed
+from affcache.stages import Layout, StageFailed, read_videos
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +136,7 @@ def run(params_path: Path, modality: str, device: str | None = None, video_ids: 
     layout = Layout.from_params(params)
     extractor = build_extractor(params, modality, {"device": device} if device else None)
     check_weights(params, modality, extractor.cfg)
-    videos = select_videos(read_index(layout.index), video_ids, layout.index)
+    videos = select_videos(read_videos(params, layout, crops=True), video_ids, layout.index)
     engine = engine or params.get(f"extract.{modality}.engine", "local")
     try:
         if engine == "ray":

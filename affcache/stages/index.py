@@ -1,4 +1,11 @@
-"""Stage `index`: scan the dataset into data/index.json (one `Video` record per annotation id)."""
+"""Stage `index`: scan the dataset into data/index.json (one `Video` record per annotation id) and
+the crop fingerprints beside it (data/index.crops.json).
+
+It runs at every `dvc repro` (dvc.yaml: `always_changed`; the dataset folder is no DVC dep, whose
+hashing costs minutes at Aff-Wild2 size): the scan cache makes a run with nothing changed a stat walk,
+and both files are rewritten only when their content changes, so DVC re-runs nothing after it then.
+Paths in the index are relative to `dataset.root`, so the same dataset elsewhere gives the same file.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +15,7 @@ from pathlib import Path
 
 from pipeline.config import load_params
 from pipeline.files import sha256_file
-from pipeline.records import Video, write_index
+from pipeline.records import Video, crops_index_path, read_crops, write_crops, write_index
 from affcache.stages import Layout
 
 log = logging.getLogger(__name__)
@@ -23,15 +30,20 @@ def run(params_path: Path, adapter: str | None = None, root: Path | None = None,
     from pipeline.datasets import build_index
 
     params = load_params(params_path)
+    layout = Layout()
     adapter = adapter or params.section("dataset.adapter")
     root = Path(root or params.section("dataset.root"))
-    out = Path(out or params.get("dataset.index") or Layout().index)
+    out = Path(out or params.get("dataset.index") or layout.index)
     options = dict(params.get("dataset.options") or {})
-    videos, warnings = build_index(adapter, root, **options)
+    crops_path = crops_index_path(out)
+    videos, warnings = build_index(adapter, root, cache_dir=layout.scan_cache, shared_crops=read_crops(crops_path),
+                                   **options)
     videos = [with_label_hashes(v) for v in videos]
-    write_index(videos, out, warnings=warnings)
+    wrote = write_index(videos, out, warnings=warnings, root=root)
+    wrote_crops = write_crops(videos, crops_path)
     splits: dict[str, int] = {}
     for video in videos:
         splits[video.split] = splits.get(video.split, 0) + 1
-    log.info("index: %d videos (%s) -> %s; %d warning(s)", len(videos),
-             ", ".join(f"{k} {v}" for k, v in sorted(splits.items())), out, len(warnings))
+    log.info("index: %d videos (%s) -> %s%s; %d warning(s)", len(videos),
+             ", ".join(f"{k} {v}" for k, v in sorted(splits.items())), out,
+             "" if wrote or wrote_crops else " (unchanged)", len(warnings))

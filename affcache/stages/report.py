@@ -6,13 +6,13 @@ confusion matrices are counted from plots/confusion/<model>.csv.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from pathlib import Path
 
-from pipeline.config import load_params
-from pipeline.records import read_index
-from affcache.stages import Layout
+from pipeline.config import Params, load_params
+from affcache.stages import Layout, read_videos
 from affcache.stages.evaluate import model_dirs
 
 log = logging.getLogger(__name__)
@@ -26,7 +26,7 @@ def run(params_path: Path) -> None:
     cfg = params.build("report", ReportConfig)
     layout = Layout()
     summary = json.loads((layout.metrics / "summary.json").read_text())
-    records = read_index(layout.index)
+    records = read_videos(params, layout)
     labels = load_labels(records, EvalConfig().split)
     times = label_frame_times(records, labels)  # the report's time axis, in seconds
     expr_path = layout.metrics / "expr_summary.json"
@@ -40,7 +40,7 @@ def run(params_path: Path) -> None:
     coverage = _json(layout.metrics / "coverage.json")
     path = build_report(summary, model_dirs(layout), labels, layout.reports / "index.html", cfg,
                         expr_summary=expr, confusion=confusion, late_fusion=late, coverage=coverage,
-                        run_info=run_info(params_path), frame_times=times)
+                        run_info=run_info(params), frame_times=times)
     log.info("report: %s", path)
 
 
@@ -48,14 +48,18 @@ def _json(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def run_info(params_path: Path) -> dict[str, str]:
+def run_info(params: Params) -> dict[str, str]:
     """What identifies the run: the git revision of the code (with `+changes` when the work tree
-    differs) and the SHA-256 of the params file (first 12 hex digits)."""
+    differs) and the SHA-256 (first 12 hex digits) of the params as canonical JSON, without
+    `dataset.root`: where the dataset sits on this machine is no part of any result (dvc.yaml lists
+    the same params for this stage, so a teammate's other root re-runs nothing after `index`)."""
+    import hashlib
     import subprocess
 
-    from pipeline.files import sha256_file
-
-    info = {"params sha256": sha256_file(params_path)[:12]}
+    data = copy.deepcopy(params.data)
+    (data.get("dataset") or {}).pop("root", None)
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+    info = {"params sha256": hashlib.sha256(canonical.encode()).hexdigest()[:12]}
     try:
         rev = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, timeout=10,
                              check=True).stdout.strip()

@@ -10,10 +10,15 @@ would make each stage depend on every extractor and head.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import typing
 from pathlib import Path
 
 from pipeline.config import Schema, check_params, load_params
+from pipeline.files import atomic_write_text
+
+MEMO = Path(".affcache") / "params_checked"  # in the project (the stages' working directory), never tracked
+CODE_PACKAGES = ("pipeline", "extractors", "heads", "affcache")  # where the schema's classes live
 
 
 def params_schema() -> Schema:
@@ -46,9 +51,35 @@ def params_schema() -> Schema:
     )
 
 
-def check_params_file(path: Path) -> None:
-    """Check the whole params file before a stage starts (see `pipeline.config.check_params`)."""
+def check_params_file(path: Path, memo: Path | None = MEMO) -> None:
+    """Check the whole params file before a stage starts (see `pipeline.config.check_params`).
+
+    A check that passed is remembered in `memo` (keyed by the params file's bytes and the stats of
+    the code that defines the schema), so the stage that runs at every `dvc repro` (`index`) does
+    not import every registry (torch, transformers: seconds) when neither changed.
+    """
+    key = _check_key(path) if memo is not None else None
+    if key is not None and memo is not None and memo.is_file() and memo.read_text() == key:
+        return
     check_params(load_params(path), params_schema())
+    if key is not None and memo is not None:
+        try:
+            atomic_write_text(memo, key)
+        except OSError:  # a read-only project still runs; it just checks every time
+            pass
+
+
+def _check_key(path: Path) -> str | None:
+    try:
+        h = hashlib.sha256(Path(path).read_bytes())
+    except OSError:
+        return None  # load_params reports the missing file
+    code = Path(__file__).resolve().parents[2]
+    for package in CODE_PACKAGES:
+        for f in sorted((code / package).rglob("*.py")):
+            st = f.stat()
+            h.update(f"{f.relative_to(code)}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    return h.hexdigest() + "\n"
 
 
 def adapter_options(adapter: type) -> type:

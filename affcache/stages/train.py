@@ -15,8 +15,7 @@ import logging
 from pathlib import Path
 
 from pipeline.config import Params, ParamsError, load_params
-from pipeline.records import read_index
-from affcache.stages import Layout, write_json
+from affcache.stages import Layout, read_videos, write_json
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +74,7 @@ def run(params_path: Path, name: str, kind: str = "head") -> dict:
     cfg = params.build(spec.params_section, cls, **fixed_keys(params, spec, cls))
     head = spec.build(cfg)
     layout = Layout.from_params(params)
-    records = read_index(layout.index)  # first: a missing index is the error to report, not a missing store
+    records = read_videos(params, layout)  # first: a missing index is the error to report, not a missing store
     urls = {inp: layout.input_url(inp) for inp in spec.inputs}
     videos = head.load(records, urls)
     out_dir = layout.model_dir(spec.kind, spec.name)

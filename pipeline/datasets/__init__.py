@@ -11,12 +11,17 @@ The synthetic demo is not an adapter: its generator writes an Aff-Wild2-shaped t
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Mapping, NamedTuple
 
 from pipeline.datasets.affwild2 import AffWild2Adapter, DatasetError
+from pipeline.datasets.crops import check_crops
 from pipeline.datasets.folder import FolderAdapter
+from pipeline.datasets.scan_cache import ScanCache
 from pipeline.records import Video
+
+log = logging.getLogger(__name__)
 
 ADAPTERS: dict[str, type] = {"affwild2": AffWild2Adapter, "folder": FolderAdapter}
 
@@ -39,20 +44,31 @@ def get_adapter(adapter_name: str, root: str | Path, **options: Any):
     try:
         return cls(root, **options)
     except TypeError as e:
-        fields = [f for f in cls.__dataclass_fields__ if f not in ("root", "warnings")]
+        fields = [f for f in cls.__dataclass_fields__ if f not in ("root", "warnings", "cache")]
         raise DatasetError(
             f"adapter {adapter_name!r}: bad options {sorted(options)} ({e}); fix: valid options are {fields}"
         ) from e
 
 
-def build_index(adapter_name: str, root: str | Path, **options: Any) -> IndexReport:
+def build_index(adapter_name: str, root: str | Path, cache_dir: str | Path | None = None,
+                shared_crops: Mapping[str, Mapping] | None = None, **options: Any) -> IndexReport:
     """Index a dataset with the named adapter: `(videos, warnings)`.
 
+    Each video with crops gets its `crops_fingerprint` (`pipeline.datasets.crops`). `cache_dir`
+    keeps this machine's scan cache there (`pipeline.datasets.scan_cache`), so a re-index probes,
+    parses and reads only what changed; without it every run is a first sight. `shared_crops` (video
+    id -> record of the previous crops file) lets a first sight keep the keys recorded elsewhere.
     Warnings (label/video length mismatches with the rule applied, skipped files, split conflicts)
     are also logged through the adapter module's logger; the caller should store them with the index.
     """
     adapter = get_adapter(adapter_name, root, **options)
+    adapter.cache = cache = ScanCache(cache_dir, root)
     videos = adapter.build()
+    videos, stats = check_crops(videos, cache, shared_crops, progress=adapter.progress)
+    cache.save()
+    if stats.sets:
+        log.info("crops: %d set(s), %d file(s) listed, %d read, %d set(s) changed", stats.sets, stats.files,
+                 stats.hashed, stats.changed)
     return IndexReport(videos, list(adapter.warnings))
 
 

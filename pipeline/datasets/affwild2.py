@@ -29,6 +29,7 @@ from pathlib import Path
 from pipeline.progress import progress_bar
 
 from pipeline import media
+from pipeline.datasets.scan_cache import ScanCache
 from pipeline.labels import mismatch_message, read_labels
 from pipeline.records import SPLITS, TASKS, Video
 
@@ -82,16 +83,20 @@ def media_stem(video_id: str) -> str:
 
 
 def probe_many(
-    paths: Sequence[Path], workers: int = 4, progress: bool | None = None
+    paths: Sequence[Path], workers: int = 4, progress: bool | None = None, cache: ScanCache | None = None
 ) -> dict[Path, media.MediaInfo | media.MediaError]:
     """Probe files in a thread pool (PyAV releases the GIL); errors are returned, not raised.
 
     Returning errors lets the caller decide per file (fail, or skip with a warning) after all
-    files were looked at, so a user sees every bad file of a dataset in one run.
+    files were looked at, so a user sees every bad file of a dataset in one run. With `cache`, a
+    file probed before with the same size and mtime is not opened again (the index re-runs at every
+    `dvc repro`, and a probe demuxes every packet).
     """
 
     def one(path: Path) -> media.MediaInfo | media.MediaError:
         try:
+            if cache is not None:
+                return cache.probe(path, lambda: media.probe(path))
             return media.probe(path)
         except media.MediaError as e:
             return e
@@ -211,6 +216,13 @@ class AdapterOptions:
     workers: int = 4
     progress: bool | None = None
     warnings: list[str] = field(default_factory=list, init=False)
+    cache: ScanCache | None = field(default=None, init=False, repr=False)  # set by `build_index`
+
+    def label_rows(self, path: Path, task: str) -> int:
+        """Rows of a label file (parsed, so a bad file fails here); memoised by content in `cache`."""
+        if self.cache is None:
+            return len(read_labels(path, task))
+        return self.cache.label_rows(path, task, lambda: len(read_labels(path, task)))
 
 
 @dataclass
@@ -258,7 +270,7 @@ class AffWild2Adapter(AdapterOptions):
         for vid in listed:
             label_frames.setdefault(vid, {})
         media_paths = self._resolve_media(root, ids)
-        infos = probe_many(sorted(set(media_paths.values())), self.workers, self.progress)
+        infos = probe_many(sorted(set(media_paths.values())), self.workers, self.progress, self.cache)
         videos = []
         for vid in ids:
             if vid not in media_paths:
@@ -305,7 +317,7 @@ class AffWild2Adapter(AdapterOptions):
         counts: dict[str, dict[str, int]] = {}
         for task, per_id in annotations.items():
             for vid, ann in per_id.items():
-                counts.setdefault(vid, {})[task] = len(read_labels(ann.path, task))
+                counts.setdefault(vid, {})[task] = self.label_rows(ann.path, task)
         return counts
 
     def _resolve_media(self, root: Path, ids: list[str]) -> dict[str, Path]:

@@ -30,7 +30,7 @@ from pipeline.datasets.affwild2 import (
     probe_many,
     video_record,
 )
-from pipeline.labels import mismatch_message, read_va
+from pipeline.labels import mismatch_message
 from pipeline.records import SPLITS, Video
 
 SPLITS_FILE = "splits.csv"
@@ -102,7 +102,7 @@ class FolderAdapter(AdapterOptions):
         splits = read_splits(root / SPLITS_FILE) if (root / SPLITS_FILE).is_file() else {}
         for vid in sorted(set(splits) - set(videos)):
             note(self.warnings, f"{root / SPLITS_FILE}: {vid!r} has no video file; ignored")
-        infos = probe_many(sorted(videos.values()), self.workers, self.progress)
+        infos = probe_many(sorted(videos.values()), self.workers, self.progress, self.cache)
         records = []
         for vid, path in sorted(videos.items()):
             info = infos[path]
@@ -119,7 +119,7 @@ class FolderAdapter(AdapterOptions):
         labels, label_frames = {}, {}
         if label_path.is_file():
             labels["va"] = str(label_path)
-            label_frames["va"] = len(read_va(label_path))
+            label_frames["va"] = self.label_rows(label_path, "va")
             message = mismatch_message(vid, label_frames["va"], info.num_frames, "va")
             if message:
                 note(self.warnings, message)
