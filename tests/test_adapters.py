@@ -66,14 +66,18 @@ def test_index_stage_depends_on_every_declared_adapter_module() -> None:
 
 def test_adapters_borrow_nothing_from_each_other() -> None:
     """An adapter module imports, from its own package, only the shared modules (`common` and the
-    ones below it), and no private name from anywhere in the repository."""
+    ones below it) or another adapter's declared class whole (to subclass it), and no private name
+    from anywhere in the repository."""
     shared = {"pipeline.datasets.common", "pipeline.datasets.scan_cache", "pipeline.datasets.crops"}
+    classes = {d.module: d.cls for d in declarations("pipeline.datasets", "register_adapter")}
     for module in declared_adapters().values():
         path = REPO / (module.replace(".", "/") + ".py")
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in (
                     "pipeline", "extractors", "heads", "affcache"):
-                if node.module.startswith("pipeline.datasets"):
+                if node.module in classes:
+                    assert [a.name for a in node.names] == [classes[node.module]], f"{path.name}: {ast.unparse(node)}"
+                elif node.module.startswith("pipeline.datasets"):
                     assert node.module in shared, f"{path.name} imports {node.module}"
                 private = [a.name for a in node.names if a.name.startswith("_")]
                 assert not private, f"{path.name} imports {private} from {node.module}"
