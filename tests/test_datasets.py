@@ -98,7 +98,7 @@ def by_id(videos):
 
 
 def test_affwild2_records(tree, caplog):
-    with caplog.at_level(logging.WARNING, logger="pipeline.datasets.affwild2"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.datasets"):
         report = build_index("affwild2", tree, progress=False)
     assert isinstance(report, IndexReport)
     v = by_id(report.videos)

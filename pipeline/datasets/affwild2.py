@@ -19,14 +19,13 @@ Label/video length mismatches are expected in real data; they are logged, kept i
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline import media
-from pipeline.datasets.common import (  # noqa: F401 - VIDEO_EXTS, exts_text: public here as before
+from pipeline.datasets.common import (  # noqa: F401 - CROPS_DIR, VIDEO_EXTS, exts_text: public here as before
     CROPS_DIR,
     VIDEO_EXTS,
     AdapterOptions,
@@ -41,8 +40,6 @@ from pipeline.datasets.common import (  # noqa: F401 - VIDEO_EXTS, exts_text: pu
 )
 from pipeline.labels import mismatch_message
 from pipeline.records import SPLITS, TASKS, Video
-
-log = logging.getLogger(__name__)
 
 MEDIA_DIRS = ("videos", "batch1", "batch2", "new_vids")  # searched first, in this order
 ANNOTATION_DIRS = {"va": "VA_Estimation_Challenge", "expr": "EXPR_Recognition_Challenge"}
