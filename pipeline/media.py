@@ -828,8 +828,9 @@ def read_audio(path: str | Path, sample_rate: int = 16000) -> np.ndarray | None:
 
 
 def _video_origin(container) -> float | None:
-    """Time 0 of the video stream in seconds (None when the file has no video)."""
-    if not container.streams.video:
+    """Time 0 of the video stream in seconds (None when the file has no video; a cover picture of an
+    audio file is no video: its sound starts at its own first sample)."""
+    if not _has_video(container):
         return None
     stream = container.streams.video[0]
     return float(_start_pts(stream) * stream.time_base) if stream.time_base else 0.0

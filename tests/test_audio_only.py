@@ -52,6 +52,36 @@ def test_an_audio_file_is_probed_on_the_fixed_grid(dataset: Path) -> None:
     assert info.duration == pytest.approx(2.4) and info.num_frames == 60
 
 
+def test_a_cover_picture_does_not_make_a_video(tmp_path: Path) -> None:
+    """An mp3 with its album art (a one-picture video stream marked attached_pic) is audio-only."""
+    from pipeline.media import read_audio
+
+    path = tmp_path / "song.mp3"
+    with av.open(str(path), "w") as c:
+        sound = c.add_stream("mp3", rate=SR)
+        sound.layout = "mono"
+        art = c.add_stream("mjpeg")
+        art.width, art.height, art.pix_fmt = 16, 16, "yuvj420p"
+        art.disposition = av.stream.Disposition.attached_pic
+        for packet in art.encode(av.VideoFrame.from_ndarray(np.zeros((16, 16, 3), np.uint8), format="rgb24")):
+            c.mux(packet)
+        for packet in art.encode():
+            c.mux(packet)
+        samples = (speechlike(1.0, SR) * 20000).astype(np.int16)
+        for start in range(0, len(samples), 1152):
+            frame = av.AudioFrame.from_ndarray(samples[None, start:start + 1152], format="s16", layout="mono")
+            frame.sample_rate = SR
+            for packet in sound.encode(frame):
+                c.mux(packet)
+        for packet in sound.encode():
+            c.mux(packet)
+    with av.open(str(path)) as c:
+        assert [s.type for s in c.streams] == ["audio", "video"]  # the picture is there
+    info = probe(path)
+    assert info.has_video is False and info.fps == AUDIO_GRID_FPS and info.duration == pytest.approx(1.0, abs=0.1)
+    assert len(read_audio(path)) == pytest.approx(SR, abs=0.1 * SR)
+
+
 def test_the_folder_adapter_indexes_audio_with_span_labels(dataset: Path) -> None:
     from pipeline.datasets import build_index
 
