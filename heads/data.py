@@ -132,9 +132,9 @@ def load_head_videos(videos: Sequence, store_url: str | None, task: str = "va",
 
     Reads every store group into RAM once (`FeatureStore.read_many`). Labels come from the one
     reader, `pipeline.labels.read_video_labels` (per-frame files: the label grid wins; spans: expanded
-    onto the decoded frames). `person`: whose
-    rows of stores that hold several persons (`person_group`); training reads person 0, the
-    annotated subject (the only one the dataset stages extract).
+    onto the decoded frames). `person`: whose rows of stores that hold several persons
+    (`person_group`); training reads person 0, the annotated subject (the only one the dataset stages
+    extract).
     """
     from pipeline import labels as plabels  # local import: only needed when building from files
     from pipeline.store import FeatureStore
