@@ -16,6 +16,7 @@ import click
 
 from extractors.registry import modalities  # cheap: the registries read declarations, import no torch
 from heads.registry import FUSIONS, HEADS, model_names
+from pipeline.datasets import adapter_names  # cheap too: declarations read from the source
 from pipeline.config import ParamsError
 from pipeline.records import SPLITS
 
@@ -179,8 +180,9 @@ def demo_models(ctx: click.Context, out: Path | None) -> None:
 
 
 @main.command("index")
-@click.option("--adapter", type=click.Choice(["affwild2", "folder"]), default=None,
-              help="Dataset adapter (default: params `dataset.adapter`).")
+@click.option("--adapter", type=click.Choice(adapter_names()), default=None,
+              help="Dataset adapter, as declared by `@register_adapter` in pipeline/datasets/ "
+                   "(default: params `dataset.adapter`).")
 @click.option("--root", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Dataset root (default: params `dataset.root`).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,

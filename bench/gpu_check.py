@@ -215,10 +215,10 @@ def check_behavior(args: argparse.Namespace, videos: list, work: Path, device: t
 def check_heads(args: argparse.Namespace, videos: list, stores: dict[str, str], device: torch.device) -> list[dict]:
     """A few training steps of each published head on the stores just written (real widths)."""
     from bench.train_bench import bench_head
-    from pipeline.labels import read_va
+    from pipeline.labels import read_video_labels
 
-    plan = [{"id": v.video_id, "split": "train", "fps": v.fps, "F": v.num_frames} for v in videos]
-    labels = {v.video_id: read_va(v.labels["va"]) for v in videos}
+    labels = {v.video_id: read_video_labels(v, "va") for v in videos}  # on each video's label grid
+    plan = [{"id": v.video_id, "split": "train", "fps": v.fps, "F": len(labels[v.video_id])} for v in videos]
     hargs = argparse.Namespace(device=str(device), steps=args.steps or (1 if args.tiny else 10),
                                naive_batches=1 if args.tiny else 3)
     rows = []

@@ -264,7 +264,7 @@ class _Prepared:
     vad: np.ndarray | None = None
 
 
-@register("speech_ssl", modality="audio", default=True, weights=True)
+@register("speech_ssl", modality="audio", default=True, weights=True, video=False)
 class SpeechSSLExtractor:
     """HF speech SSL encoder -> per-row last-layer states (+ optional lower states) and voice activity."""
 

@@ -254,10 +254,26 @@ class RunReport:
     failed: list[dict] = field(default_factory=list)
     url: str = ""  # the store written (addition to the contract: the stage logs/prunes with it)
     others: list[str] = field(default_factory=list)  # extracted by another process during this run
+    no_pictures: list[str] = field(default_factory=list)  # audio-only videos an extractor of pictures skipped
 
     @property
     def ok(self) -> bool:
         return not self.failed
+
+
+def picture_skips(extractor: Extractor, videos: Sequence[Video]) -> tuple[list[Video], list[str]]:
+    """(the videos `extractor` runs on, the ids it skips): an extractor that needs pictures
+    (`@register(..., video=True)`, the default) skips audio-only media (`Video.has_video` False) with
+    one logged note. Not an error: the store records nothing for them, and the heads treat the
+    modality as missing for those videos, as for a video without an audio track."""
+    if not getattr(extractor, "needs_video", True):
+        return list(videos), []
+    skipped = [v.video_id for v in videos if not getattr(v, "has_video", True)]
+    if skipped:
+        shown = ", ".join(skipped[:5]) + (f", ... {len(skipped) - 5} more" if len(skipped) > 5 else "")
+        log.info("%s/%s needs pictures: skipping %d audio-only video(s) (%s); nothing is stored for them",
+                 extractor.modality, extractor.name, len(skipped), shown)
+    return [v for v in videos if getattr(v, "has_video", True)], skipped
 
 
 def failures_path(store_root: str, modality: str, name: str) -> str:
@@ -372,9 +388,11 @@ def run_extraction(
     """
     extractor.load()  # a bad model id / weights file fails here, before any video
     store = open_store(extractor, store_root)
+    videos, no_pictures = picture_skips(extractor, videos)
     todo = store.todo(list(videos), source=extractor.source)
     todo_ids = {v.video_id for v in todo}
-    report = RunReport(skipped=[v.video_id for v in videos if v.video_id not in todo_ids], url=store.url)
+    report = RunReport(skipped=[v.video_id for v in videos if v.video_id not in todo_ids], url=store.url,
+                       no_pictures=no_pictures)
     log.info("%s/%s: %d to extract, %d cached (%s)", extractor.modality, extractor.name, len(todo),
              len(report.skipped), store.url)
     claims = Claims(claims_url(store.url), ttl_s=claim_ttl_s)

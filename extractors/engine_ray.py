@@ -42,6 +42,7 @@ from extractors.base import (
     extract_one,
     finish_run,
     open_store,
+    picture_skips,
     settle_waiting,
 )
 from pipeline.claims import DEFAULT_TTL_S, Claims, LeaseKeeper, claims_url
@@ -189,9 +190,11 @@ def run_extraction_ray(extractor: Extractor, videos: Sequence[Video], store_root
     """
     ray = connect(cfg)
     store = open_store(extractor, store_root)
+    videos, no_pictures = picture_skips(extractor, videos)
     todo = store.todo(list(videos), source=extractor.source)
     todo_ids = {v.video_id for v in todo}
-    report = RunReport(skipped=[v.video_id for v in videos if v.video_id not in todo_ids], url=store.url)
+    report = RunReport(skipped=[v.video_id for v in videos if v.video_id not in todo_ids], url=store.url,
+                       no_pictures=no_pictures)
     log.info("%s/%s (ray, %d actor(s)): %d to extract, %d cached (%s)", extractor.modality, extractor.name,
              cfg.actors, len(todo), len(report.skipped), store.url)
     claims = Claims(claims_url(store.url), ttl_s=claim_ttl_s)

@@ -30,6 +30,7 @@ class ExtractorSpec:
     default: bool = False   # the extractor its modality uses unless params or the API name another
     weights: bool = False   # loads weights from a file, folder or Hub id (`extract.<modality>.weights`)
     crops: bool = False     # reads the dataset's provided face crops (their fingerprints: data/index.crops.json)
+    video: bool = True      # needs pictures: skipped for audio-only media (`Video.has_video` False)
 
 
 # Classes registered by importing their module: the declared ones once used, and any a program or a
@@ -38,16 +39,18 @@ REGISTRY: dict[str, type] = {}
 
 
 def register(name: str, *, modality: str, default: bool = False, weights: bool = False,
-             crops: bool = False) -> Callable[[type], type]:
+             crops: bool = False, video: bool = True) -> Callable[[type], type]:
     """Class decorator and declaration of an extractor: its registry name, the modality (feature
     store) it writes, whether it is that modality's default, whether it loads weights, whether it reads
-    the dataset's face crops (its stage then depends on the crops' fingerprints). The arguments
-    are literals so that `declared_extractors` reads them without importing the module."""
+    the dataset's face crops (its stage then depends on the crops' fingerprints), whether it needs
+    pictures (`video=False`: it reads only the audio, so it also runs on audio-only media; the others
+    skip those videos, `extractors.base.picture_skips`). The arguments are literals so that
+    `declared_extractors` reads them without importing the module."""
 
     def deco(cls: type) -> type:
         if name in REGISTRY and REGISTRY[name] is not cls:
             raise ExtractorError(f"extractor name {name!r} registered twice ({REGISTRY[name]!r} and {cls!r})")
-        cls.name, cls.modality = name, modality
+        cls.name, cls.modality, cls.needs_video = name, modality, video
         REGISTRY[name] = cls
         return cls
 
@@ -59,7 +62,8 @@ def declared_extractors() -> dict[str, ExtractorSpec]:
     from pipeline.plugins import declarations
 
     return {d.name: ExtractorSpec(d.name, d.kwargs["modality"], d.module, bool(d.kwargs.get("default")),
-                                  bool(d.kwargs.get("weights")), bool(d.kwargs.get("crops")))
+                                  bool(d.kwargs.get("weights")), bool(d.kwargs.get("crops")),
+                                  bool(d.kwargs.get("video", True)))
             for d in declarations("extractors", "register")}
 
 

@@ -130,10 +130,11 @@ def load_head_videos(videos: Sequence, store_url: str | None, task: str = "va",
                      person: int = 0) -> list[HeadVideo]:
     """Build HeadVideos from index records (`pipeline.records.Video`), a feature store and labels.
 
-    Reads every store group into RAM once (`FeatureStore.read_many`). Labels are reconciled with
-    the decoded frame count by `pipeline.labels.reconcile` (the label grid wins). `person`: whose
-    rows of stores that hold several persons (`person_group`); training reads person 0, the
-    annotated subject (the only one the dataset stages extract).
+    Reads every store group into RAM once (`FeatureStore.read_many`). Labels come from the one
+    reader, `pipeline.labels.read_video_labels` (per-frame files: the label grid wins; spans: expanded
+    onto the decoded frames). `person`: whose rows of stores that hold several persons
+    (`person_group`); training reads person 0, the annotated subject (the only one the dataset stages
+    extract).
     """
     from pipeline import labels as plabels  # local import: only needed when building from files
     from pipeline.store import FeatureStore
@@ -152,8 +153,7 @@ def load_head_videos(videos: Sequence, store_url: str | None, task: str = "va",
     for v in videos:
         lab = None
         if task in v.labels:
-            lab = plabels.read_indexed_labels(v, task)
-            lab, _msg = plabels.reconcile(lab, v.num_frames, v.video_id)
+            lab = plabels.read_video_labels(v, task)  # on the frame grid, whatever the file's format
             f = len(lab.valid)
         else:
             f = int(v.label_frames.get(task, v.num_frames))

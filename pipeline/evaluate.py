@@ -68,7 +68,7 @@ def load_labels(videos: Sequence, split: str = "validation") -> dict[str, tuple[
     for v in videos:
         if v.split != split or "va" not in v.labels:
             continue
-        lab, _ = plabels.reconcile(plabels.read_indexed_labels(v, "va"), v.num_frames, v.video_id)
+        lab = plabels.read_video_labels(v, "va")
         values = np.asarray(lab.values, np.float32).reshape(-1, 2)
         out[v.video_id] = (values, np.asarray(lab.valid, bool) & (values > -5 + 1e-6).all(1))
     return out
@@ -344,7 +344,7 @@ def load_expr_labels(videos: Sequence, split: str = "validation") -> dict[str, t
     for v in videos:
         if v.split != split or "expr" not in v.labels:
             continue
-        lab, _ = plabels.reconcile(plabels.read_indexed_labels(v, "expr"), v.num_frames, v.video_id)
+        lab = plabels.read_video_labels(v, "expr")
         values = np.asarray(lab.values, np.int64).reshape(-1)
         out[v.video_id] = (values, np.asarray(lab.valid, bool) & (values >= 0))
     return out

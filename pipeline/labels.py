@@ -1,9 +1,21 @@
-"""Aff-Wild2 / ABAW frame labels: parsing, writing, and the frame-grid rule.
+"""Labels: parsing, writing, the frame-grid rule, and the one reader every consumer calls.
 
-Formats (the ABAW protocol; README "Expression"):
+The label contract: an index record (`pipeline.records.Video`) names each task's label file in
+`labels` and its format in `label_formats`; `read_video_labels(video, task)` is the only way a
+head, the evaluation or a bench reads them, and it returns `FrameLabels` on the video's frame grid
+whatever the format. A new corpus is then one adapter that writes records; nothing downstream
+parses its files. Two formats (README "Extending"):
+
+"frames", one line per video frame (the ABAW protocol; README "Expression"):
 - VA:   header `valence,arousal`, then one `v,a` line per video frame, floats in [-1, 1];
         -5 marks an unannotated frame (a row is invalid when either value is -5).
 - EXPR: header `Neutral,Anger,...,Other`, then one class index 0-7 per frame; -1 = invalid.
+
+"spans", one line per segment or utterance (`read_spans`), times in seconds of the media:
+- VA:   header `start,end,valence,arousal`; EXPR: header `start,end,expression` (class index 0-7).
+  Spans must not overlap; a frame takes the value of the span that holds its midpoint, and a frame
+  no span covers is invalid. The grid is the media's decoded frames (for audio-only files the
+  fixed grid of `pipeline.media.AUDIO_GRID_FPS`).
 
 Real files have up to ~50k lines and there are ~3M in total, so parsing is vectorised with numpy
 after the header has been checked; the slow line-by-line scan only runs to name the offending
@@ -39,6 +51,14 @@ __all__ = [
     "write_expr",
     "reconcile",
     "count_label_lines",
+    "FRAMES",
+    "SPANS",
+    "SpanLabels",
+    "read_spans",
+    "spans_on_grid",
+    "sniff_label_file",
+    "check_label_file",
+    "read_video_labels",
 ]
 
 VA_INVALID = -5.0
@@ -180,13 +200,153 @@ def read_indexed_labels(video, task: str) -> FrameLabels:
     `index` read without depending on it; this check keeps a root that holds other labels (or a label
     file edited after indexing) from being trained or scored on silently.
     """
+    return read_labels(_checked_label_path(video, task), task)
+
+
+def _checked_label_path(video, task: str) -> str:
     path = video.labels[task]
     expected = (video.label_hashes or {}).get(task)
     if expected and sha256_file(path) != expected:
         raise LabelError(path, None, f"content differs from the index's record of video {video.video_id!r}",
                          "re-index (`affcache index`, which `dvc repro` runs first), or point `dataset.root` at "
                          "the copy of the dataset the index was built from")
-    return read_labels(path, task)
+    return path
+
+
+# --------------------------------------------------------------------------- spans and the contract
+
+FRAMES = "frames"
+SPANS = "spans"
+LABEL_FORMATS = (FRAMES, SPANS)
+SPAN_VALUES = {"va": VA_HEADER, "expr": ("expression",)}
+
+
+@dataclass
+class SpanLabels:
+    """Labels of one file in the "spans" format: start, end [N] float64 seconds, values (va [N,2]
+    float32 with -5 kept / expr [N] int64 with -1 kept) and valid [N] bool, sorted by start."""
+
+    task: str
+    start: np.ndarray
+    end: np.ndarray
+    values: np.ndarray
+    valid: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.start)
+
+
+def read_spans(path: str | Path, task: str) -> SpanLabels:
+    """Parse a "spans" label file (`start,end,<values>`); every error names the file and line.
+
+    Values follow the per-frame formats (VA in [-1, 1] or -5, EXPR a class index 0-7 or -1); a span
+    must have end > start >= 0 and no two spans may overlap (which would give a frame two labels).
+    """
+    if task not in SPAN_VALUES:
+        raise ValueError(f"unknown label task {task!r}; expected one of {sorted(SPAN_VALUES)}")
+    p = Path(path)
+    columns = ("start", "end", *SPAN_VALUES[task])
+    lines = _read_lines(p, columns)
+    rows = _parse(p, lines, len(columns), np.float64)
+    start, end, vals = rows[:, 0], rows[:, 1], rows[:, 2:]
+    bad = ~(np.isfinite(start) & np.isfinite(end) & (start >= 0) & (end > start))
+    if bad.any():
+        row = int(np.argmax(bad))
+        raise LabelError(p, row + 2, f"a span needs 0 <= start < end (seconds): `{lines[row]}`")
+    if task == "va":
+        sentinel = vals == VA_INVALID
+        out_of_range = ~sentinel & ~((vals >= -1.0) & (vals <= 1.0))
+        if out_of_range.any():
+            row = int(np.argmax(out_of_range.any(axis=1)))
+            raise LabelError(p, row + 2, f"value out of range [-1, 1] (and not -5): `{lines[row]}`")
+        values, valid = vals.astype(np.float32), ~sentinel.any(axis=1)
+    else:
+        col = vals[:, 0]
+        wrong = (col != np.round(col)) | (col < EXPR_INVALID) | (col >= len(EXPR_CLASSES))
+        if wrong.any():
+            row = int(np.argmax(wrong))
+            raise LabelError(p, row + 2, f"expression must be a class index -1..{len(EXPR_CLASSES) - 1}: `{lines[row]}`")
+        values = col.astype(np.int64)
+        valid = values != EXPR_INVALID
+    order = np.argsort(start, kind="stable")
+    overlap = np.flatnonzero(start[order][1:] < end[order][:-1] - 1e-9)
+    if len(overlap):
+        a, b = order[overlap[0]], order[overlap[0] + 1]
+        raise LabelError(p, int(max(a, b)) + 2, f"span overlaps the span on line {int(min(a, b)) + 2}: "
+                         f"`{lines[max(a, b)]}`", "make the spans disjoint (a frame takes one label)")
+    return SpanLabels(task, start[order], end[order], values[order], valid[order])
+
+
+def spans_on_grid(spans: SpanLabels, t0: np.ndarray, t1: np.ndarray) -> FrameLabels:
+    """The spans expanded onto frames [t0, t1): frame i takes the span holding its midpoint; a frame
+    no span holds is invalid (VA -5, EXPR -1)."""
+    mid = (np.asarray(t0, np.float64) + np.asarray(t1, np.float64)) / 2
+    f = len(mid)
+    k = np.searchsorted(spans.start, mid, side="right") - 1
+    kc = np.clip(k, 0, max(len(spans) - 1, 0))
+    inside = (k >= 0) & (mid < spans.end[kc]) if len(spans) else np.zeros(f, bool)
+    if spans.task == "va":
+        values = np.full((f, 2), VA_INVALID, np.float32)
+    else:
+        values = np.full(f, EXPR_INVALID, np.int64)
+    valid = np.zeros(f, bool)
+    if len(spans):
+        values[inside] = spans.values[kc[inside]]
+        valid[inside] = spans.valid[kc[inside]]
+    return FrameLabels(spans.task, values, valid)
+
+
+def sniff_label_file(path: str | Path) -> tuple[str, str]:
+    """(task, format) of a label file from its header line; an unknown header names the file and
+    the headers accepted."""
+    p = Path(path)
+    try:
+        with open(p, encoding="utf-8-sig") as f:
+            first = f.readline()
+    except (OSError, UnicodeDecodeError) as e:
+        raise LabelError(p, None, f"cannot read the header ({e})") from e
+    header = tuple(h.strip().lower() for h in first.strip().split(","))
+    known = {(tuple(h.lower() for h in VA_HEADER)): ("va", FRAMES),
+             (tuple(h.lower() for h in EXPR_CLASSES)): ("expr", FRAMES)}
+    known.update({("start", "end", *SPAN_VALUES[t]): (t, SPANS) for t in SPAN_VALUES})
+    if header in known:
+        return known[header]
+    accepted = ", ".join(f"`{','.join(h)}`" for h in known)
+    raise LabelError(p, 1, f"unknown label header `{first.strip()}`", f"use one of {accepted}")
+
+
+def check_label_file(path: str | Path, task: str, fmt: str = FRAMES) -> int:
+    """Parse a label file of `fmt` (so a bad one fails at indexing) and return its rows: frames for
+    "frames", spans for "spans"."""
+    if fmt == FRAMES:
+        return len(read_labels(path, task))
+    if fmt == SPANS:
+        return len(read_spans(path, task))
+    raise LabelError(path, None, f"unknown label format {fmt!r}", f"use one of {list(LABEL_FORMATS)}")
+
+
+def read_video_labels(video, task: str) -> FrameLabels:
+    """The `task` labels of an index record (`pipeline.records.Video`) on its frame grid: the one
+    reader every consumer calls (heads, evaluation, benches).
+
+    "frames" files follow the frame-grid rule (`reconcile`: the label grid wins, F = label lines,
+    lines past the decoded frames masked); "spans" files are expanded onto the decoded frames'
+    presentation times (`Video.frame_grid`), F = the decoded frame count. The file is checked against
+    the content hash the index recorded (`read_indexed_labels`); every error names the file.
+    """
+    if task not in video.labels:
+        raise ValueError(f"{video.video_id}: no {task} labels in the index record (labelled tasks: "
+                         f"{sorted(video.labels) or 'none'})")
+    path = _checked_label_path(video, task)
+    fmt = (getattr(video, "label_formats", None) or {}).get(task, FRAMES)
+    if fmt == FRAMES:
+        labels, _ = reconcile(read_labels(path, task), video.num_frames, video.video_id)
+        return labels
+    if fmt == SPANS:
+        t0, t1 = video.frame_grid(int(video.num_frames))
+        return spans_on_grid(read_spans(path, task), t0, t1)
+    raise LabelError(path, None, f"unknown label format {fmt!r} in the index record of {video.video_id!r}",
+                     f"re-index with an adapter that writes one of {list(LABEL_FORMATS)}")
 
 
 def count_label_lines(path: str | Path) -> int:

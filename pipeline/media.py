@@ -49,7 +49,11 @@ from pipeline.timeline import Pieces, StreamPackets
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MediaError", "MediaInfo", "FrameBatch", "probe", "frame_times", "frame_segments", "iter_frames", "frames_at", "read_audio"]
+__all__ = ["AUDIO_GRID_FPS", "MediaError", "MediaInfo", "FrameBatch", "probe", "frame_times", "frame_segments", "iter_frames", "frames_at", "read_audio"]
+
+# The frame grid of an audio-only file (no video stream): frame i spans [i / 25, (i + 1) / 25) s of the
+# audio, so labels and features of audio-only media live on a 25 Hz grid (Aff-Wild2's most common rate).
+AUDIO_GRID_FPS = 25
 
 _REENCODE_FIX = "re-download or re-export the file (a remux such as `ffmpeg -i in -c copy out.mp4` repairs many)"
 
@@ -80,6 +84,7 @@ class MediaInfo:
     frame_segments: tuple[tuple[int, int, float, float], ...] = ()  # see `frame_segments`
     sample_aspect_ratio: float = 1.0  # stored pixel width / height; applied on decode (width, height are displayed)
     restarts: tuple[float, ...] = ()  # times (s) where a re-based piece of the timeline starts (see `timeline`)
+    has_video: bool = True  # False: an audio-only file, its frames the fixed AUDIO_GRID_FPS grid
 
 
 @dataclass
@@ -343,9 +348,15 @@ def probe(path: str | Path) -> MediaInfo:
     otherwise from a demux-only packet count (cheap, no decoding). The size is the first frame's
     display size (rotation and sample aspect ratio applied). A timeline in pieces (timestamps that
     restart or jump) is logged as a warning naming the file; its duration is that of the played-back
-    timeline.
+    timeline. A file with an audio stream and no video stream (a cover picture does not count) is
+    audio-only: `has_video` False, frames on the fixed `AUDIO_GRID_FPS` grid (`_probe_audio_only`).
     """
-    with _open(path) as container:
+    with _open(path, need_video=False) as container:
+        if not _has_video(container):
+            if not container.streams.audio:
+                raise MediaError(path, "no video or audio stream in the container (a data file?)",
+                                 "use a file that contains video or audio")
+            return _probe_audio_only(path, container)
         stream = container.streams.video[0]
         num_frames = int(stream.frames or 0)
         audio = container.streams.audio[0] if container.streams.audio else None
@@ -391,6 +402,34 @@ def probe(path: str | Path) -> MediaInfo:
         sample_aspect_ratio=float(picture.sar),
         restarts=table.restarts,
     )
+
+
+def _has_video(container) -> bool:
+    """Whether the container has a video stream that is not just a cover picture (mp3/m4a art)."""
+    art = av.stream.Disposition.attached_pic
+    return any(not (s.disposition & art) for s in container.streams.video)
+
+
+def _probe_audio_only(path: str | Path, container) -> MediaInfo:
+    """The MediaInfo of an audio-only file: duration from the audio stream (else the container, else
+    the decoded samples), and ceil(duration * AUDIO_GRID_FPS) frames at i / AUDIO_GRID_FPS from the
+    first audio sample (`read_audio`'s time 0 for a file without video)."""
+    audio = container.streams.audio[0]
+    if audio.duration is not None and audio.time_base is not None:
+        duration = float(audio.duration * audio.time_base)
+    elif container.duration is not None:
+        duration = container.duration / av.time_base
+    else:
+        duration = 0.0
+    if duration <= 0:
+        samples = read_audio(path, 16000)
+        duration = 0.0 if samples is None else len(samples) / 16000
+    if duration <= 0:
+        raise MediaError(path, "the audio stream holds no samples", _REENCODE_FIX)
+    num_frames = max(1, int(np.ceil(duration * AUDIO_GRID_FPS - 1e-6)))
+    return MediaInfo(path=str(path), fps=float(AUDIO_GRID_FPS), num_frames=num_frames, duration=duration,
+                     width=0, height=0, has_audio=True, audio_rate=int(audio.rate) if audio.rate else None,
+                     has_video=False)
 
 
 @dataclass(frozen=True)
@@ -789,8 +828,9 @@ def read_audio(path: str | Path, sample_rate: int = 16000) -> np.ndarray | None:
 
 
 def _video_origin(container) -> float | None:
-    """Time 0 of the video stream in seconds (None when the file has no video)."""
-    if not container.streams.video:
+    """Time 0 of the video stream in seconds (None when the file has no video; a cover picture of an
+    audio file is no video: its sound starts at its own first sample)."""
+    if not _has_video(container):
         return None
     stream = container.streams.video[0]
     return float(_start_pts(stream) * stream.time_base) if stream.time_base else 0.0

@@ -28,6 +28,10 @@ from pipeline.files import atomic_write_text
 SPLITS = ("train", "validation", "test")
 TASKS = ("va", "expr")
 ROOT_RELATIVE = "relative to dataset.root"  # the index file's `paths` marker
+# Fields left out of an index file while they hold these values (what `Video` defaults them to), so
+# an index written before they existed reads the same and one of per-frame labelled videos keeps
+# its bytes (nothing after `index` re-runs for them).
+INDEX_DEFAULTS: dict[str, Any] = {"label_formats": {}, "has_video": True}
 
 
 class Fingerprinted(str):
@@ -63,6 +67,11 @@ class Video:
     `frame_segments` the decoded frames' real presentation times as straight pieces
     (`pipeline.media.frame_segments`; empty = frame i at i / fps, as in index files written
     before times were recorded); `frame_grid` expands them.
+    `label_formats` says how each task's label file is written (`pipeline.labels`: "frames", one
+    line per frame, the default for a task not listed; "spans", `start,end,value(s)` per segment or
+    utterance); `pipeline.labels.read_video_labels` reads either onto the frame grid.
+    `has_video` is False for an audio-only file: its frames are the fixed grid of
+    `pipeline.media.AUDIO_GRID_FPS`, and extractors that need pictures skip it.
     """
 
     video_id: str
@@ -79,6 +88,8 @@ class Video:
     rotation: int = 0
     frame_segments: list[list[float]] = field(default_factory=list)
     crops_fingerprint: dict[str, Any] | None = None
+    label_formats: dict[str, str] = field(default_factory=dict)
+    has_video: bool = True
 
     def crops_source(self) -> str | None:
         """`crops_dir`, carrying the index's fingerprint of it when there is one (None without crops)."""
@@ -193,6 +204,9 @@ def write_index(videos: Iterable[Video], path: str | Path, warnings: Iterable[st
     records = sorted((v.to_dict() for v in videos), key=lambda r: r["video_id"])
     for r in records:
         r.pop("crops_fingerprint", None)
+        for key, default in INDEX_DEFAULTS.items():  # index files of video datasets keep their bytes
+            if r.get(key) == default:
+                r.pop(key)
     data: dict[str, Any] = {"videos": records, "warnings": sorted(warnings)}
     if root is not None:
         base = Path(root)

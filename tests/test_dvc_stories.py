@@ -285,15 +285,24 @@ def test_d_team_shares_over_s3(built, s3_server) -> None:
 
 
 def test_e_a_new_plugin_is_one_file_and_a_params_section(built) -> None:
-    """A new extractor (its own modality) and a new fusion: one file each plus a params section, then
-    `affcache dvc-yaml`; `dvc repro` runs exactly their stages and the views that read every model."""
+    """A new extractor (its own modality), a new fusion and a new dataset adapter: one file each plus
+    a params section, then `affcache dvc-yaml`; `dvc repro` runs exactly their stages and the views
+    that read every model. The adapter (an ABAW mirror reusing the Aff-Wild2 one) is a code dep of
+    `index`, which indexes with it; its index is the one it replaces, byte for byte, so nothing after
+    `index` re-runs for it."""
     from test_dvc_yaml import add_plugins
 
     project = built["project"]
+    index_before = (project / "data" / "index.json").read_bytes()
     add_plugins(project)
     sh(project, "affcache", "dvc-yaml", code_from=project)
     output = sh(project, "dvc", "repro", code_from=project)
     assert ran_stages(output) == ALWAYS | {"extract_brightness", "fuse_raav_copy", "evaluate", "report"}, output
+    assert "index (abaw_mirror):" in output, output
+    lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]["index"]
+    assert "pipeline/datasets/abaw_mirror.py" in {d["path"] for d in lock["deps"]}
+    assert lock["params"]["params.yaml"]["dataset.adapter"] == "abaw_mirror"
+    assert (project / "data" / "index.json").read_bytes() == index_before
     summary = json.loads((project / "metrics" / "summary.json").read_text())
     assert "fusion_raav_copy" in summary
     from pipeline.store import FeatureStore, read_current

@@ -1,7 +1,7 @@
 """dvc.yaml follows from the plug-in declarations: committed as generated, and a new plug-in is one
 file plus its params section (then `affcache dvc-yaml`).
 
-The full story, a new extractor and a new fusion run through `dvc repro` on the repro'd tiny demo,
+The full story, a new extractor, fusion and dataset adapter run through `dvc repro` on the repro'd tiny demo,
 is `tests/test_dvc_stories.py::test_e_a_new_plugin_is_one_file_and_a_params_section`.
 """
 
@@ -73,11 +73,29 @@ class RAAVCopy(RAAV):
 '''
 
 
+NEW_ADAPTER = '''"""A mirror of the ABAW release (the official tree under a name of its own): a plug-in written for
+the test, reusing the Aff-Wild2 adapter whole."""
+from dataclasses import dataclass
+
+from pipeline.datasets.affwild2 import AffWild2Adapter
+from pipeline.datasets.common import register_adapter
+
+
+@register_adapter("abaw_mirror")
+@dataclass
+class AbawMirrorAdapter(AffWild2Adapter):
+    pass
+'''
+
+
 def add_plugins(project: Path) -> None:
-    """Write one new extractor and one new fusion, and their params sections, into `project`."""
+    """Write one new extractor, one new fusion and one new dataset adapter, and their params
+    sections, into `project` (the dataset switches to the new adapter)."""
     (project / "extractors" / "brightness.py").write_text(NEW_EXTRACTOR)
     (project / "heads" / "fusion_raav_copy.py").write_text(NEW_FUSION)
+    (project / "pipeline" / "datasets" / "abaw_mirror.py").write_text(NEW_ADAPTER)
     params = yaml.safe_load((project / "params.yaml").read_text())
+    params["dataset"]["adapter"] = "abaw_mirror"
     params["extract"]["brightness"] = {"extractor": "brightness", "config": {"stride": 2}}
     params["fuse"]["raav_copy"] = {**params["fuse"]["raav"], "train": {"epochs": 2, "seed": 7}}
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -126,14 +144,17 @@ def test_a_new_plugin_gets_stages_cli_choices_and_schema(tmp_path: Path) -> None
     # the old stages keep their deps: a new plug-in does not invalidate them
     old = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     assert stages["extract_face"] == old["extract_face"] and stages["fuse_raav"] == old["fuse_raav"]
+    assert "pipeline/datasets/abaw_mirror.py" in stages["index"]["deps"]
     assert "brightness" in run_affcache(project, "extract", "--help").stdout
     assert "raav_copy" in run_affcache(project, "fuse", "--help").stdout
+    assert "abaw_mirror" in run_affcache(project, "index", "--help").stdout
     shown = run_affcache(project, "params", "show", "params.yaml", "--stage", "fuse_raav_copy",
-                         "--stage", "extract_brightness")
+                         "--stage", "extract_brightness", "--stage", "index")
     assert shown.returncode == 0, shown.stderr
     resolved = yaml.safe_load(shown.stdout)
     assert resolved["extract_brightness"]["config"] == {"stride": 2}
     assert resolved["fuse_raav_copy"]["train"]["epochs"] == 2
+    assert resolved["index"]["adapter"] == "abaw_mirror" and "test_list" in resolved["index"]["options"]
 
 
 def test_a_declaration_must_be_literal(tmp_path: Path) -> None:

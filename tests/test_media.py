@@ -257,7 +257,9 @@ def test_directory_is_not_media(tmp_path):
     _assert_media_error(tmp_path, media.probe, "not a regular file")
 
 
-def test_audio_only_file_has_no_video_stream(tmp_path):
+def test_audio_only_file_is_probed_on_the_fixed_grid(tmp_path):
+    """No video stream: `probe` gives the AUDIO_GRID_FPS grid over the audio's duration (0.1 s at
+    25 Hz: 2.5 frames, so 3), and decoding pictures still fails naming the file."""
     p = tmp_path / "voice.wav"
     with av.open(str(p), "w") as c:
         a = c.add_stream("pcm_s16le", rate=16000)
@@ -268,7 +270,10 @@ def test_audio_only_file_has_no_video_stream(tmp_path):
             c.mux(pk)
         for pk in a.encode():
             c.mux(pk)
-    _assert_media_error(p, media.probe, "no video stream")
+    info = media.probe(p)
+    assert (info.has_video, info.fps, info.num_frames, info.has_audio) == (False, media.AUDIO_GRID_FPS, 3, True)
+    assert info.duration == pytest.approx(0.1)
+    _assert_media_error(p, lambda q: media.iter_frames(q), "no video stream")
     assert len(media.read_audio(p)) == 1600  # audio alone is still readable
 
 

@@ -162,7 +162,7 @@ def test_joined_pieces_through_the_extractor(tmp_path) -> None:
     joined = _joined(tmp_path, "ts")
     from extractors.base import run_extraction
     from extractors.reliability import ReliabilityConfig, ReliabilityExtractor
-    from pipeline.datasets.affwild2 import video_record
+    from pipeline.datasets.common import video_record
     from pipeline.store import FeatureStore
 
     ab = joined["ab"]
@@ -307,7 +307,7 @@ def test_detection_runs_through_a_resolution_change(resized, tmp_path) -> None:
     must have the same shape')."""
     from extractors.base import run_extraction
     from extractors.reliability import ReliabilityConfig, ReliabilityExtractor
-    from pipeline.datasets.affwild2 import video_record
+    from pipeline.datasets.common import video_record
 
     path = resized["smaller"]
     video = video_record("smaller", media.probe(path), "test", path.parent, {}, {})

@@ -64,7 +64,7 @@ def _gradient(i: int) -> np.ndarray:
 
 def _record(path: Path, video_id: str = "v", **kw) -> Video:
     """The index record the adapters write (`video_record` from a probe)."""
-    from pipeline.datasets.affwild2 import video_record
+    from pipeline.datasets.common import video_record
 
     return video_record(video_id, media.probe(path), "test", path.parent, {}, {})
 

@@ -161,6 +161,7 @@ def run(params_path: Path, modality: str, device: str | None = None, video_ids: 
         for removed in prune_stores(str(layout.feature_dir(modality)), keep=report.url):
             log.info("removed store of an older configuration: %s (still in the DVC cache)", removed)
     others = f", {len(report.others)} extracted by other processes" if report.others else ""
+    others += f", {len(report.no_pictures)} audio-only skipped (no pictures)" if report.no_pictures else ""
     log.info("extract %s: %d extracted, %d cached, %d failed%s -> %s", modality, len(report.done),
              len(report.skipped), len(report.failed), others, report.url)
     if report.failed:

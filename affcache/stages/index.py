@@ -44,6 +44,6 @@ def run(params_path: Path, adapter: str | None = None, root: Path | None = None,
     splits: dict[str, int] = {}
     for video in videos:
         splits[video.split] = splits.get(video.split, 0) + 1
-    log.info("index: %d videos (%s) -> %s%s; %d warning(s)", len(videos),
+    log.info("index (%s): %d videos (%s) -> %s%s; %d warning(s)", adapter, len(videos),
              ", ".join(f"{k} {v}" for k, v in sorted(splits.items())), out,
              "" if wrote or wrote_crops else " (unchanged)", len(warnings))

@@ -58,7 +58,7 @@ def resolve(params: Params) -> dict[str, dict[str, Any]]:
     from extractors.registry import ExtractorError, config_class, extractor_class, modalities
     from heads.postprocess import LateFusionConfig
     from heads.registry import REGISTRY as MODELS
-    from pipeline.datasets import ADAPTERS
+    from pipeline.datasets import DatasetError, adapter_class
     from pipeline.datasets import synthetic
     from pipeline.evaluate import EvalConfig
     from pipeline.report import ReportConfig
@@ -77,9 +77,11 @@ def resolve(params: Params) -> dict[str, dict[str, Any]]:
                 out[f"demo_models@{name}"] = plain(dict(params.section("demo_models")))
 
     adapter = params.section("dataset.adapter")
-    if adapter not in ADAPTERS:
-        raise ParamsError(f"{where}: dataset.adapter: unknown adapter {adapter!r}; known: {', '.join(ADAPTERS)}")
-    options = build_config(adapter_options(ADAPTERS[adapter]), params.get("dataset.options") or {},
+    try:
+        adapter_cls = adapter_class(adapter)
+    except DatasetError as e:
+        raise ParamsError(f"{where}: dataset.adapter: {e}") from e
+    options = build_config(adapter_options(adapter_cls), params.get("dataset.options") or {},
                            where=f"{where}: dataset.options")
     out["index"] = {"adapter": adapter, "root": params.section("dataset.root"),
                     "index": params.get("dataset.index", "data/index.json"), "options": plain(options)}

@@ -31,7 +31,7 @@ def params_schema() -> Schema:
     from heads.registry import REGISTRY as MODELS
     from heads.registry import model_names
     from heads.postprocess import LateFusionConfig
-    from pipeline.datasets import ADAPTERS
+    from pipeline.datasets import adapter_classes
     from pipeline.datasets.synthetic import DemoConfig
     from pipeline.evaluate import EvalConfig
     from pipeline.records import SPLITS
@@ -44,7 +44,7 @@ def params_schema() -> Schema:
     return Schema(
         sections=sections,
         extractors={name: config_class(extractor_class(name)) for name in declared_extractors()},
-        adapters={name: adapter_options(cls) for name, cls in ADAPTERS.items()},
+        adapters={name: adapter_options(cls) for name, cls in adapter_classes().items()},
         modalities=tuple(modalities()),
         splits=SPLITS,
         models=tuple(model_names()),  # late fusion and predict choose among the VA models

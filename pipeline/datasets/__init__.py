@@ -1,5 +1,10 @@
 """Dataset adapters: turn a tree of videos and annotations into `Video` records.
 
+An adapter declares itself where it is written, `@register_adapter("name")` on its class
+(`pipeline.datasets.common`); `declared_adapters` reads those declarations from the source
+(`pipeline.plugins`), so the CLI's `--adapter` choices, the params schema and the `index` stage's
+code deps follow from them. A declared module is imported on first use (`adapter_class`).
+
 Every adapter is a small class constructed as `Adapter(root, **options)` whose `build()` returns
 the records and whose `warnings` list afterwards holds every non-fatal problem found (label/video
 length mismatches, skipped files, split conflicts). Warnings are also logged; the index stage is
@@ -15,15 +20,43 @@ import logging
 from pathlib import Path
 from typing import Any, Mapping, NamedTuple
 
-from pipeline.datasets.affwild2 import AffWild2Adapter, DatasetError
+from pipeline.datasets.common import ADAPTER_REGISTRY, DatasetError, register_adapter
 from pipeline.datasets.crops import check_crops
-from pipeline.datasets.folder import FolderAdapter
 from pipeline.datasets.scan_cache import ScanCache
 from pipeline.records import Video
 
 log = logging.getLogger(__name__)
 
-ADAPTERS: dict[str, type] = {"affwild2": AffWild2Adapter, "folder": FolderAdapter}
+
+def declared_adapters() -> dict[str, str]:
+    """Every adapter declared in this package: name -> its module (read from the source: no import)."""
+    from pipeline.plugins import declarations
+
+    return {d.name: d.module for d in declarations("pipeline.datasets", "register_adapter")}
+
+
+def adapter_names() -> list[str]:
+    """The declared adapter names, sorted (the `dataset.adapter` / `--adapter` choices)."""
+    return sorted(declared_adapters())
+
+
+def adapter_class(name: str) -> type:
+    """The adapter class registered as `name`, importing its declared module on first use."""
+    if name not in ADAPTER_REGISTRY:
+        declared = declared_adapters()
+        if name in declared:
+            import importlib
+
+            importlib.import_module(declared[name])
+        if name not in ADAPTER_REGISTRY:
+            known = ", ".join(sorted(set(declared) | set(ADAPTER_REGISTRY))) or "(none)"
+            raise DatasetError(f"unknown dataset adapter {name!r}; fix: use one of {known} (params `dataset.adapter`)")
+    return ADAPTER_REGISTRY[name]
+
+
+def adapter_classes() -> dict[str, type]:
+    """Every declared adapter (and any registered by a program itself) by name, imported."""
+    return {name: adapter_class(name) for name in sorted(set(declared_adapters()) | set(ADAPTER_REGISTRY))}
 
 
 class IndexReport(NamedTuple):
@@ -38,9 +71,7 @@ class IndexReport(NamedTuple):
 
 def get_adapter(adapter_name: str, root: str | Path, **options: Any):
     """Construct an adapter by registry name; unknown names and options fail with the valid ones."""
-    if adapter_name not in ADAPTERS:
-        raise DatasetError(f"unknown dataset adapter {adapter_name!r}; fix: use one of {sorted(ADAPTERS)}")
-    cls = ADAPTERS[adapter_name]
+    cls = adapter_class(adapter_name)
     try:
         return cls(root, **options)
     except TypeError as e:
@@ -73,11 +104,13 @@ def build_index(adapter_name: str, root: str | Path, cache_dir: str | Path | Non
 
 
 __all__ = [
-    "ADAPTERS",
-    "AffWild2Adapter",
-    "FolderAdapter",
     "DatasetError",
     "IndexReport",
+    "adapter_class",
+    "adapter_classes",
+    "adapter_names",
     "build_index",
+    "declared_adapters",
     "get_adapter",
+    "register_adapter",
 ]

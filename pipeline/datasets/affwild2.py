@@ -19,59 +19,35 @@ Label/video length mismatches are expected in real data; they are logged, kept i
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.progress import progress_bar
-
 from pipeline import media
-from pipeline.datasets.scan_cache import ScanCache
-from pipeline.labels import mismatch_message, read_labels
+from pipeline.datasets.common import (  # noqa: F401 - CROPS_DIR, VIDEO_EXTS, exts_text: public here as before
+    CROPS_DIR,
+    VIDEO_EXTS,
+    AdapterOptions,
+    DatasetError,
+    ext_rank,
+    exts_text,
+    note,
+    probe_many,
+    prunable,
+    register_adapter,
+    video_record,
+)
+from pipeline.labels import mismatch_message
 from pipeline.records import SPLITS, TASKS, Video
 
-log = logging.getLogger(__name__)
-
-# Every video container extension FFmpeg (PyAV) demuxes. The order is the priority between two files
-# with the same stem (`_ext_rank`): the first four stay first. The one list used by every adapter and
-# by `affcache predict FOLDER`; a file with a video extension PyAV cannot open fails later, per file.
-VIDEO_EXTS = (
-    ".mp4", ".avi", ".mkv", ".webm",
-    ".mov", ".qt", ".m4v", ".3gp", ".3g2", ".mj2", ".f4v", ".flv",  # ISO-BMFF / QuickTime, Flash
-    ".ts", ".mts", ".m2ts", ".m2t", ".tp", ".trp",  # MPEG transport stream (camcorders, broadcast)
-    ".mpg", ".mpeg", ".mpe", ".m1v", ".m2v", ".mpv", ".vob", ".mod", ".tod", ".evo",  # MPEG program stream
-    ".wmv", ".asf", ".dvr-ms", ".wtv",  # Windows Media
-    ".ogv", ".ogm", ".mxf", ".dv", ".dif", ".mk3d", ".divx", ".xvid", ".nut", ".rm", ".rmvb", ".amv",
-    ".ivf", ".y4m", ".mjpeg", ".mjpg", ".h264", ".264", ".h265", ".265", ".hevc",  # raw / elementary
-)
-
-
-def exts_text(limit: int = 8) -> str:
-    """The video extensions for an error message: the first few and how many more."""
-    shown = ", ".join(VIDEO_EXTS[:limit])
-    return shown if len(VIDEO_EXTS) <= limit else f"{shown}, ... {len(VIDEO_EXTS) - limit} more"
 MEDIA_DIRS = ("videos", "batch1", "batch2", "new_vids")  # searched first, in this order
-CROPS_DIR = "cropped_aligned"
 ANNOTATION_DIRS = {"va": "VA_Estimation_Challenge", "expr": "EXPR_Recognition_Challenge"}
 SPLIT_DIRS = {"Train_Set": "train", "Validation_Set": "validation", "Test_Set": "test"}
 PAIR_SUFFIXES = ("_left", "_right")
-PROGRESS_MIN = 8  # show a progress bar when probing more files than this
 
 
-class DatasetError(Exception):
-    """A dataset tree is unusable as given; the message names the path, the problem and a fix."""
-
-
-# --------------------------------------------------------------------------- shared helpers
-
-
-def note(warnings: list[str], message: str) -> None:
-    """Log a warning and keep it for the caller's report (the index stage records them)."""
-    log.warning(message)
-    warnings.append(message)
+# --------------------------------------------------------------------------- helpers
 
 
 def media_stem(video_id: str) -> str:
@@ -80,38 +56,6 @@ def media_stem(video_id: str) -> str:
         if video_id.endswith(suffix):
             return video_id[: -len(suffix)]
     return video_id
-
-
-def probe_many(
-    paths: Sequence[Path], workers: int = 4, progress: bool | None = None, cache: ScanCache | None = None
-) -> dict[Path, media.MediaInfo | media.MediaError]:
-    """Probe files in a thread pool (PyAV releases the GIL); errors are returned, not raised.
-
-    Returning errors lets the caller decide per file (fail, or skip with a warning) after all
-    files were looked at, so a user sees every bad file of a dataset in one run. With `cache`, a
-    file probed before with the same size and mtime is not opened again (the index re-runs at every
-    `dvc repro`, and a probe demuxes every packet).
-    """
-
-    def one(path: Path) -> media.MediaInfo | media.MediaError:
-        try:
-            if cache is not None:
-                return cache.probe(path, lambda: media.probe(path))
-            return media.probe(path)
-        except media.MediaError as e:
-            return e
-
-    show = len(paths) > PROGRESS_MIN if progress is None else progress
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        results = list(progress_bar(enabled=show, iterable=pool.map(one, paths), total=len(paths), desc="probe",
-                                    unit="video"))
-    return dict(zip(paths, results, strict=True))
-
-
-def find_crops(root: Path, video_id: str) -> str | None:
-    """`cropped_aligned/<video_id>` when present (crops are per person, so per annotation id)."""
-    crops = root / CROPS_DIR / video_id
-    return str(crops) if crops.is_dir() else None
 
 
 # --------------------------------------------------------------------------- discovery
@@ -152,8 +96,8 @@ def find_annotations(root: Path, tasks: Iterable[str]) -> dict[str, dict[str, _A
 
 
 def _prunable(dirname: str) -> bool:
-    """Folders that never hold media; skipping them matters (cropped_aligned has ~3M jpgs)."""
-    return dirname.startswith(".") or dirname.startswith(CROPS_DIR) or dirname in ANNOTATION_DIRS.values()
+    """Folders that never hold media: `common.prunable`, and the annotation folders."""
+    return prunable(dirname, tuple(ANNOTATION_DIRS.values()))
 
 
 def find_media(root: Path, warnings: list[str]) -> dict[str, Path]:
@@ -168,7 +112,7 @@ def find_media(root: Path, warnings: list[str]) -> dict[str, Path]:
     for top in ordered:
         for dirpath, dirnames, filenames in os.walk(top):
             dirnames[:] = sorted(d for d in dirnames if not _prunable(d))
-            for name in sorted(filenames, key=lambda n: (Path(n).stem, _ext_rank(n))):
+            for name in sorted(filenames, key=lambda n: (Path(n).stem, ext_rank(n))):
                 if Path(name).suffix.lower() not in VIDEO_EXTS:
                     continue
                 path = Path(dirpath) / name
@@ -180,51 +124,10 @@ def find_media(root: Path, warnings: list[str]) -> dict[str, Path]:
     return table
 
 
-def _ext_rank(name: str) -> int:
-    ext = Path(name).suffix.lower()
-    return VIDEO_EXTS.index(ext) if ext in VIDEO_EXTS else len(VIDEO_EXTS)
-
-
-def video_record(vid: str, info, split: str, root: Path, labels: dict[str, str], label_frames: dict[str, int]) -> Video:
-    """The `Video` of one annotation id: what the container says (`info`, from `probe_many`), its
-    split, its crops folder under `root` and its label files."""
-    return Video(
-        video_id=vid,
-        media_path=info.path,
-        fps=info.fps,
-        num_frames=info.num_frames,
-        duration=info.duration,
-        has_audio=info.has_audio,
-        split=split,
-        crops_dir=find_crops(root, vid),
-        labels=labels,
-        label_frames=dict(label_frames),
-        rotation=int(info.rotation),
-        frame_segments=[list(p) for p in info.frame_segments],
-    )
-
-
 # --------------------------------------------------------------------------- adapter
 
 
-@dataclass
-class AdapterOptions:
-    """The options every adapter takes (see `AffWild2Adapter` for their meaning)."""
-
-    root: str | Path
-    skip_missing: bool = False
-    workers: int = 4
-    progress: bool | None = None
-    warnings: list[str] = field(default_factory=list, init=False)
-    cache: ScanCache | None = field(default=None, init=False, repr=False)  # set by `build_index`
-
-    def label_rows(self, path: Path, task: str) -> int:
-        """Rows of a label file (parsed, so a bad file fails here); memoised by content in `cache`."""
-        if self.cache is None:
-            return len(read_labels(path, task))
-        return self.cache.label_rows(path, task, lambda: len(read_labels(path, task)))
-
-
+@register_adapter("affwild2")
 @dataclass
 class AffWild2Adapter(AdapterOptions):
     """Index an Aff-Wild2-shaped tree. Call `build()`; read `warnings` afterwards.
@@ -247,8 +150,6 @@ class AffWild2Adapter(AdapterOptions):
     tasks: Sequence[str] = TASKS
     test_labels: bool = False
     test_list: str | None = None
-
-    name = "affwild2"
 
     def build(self) -> list[Video]:
         root = Path(self.root)

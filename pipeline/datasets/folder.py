@@ -3,7 +3,13 @@
     root/
       clip1.mp4              any video container FFmpeg demuxes (.mp4 .avi .mkv .webm .mov .m4v .3gp
                              .ts .mts .m2ts .mpg .flv .wmv .ogv .mxf ...; `VIDEO_EXTS`), in root or subfolders
-      clip1.csv              optional VA labels, same format as Aff-Wild2 VA txt (`valence,arousal`)
+      talk2.wav              or an audio-only file (.wav .flac .mp3 .m4a ...; `AUDIO_EXTS`): indexed on the
+                             fixed 25 Hz grid of `pipeline.media.AUDIO_GRID_FPS`
+      clip1.csv              optional labels; its header says the task and the format
+                             (`pipeline.labels.sniff_label_file`): `valence,arousal` (one line per frame, as
+                             Aff-Wild2's VA txt), the 8 expression names (per frame, as Aff-Wild2's EXPR
+                             txt), `start,end,valence,arousal` or `start,end,expression` (one line per
+                             segment or utterance, times in seconds, expanded onto the frame grid)
       cropped_aligned/clip1/ optional face crops (%05d.jpg, 1-based)
       splits.csv             optional `video_id,split` (split: train / validation / test)
 
@@ -19,21 +25,24 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline import media
-from pipeline.datasets.affwild2 import (
-    AdapterOptions,
+from pipeline.datasets.common import (
+    AUDIO_EXTS,
     CROPS_DIR,
     VIDEO_EXTS,
+    AdapterOptions,
     DatasetError,
     exts_text,
-    _prunable,
     note,
     probe_many,
+    prunable,
+    register_adapter,
     video_record,
 )
-from pipeline.labels import mismatch_message
+from pipeline.labels import FRAMES, mismatch_message, sniff_label_file
 from pipeline.records import SPLITS, Video
 
 SPLITS_FILE = "splits.csv"
+MEDIA_EXTS = VIDEO_EXTS + AUDIO_EXTS
 _SPLIT_ALIASES = {"val": "validation", "valid": "validation", "dev": "validation", "training": "train"}
 
 
@@ -65,9 +74,9 @@ def find_videos(root: Path, recursive: bool = True) -> dict[str, Path]:
     candidates = root.rglob("*") if recursive else root.iterdir()
     found: dict[str, Path] = {}
     for path in sorted(candidates):
-        if path.suffix.lower() not in VIDEO_EXTS or not path.is_file():
+        if path.suffix.lower() not in MEDIA_EXTS or not path.is_file():
             continue
-        if any(_prunable(part) for part in path.relative_to(root).parts[:-1]):
+        if any(prunable(part) for part in path.relative_to(root).parts[:-1]):
             continue
         if path.stem in found:
             raise DatasetError(
@@ -77,6 +86,7 @@ def find_videos(root: Path, recursive: bool = True) -> dict[str, Path]:
     return found
 
 
+@register_adapter("folder")
 @dataclass
 class FolderAdapter(AdapterOptions):
     """Index a plain folder of videos. Call `build()`; read `warnings` afterwards.
@@ -87,8 +97,6 @@ class FolderAdapter(AdapterOptions):
     recursive: bool = True
     labeled_split: str = "train"
 
-    name = "folder"
-
     def build(self) -> list[Video]:
         root = Path(self.root)
         if not root.is_dir():
@@ -98,7 +106,8 @@ class FolderAdapter(AdapterOptions):
         self.warnings = []
         videos = find_videos(root, self.recursive)
         if not videos:
-            raise DatasetError(f"{root}: no video files ({exts_text()}) found; fix: check the folder")
+            raise DatasetError(f"{root}: no video or audio files ({exts_text()}; {exts_text(4, AUDIO_EXTS)}) found; "
+                               "fix: check the folder")
         splits = read_splits(root / SPLITS_FILE) if (root / SPLITS_FILE).is_file() else {}
         for vid in sorted(set(splits) - set(videos)):
             note(self.warnings, f"{root / SPLITS_FILE}: {vid!r} has no video file; ignored")
@@ -116,17 +125,22 @@ class FolderAdapter(AdapterOptions):
 
     def _record(self, root: Path, vid: str, path: Path, info: media.MediaInfo, splits: dict[str, str]) -> Video:
         label_path = path.with_suffix(".csv")
-        labels, label_frames = {}, {}
+        labels: dict[str, str] = {}
+        label_frames: dict[str, int] = {}
+        formats: dict[str, str] = {}
         if label_path.is_file():
-            labels["va"] = str(label_path)
-            label_frames["va"] = self.label_rows(label_path, "va")
-            message = mismatch_message(vid, label_frames["va"], info.num_frames, "va")
+            task, fmt = sniff_label_file(label_path)  # an unknown header: a LabelError naming the file
+            labels[task], formats[task] = str(label_path), fmt
+            rows = self.label_rows(label_path, task, fmt)
+            # spans are expanded onto the media's own frame grid: their grid is the decoded frames
+            label_frames[task] = rows if fmt == FRAMES else info.num_frames
+            message = mismatch_message(vid, rows, info.num_frames, task) if fmt == FRAMES else None
             if message:
                 note(self.warnings, message)
         split = splits.get(vid) or (self.labeled_split if labels else "test")
         if split != "test" and not labels:
             note(self.warnings, f"{vid}: split {split!r} but no label file {label_path.name}; it cannot be trained on")
-        return video_record(vid, info, split, root, labels, label_frames)
+        return video_record(vid, info, split, root, labels, label_frames, formats)
 
 
-__all__ = ["FolderAdapter", "read_splits", "find_videos", "SPLITS_FILE", "CROPS_DIR"]
+__all__ = ["FolderAdapter", "read_splits", "find_videos", "SPLITS_FILE", "CROPS_DIR", "MEDIA_EXTS"]
