@@ -326,7 +326,7 @@ def test_model_choice(tmp_path) -> None:
     """Command line, then `predict.model`, then the best evaluated model, then fusion_gated_moe."""
     from pipeline.config import Params, ParamsError
     from affcache.stages import Layout
-    from affcache.stages.predict import choose_model
+    from affcache.predicting import choose_model
 
     layout = Layout(tmp_path)
     assert choose_model(Params({}, tmp_path / "params.yaml"), layout) == "fusion_gated_moe"

@@ -14,7 +14,7 @@ import pytest
 from pipeline.datasets import build_index
 from pipeline.datasets.affwild2 import VIDEO_EXTS, find_media
 from affcache.stages import StageFailed
-from affcache.stages.predict import expand_inputs
+from affcache.predicting import expand_inputs
 
 
 def make_clip(path: Path, fmt: str, n: int = 10) -> Path:
@@ -56,7 +56,7 @@ def test_expand_inputs_takes_mov_and_ts_and_names_skipped(tmp_path, clips, caplo
     (folder / ".DS_Store").write_bytes(b"x")
     (folder / ".git").mkdir()
     (folder / ".git" / "config").write_text("hidden folder: not named")
-    with caplog.at_level(logging.WARNING, logger="affcache.stages.predict"):
+    with caplog.at_level(logging.WARNING, logger="affcache.predicting"):
         found = expand_inputs([folder])
     assert found == [folder / "phone.mov", folder / "sub" / "cam.TS"]
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
@@ -84,7 +84,7 @@ def test_expand_inputs_explicit_file_taken_as_is(tmp_path):
 
 def test_broken_video_extension_fails_per_file_at_probe(tmp_path):
     """Taken by extension, then `probe_videos` records it as failed with the file named (no warning here)."""
-    from affcache.stages.predict import PredictReport, probe_videos
+    from affcache.predicting import PredictReport, probe_videos
 
     (tmp_path / "broken.mov").write_bytes(b"not a movie" * 10)
     found = expand_inputs([tmp_path])
