@@ -221,7 +221,7 @@ class Predictor:
     def _forward(self, videos: Mapping[str, Sequence[HeadVideo]], task: str):
         """(each head's outputs by modality, the videos of the first modality, the model's outputs)."""
         if task != self.task:
-            raise ModelLoadError(f"{self.model} is a {self.task} model; it has no {task} output")
+            raise ModelLoadError(f"{self.model} is a model of task {self.task!r}; it has no {task!r} output")
         outputs = {m: predict_head(h, videos[m]) for m, h in self.heads.items()}
         grid = list(videos[self.modalities[0]])
         final = predict_fusion(self.fusion, grid, outputs) if self.fusion is not None else outputs[self.modalities[0]]

@@ -425,3 +425,33 @@ def test_readme_python_api_example_runs(project: Path, inputs: dict[str, Path], 
         assert (df["video_id"] == vid).sum() == decoded_frames(src) * persons
         assert sorted(df.loc[df["video_id"] == vid, "person"].unique()) == list(range(persons))
     assert df["valence"].between(-1, 1).all()
+
+
+def test_api_predicts_a_project_elsewhere_without_changing_directory(project: Path, inputs: dict[str, Path],
+                                                                     tmp_path: Path, monkeypatch) -> None:
+    """`affcache.predict(project=...)` from another working directory: every project path (params,
+    models, the default `out`, the encoders' relative weights) is read under `project`, videos under
+    the caller's directory, and the process never changes directory (a server's other threads rely
+    on it). The features are those of the CLI run: the same stores, reused."""
+    import affcache
+
+    caller = tmp_path / "caller"
+    caller.mkdir()
+    shutil.copy(inputs["silent"], caller / "silent.mp4")
+    monkeypatch.chdir(caller)
+
+    def refuse(path):
+        raise AssertionError(f"affcache.predict changed directory to {path}")
+
+    monkeypatch.setattr(os, "chdir", refuse)
+    out = project.parent / "predictions_api"
+    df = affcache.predict("silent.mp4", project=project, out=out)
+    assert set(df["video_id"]) == {"silent"} and len(df) == decoded_frames(inputs["silent"])
+    assert (out / "silent.csv").is_file() and not (caller / "data").exists() and not (caller / ".affcache").exists()
+    report = json.loads((out / "predict_report.json").read_text())
+    for m in MODALITIES:  # the relative encoder paths keyed the same stores as in the project folder
+        cli = json.loads((project.parent / "predictions" / "predict_report.json").read_text())
+        assert Path(report["extraction"][m]["store"]).name == Path(cli["extraction"][m]["store"]).name
+    default = affcache.predict(caller / "silent.mp4", project=project)  # `out` defaults to the project's
+    assert (project / "data" / "predictions" / "silent.csv").is_file()
+    assert default[["valence", "arousal"]].equals(df[["valence", "arousal"]])
