@@ -93,11 +93,20 @@ def under_root(cfg: Any, root: Path) -> tuple[Any, dict[str, str]]:
             inner, more = under_root(value, root)
             if more:
                 changes[f.name], moved = inner, {**moved, **more}
-        elif isinstance(value, str) and value and "://" not in value and not Path(value).is_absolute() \
-                and (root / value).exists():
+        elif isinstance(value, str) and _project_file(root, value):
             changes[f.name] = str(root / value)
             moved[changes[f.name]] = value
     return (dataclasses.replace(cfg, **changes) if changes else cfg), moved
+
+
+def _project_file(root: Path, value: str) -> bool:
+    """Whether `value` is a relative path naming a file or folder under `root` (a prompt or a Hub id is not)."""
+    if not value or "://" in value or Path(value).is_absolute():
+        return False
+    try:
+        return (root / value).exists()
+    except (OSError, ValueError):  # not a possible file name (too long, a NUL byte)
+        return False
 
 
 def _restored(value: Any, moved: dict[str, str]) -> Any:

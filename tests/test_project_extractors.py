@@ -59,3 +59,13 @@ def test_params_errors_name_the_section(tmp_path):
     unknown = Params({"extract": {"face": {"extractor": "gradaa"}}}, tmp_path / "params.yaml")
     with pytest.raises(ParamsError, match="extract.face.extractor: unknown extractor 'gradaa'"):
         build_extractor(unknown, "face")
+
+
+def test_under_root_passes_over_text_that_is_no_file_name(tmp_path):
+    """The behaviour prompt (longer than a file name may be) is a config string, not a path."""
+    from extractors.behavior import BehaviorConfig
+
+    cfg = BehaviorConfig(model="models/wavlm")
+    project(tmp_path)
+    moved_cfg, moved = under_root(cfg, tmp_path)
+    assert moved_cfg.prompt == cfg.prompt and moved == {str(tmp_path / "models" / "wavlm"): "models/wavlm"}
