@@ -7,7 +7,6 @@ DVC-tracked data/features are never touched.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import os
@@ -21,6 +20,7 @@ import yaml
 from click.testing import CliRunner
 
 from affcache.cli import main
+from pipeline.files import working_dir as cwd  # stages resolve data/... against it, as under `dvc repro`
 
 TRAIN = {"epochs": 1, "device": "cpu", "progress": False, "bf16": False}
 MODELS = "data/models/demo"
@@ -57,17 +57,6 @@ HEADS = ("face", "behavior", "audio")
 PARAMS["train"].update({f"expr_{h}": PARAMS["train"][h] for h in HEADS})
 PARAMS["fuse"]["expr_gated_moe"] = PARAMS["fuse"]["gated_moe"]
 MODALITIES = ("face", "behavior", "audio", "reliability")
-
-
-@contextlib.contextmanager
-def cwd(path: Path) -> Iterator[None]:
-    """Stages resolve data/... against the working directory (as under `dvc repro`)."""
-    old = Path.cwd()
-    os.chdir(path)
-    try:
-        yield
-    finally:
-        os.chdir(old)
 
 
 @pytest.fixture(scope="module")
