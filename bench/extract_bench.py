@@ -28,7 +28,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -187,6 +187,21 @@ def _best_of(repeats: int, tmp: Path, videos: list, make_naive: Callable, make_e
     return t_naive, t_engine, rep, store
 
 
+def _naive_vs_engine(args: argparse.Namespace, tmp: Path, videos: list, make: Callable[[int], Any]) -> tuple:
+    """Warm up (imports, allocator), then `_best_of` the naive runs (batch 1) and the engine runs
+    (`--batch-size`) of the extractor `make(batch)` builds. Returns (t_naive, t_engine, the naive
+    store's groups, the largest |engine - naive| embedding difference)."""
+    warm = make(1)
+    warm.load()
+    prepared = warm.prepare(videos[0])
+    warm.compute(videos[0], prepared)
+    if hasattr(prepared, "close"):  # the behaviour extractor's frame stream
+        prepared.close()
+    t_naive, t_engine, rep, store = _best_of(args.repeats, tmp, videos, lambda: make(1), lambda: make(args.batch_size))
+    naive = [store.read_video(v.video_id) for v in videos]
+    return t_naive, t_engine, naive, _max_diff(rep.url, videos, naive)
+
+
 def _max_diff(url: str, videos: list, naive: list) -> float:
     """Largest |engine - naive| embedding difference (fp16 storage, batching)."""
     from pipeline.store import FeatureStore
@@ -218,13 +233,7 @@ def bench_audio(args: argparse.Namespace) -> dict:
                                batch_size=batch, device=args.device, bf16=args.bf16, cache_size=0,
                                vad_backend=args.vad)
 
-        warm = SpeechSSLExtractor(cfg(1))
-        warm.load()
-        warm.compute(videos[0], warm.prepare(videos[0]))  # warm-up (imports, allocator)
-        t_naive, t_engine, rep, store = _best_of(args.repeats, tmp, videos, lambda: SpeechSSLExtractor(cfg(1)),
-                                                 lambda: SpeechSSLExtractor(cfg(args.batch_size)))
-        naive = [store.read_video(v.video_id) for v in videos]
-        max_diff = _max_diff(rep.url, videos, naive)
+        t_naive, t_engine, naive, max_diff = _naive_vs_engine(args, tmp, videos, lambda b: SpeechSSLExtractor(cfg(b)))
 
     total = args.videos * args.seconds
     res = {"modality": "audio", "device": str(device), "audio_seconds": total, "chunk_seconds": args.chunk_seconds,
@@ -261,15 +270,8 @@ def bench_behavior(args: argparse.Namespace) -> dict:
             return BehaviorConfig(model=str(model), frame_long_side=args.image_size, batch_size=batch,
                                   device=args.device, bf16=args.bf16)
 
-        warm = QwenVLBehaviorExtractor(cfg(1))
-        warm.load()
-        prepared = warm.prepare(videos[0])
-        warm.compute(videos[0], prepared)  # warm-up (imports, allocator)
-        prepared.close()
-        t_naive, t_engine, rep, store = _best_of(args.repeats, tmp, videos, lambda: QwenVLBehaviorExtractor(cfg(1)),
-                                                 lambda: QwenVLBehaviorExtractor(cfg(args.batch_size)))
-        naive = [store.read_video(v.video_id) for v in videos]
-        max_diff = _max_diff(rep.url, videos, naive)
+        t_naive, t_engine, naive, max_diff = _naive_vs_engine(args, tmp, videos,
+                                                              lambda b: QwenVLBehaviorExtractor(cfg(b)))
         segments = sum(len(n["t0"]) for n in naive)
 
     res = {"modality": "behavior", "device": str(device), "segments": segments, "frame_long_side": args.image_size,
