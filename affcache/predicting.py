@@ -142,7 +142,7 @@ def load_trained(params: Params, layout: Layout, name: str) -> "Predictor":
 
     return _guarded(name, load_predictor, name, {s.name: layout.head_dir(s.name) for s in specs(kind="head")},
                     {s.model_name: layout.fusion_dir(s.name) for s in specs(kind="fusion")},
-                    str(params.get("predict.device", "auto")))
+                    str(params.get("predict.device", "auto")), layout.root)
 
 
 def stores_needed(predictor: "Predictor") -> list[str]:

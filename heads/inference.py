@@ -69,8 +69,11 @@ class TrainedModel:
     path: Path
 
 
-def load_model(out_dir: str | Path, kind: str, device: str = "auto") -> TrainedModel:
-    """Rebuild the model trained into `out_dir`: its registry entry is named in the checkpoint."""
+def load_model(out_dir: str | Path, kind: str, device: str = "auto", root: str | Path | None = None) -> TrainedModel:
+    """Rebuild the model trained into `out_dir`: its registry entry is named in the checkpoint.
+
+    `root`: the project folder that the config's weight fields (the registry's `weights`, e.g. the
+    audio head's `backbone_dir`) are relative to, as training read them; None: the working directory."""
     from heads.registry import spec
     from heads.train import resolve_device
     from pipeline.config import ParamsError, build_config
@@ -83,7 +86,8 @@ def load_model(out_dir: str | Path, kind: str, device: str = "auto") -> TrainedM
     except ValueError as exc:
         raise ModelLoadError(f"{path}: {exc}; re-train it (`dvc repro`)") from exc
     try:
-        cfg = build_config(entry.config_class(), dict(ckpt["config"]), where=f"{path}: config")
+        cfg = under_project(build_config(entry.config_class(), dict(ckpt["config"]), where=f"{path}: config"),
+                            entry.weights, root)
         head = entry.build(cfg)
         dims = {k: int(v) for k, v in dict(ckpt.get("dims", {})).items()}
         model = head.build_model(dims)
@@ -95,18 +99,27 @@ def load_model(out_dir: str | Path, kind: str, device: str = "auto") -> TrainedM
     return TrainedModel(name, head, model.eval().to(dev), dims, dev, Path(out_dir))
 
 
-def load_head(name: str, out_dir: str | Path, device: str = "auto") -> TrainedModel:
+def under_project(cfg, fields: Sequence[str], root: str | Path | None):
+    """`cfg` with its relative path `fields` read under `root` (unchanged when `root` is None)."""
+    import dataclasses
+
+    changes = {f: str(Path(root) / v) for f in fields if root is not None
+               and isinstance(v := getattr(cfg, f, None), str) and v and not Path(v).is_absolute()}
+    return dataclasses.replace(cfg, **changes) if changes else cfg
+
+
+def load_head(name: str, out_dir: str | Path, device: str = "auto", root: str | Path | None = None) -> TrainedModel:
     """Rebuild the head trained into `out_dir` (data/heads/<name>); it must be head `name`."""
-    trained = load_model(out_dir, "head", device)
+    trained = load_model(out_dir, "head", device, root)
     if trained.name != name:
         raise ModelLoadError(f"{trained.path / CHECKPOINT}: holds the {trained.name!r} head, not {name!r}; "
                              f"re-train it (`dvc repro train_{name}`)")
     return trained
 
 
-def load_fusion(out_dir: str | Path, device: str = "auto") -> TrainedModel:
+def load_fusion(out_dir: str | Path, device: str = "auto", root: str | Path | None = None) -> TrainedModel:
     """Rebuild the fusion trained into `out_dir` (data/fusion/<name>)."""
-    return load_model(out_dir, "fusion", device)
+    return load_model(out_dir, "fusion", device, root)
 
 
 # --------------------------------------------------------------------------- heads
@@ -252,12 +265,12 @@ class Predictor:
 
 
 def load_predictor(model: str, head_dirs: Mapping[str, str | Path], fusion_dirs: Mapping[str, str | Path],
-                   device: str = "auto") -> Predictor:
+                   device: str = "auto", root: str | Path | None = None) -> Predictor:
     """Load `model` (a model name of heads.registry, VA or EXPR: `face`, `fusion_gated_moe`,
     `expr_fusion_gated_moe`, ...) and the heads of its task it reads.
 
     `head_dirs`: {head registry name (`face`, `expr_face`): out_dir}; `fusion_dirs`: {fusion model
-    name (`fusion_gated_moe`, `expr_fusion_gated_moe`): out_dir}.
+    name (`fusion_gated_moe`, `expr_fusion_gated_moe`): out_dir}; `root` as in `load_model`.
     """
     from heads.registry import by_model_name, task_name
 
@@ -266,13 +279,14 @@ def load_predictor(model: str, head_dirs: Mapping[str, str | Path], fusion_dirs:
     except ValueError:
         entry = None
     if entry is not None and entry.kind == "head" and entry.name in head_dirs:
-        return Predictor(model, {entry.base: load_head(entry.name, head_dirs[entry.name], device)}, task=entry.task)
+        return Predictor(model, {entry.base: load_head(entry.name, head_dirs[entry.name], device, root)},
+                         task=entry.task)
     if entry is None or entry.kind == "head" or model not in fusion_dirs:
         raise ModelLoadError(f"unknown model {model!r}; choose one of {', '.join([*head_dirs, *fusion_dirs])}")
-    fusion = load_fusion(fusion_dirs[model], device)
+    fusion = load_fusion(fusion_dirs[model], device, root)
     need = {m: task_name(m, entry.task) for m in fusion.head.modalities}
     missing = [h for h in need.values() if h not in head_dirs]
     if missing:
         raise ModelLoadError(f"{fusion.path / CHECKPOINT}: the fusion reads heads {missing} that this pipeline "
                              "does not train; re-train the fusion with `modalities` among the trained heads")
-    return Predictor(model, {m: load_head(h, head_dirs[h], device) for m, h in need.items()}, fusion, entry.task)
+    return Predictor(model, {m: load_head(h, head_dirs[h], device, root) for m, h in need.items()}, fusion, entry.task)

@@ -58,3 +58,19 @@ def test_a_model_answers_only_for_its_task():
         Predictor("expr_face", {}, task="expr").predict({})
     with pytest.raises(ModelLoadError, match="face is a model of task 'va'; it has no 'expr' output"):
         Predictor("face", {}).probabilities({})
+
+
+def test_a_checkpoints_weight_fields_are_read_under_the_project(tmp_path):
+    """The audio head's fine-tuned backbone (`backbone_dir`, a registry weights field) is named
+    relative to the project in its checkpoint config, as training read it."""
+    from heads.audio_pooling import AudioPoolingConfig
+    from heads.inference import under_project
+    from heads.registry import spec
+
+    fields = spec("audio").weights
+    assert "backbone_dir" in fields
+    cfg = AudioPoolingConfig(backbone_dir="models/wavlm")
+    assert under_project(cfg, fields, tmp_path).backbone_dir == str(tmp_path / "models" / "wavlm")
+    assert under_project(cfg, fields, None) is cfg
+    assert under_project(AudioPoolingConfig(), fields, tmp_path).backbone_dir is None
+    assert under_project(AudioPoolingConfig(backbone_dir="/abs/wavlm"), fields, tmp_path).backbone_dir == "/abs/wavlm"
