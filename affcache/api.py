@@ -42,7 +42,7 @@ def extract(videos: PathLike | Sequence[PathLike], modality: str, store: PathLik
     them). Returns the store URL; raises `extractors.base.ExtractorError` if some video failed (the
     others are stored, a re-run retries only the failed ones).
     """
-    from affcache.stages.predict import PredictReport, expand_inputs, probe_videos
+    from affcache.predicting import PredictReport, expand_inputs, probe_videos
     from extractors.base import ExtractorError, run_extraction
     from extractors.registry import build_extractor, default_extractors
 
@@ -97,22 +97,24 @@ def predict(videos: PathLike | Sequence[PathLike], *, project: PathLike = ".", p
     """Per-frame predictions for video files (or folders) with a trained project's models.
 
     `project` is a folder where `dvc repro` (or `dvc pull`) has left `data/heads` and `data/fusion`;
-    `params` and `out` are relative to it. Exactly what `affcache predict` does (features cached in
+    `params` and `out` are relative to it (the working directory stays where it is: `videos` are
+    read relative to it). Exactly what `affcache predict` does (features cached in
     `<out>/features`, one CSV and plot per video there); returns all videos' rows in one DataFrame
     with a leading `video_id` column, one row per frame and person (`person`: 0 = the face seen
     longest; `max_faces` as `--max-faces`). Raises `affcache.stages.StageFailed` if any file failed.
     """
     import pandas as pd
 
-    from affcache.stages import predict as predict_stage
-    from affcache.stages.schema import check_params_file
-    from pipeline.files import working_dir
+    from affcache.predicting import predict_videos
+    from affcache.stages.schema import MEMO, check_params_file
+    from pipeline.config import load_params
 
+    root = Path(project)
     paths = [videos] if isinstance(videos, (str, os.PathLike)) else list(videos)
-    abs_paths = [Path(p).resolve() for p in paths]
-    with working_dir(project):
-        check_params_file(Path(params))
-        report = predict_stage.run(Path(params), abs_paths, Path(out), model=model, max_faces=max_faces)
-        frames = [pd.read_csv(o["csv"]).assign(video_id=vid) for vid, o in sorted(report.outputs.items())]
+    params_path = root / params
+    check_params_file(params_path, memo=root / MEMO)
+    report = predict_videos(load_params(params_path), [Path(p).resolve() for p in paths], Path(out), root=root,
+                            model=model, max_faces=max_faces)
+    frames = [pd.read_csv(o["csv"]).assign(video_id=vid) for vid, o in sorted(report.outputs.items())]
     df = pd.concat(frames, ignore_index=True)
     return df[["video_id"] + [c for c in df.columns if c != "video_id"]]

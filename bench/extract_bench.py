@@ -28,7 +28,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -187,6 +187,28 @@ def _best_of(repeats: int, tmp: Path, videos: list, make_naive: Callable, make_e
     return t_naive, t_engine, rep, store
 
 
+def _naive_vs_engine(args: argparse.Namespace, write_model: Callable[..., Path], audio: bool,
+                     make: Callable[[Path, int], Any]) -> tuple:
+    """In a temporary folder: the demo model (`write_model`) and `--videos` synthetic clips; a warm-up
+    (imports, allocator), then `_best_of` the naive runs (batch 1) and the engine runs (`--batch-size`)
+    of the extractor `make(model, batch)` builds. Returns (t_naive, t_engine, the naive store's groups,
+    the largest |engine - naive| embedding difference)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        model = write_model(tmp / "model", seed=0)
+        videos = _av_videos(tmp / "media", args.videos, args.seconds, audio=audio)
+        warm = make(model, 1)
+        warm.load()
+        prepared = warm.prepare(videos[0])
+        warm.compute(videos[0], prepared)
+        if hasattr(prepared, "close"):  # the behaviour extractor's frame stream
+            prepared.close()
+        t_naive, t_engine, rep, store = _best_of(args.repeats, tmp, videos, lambda: make(model, 1),
+                                                 lambda: make(model, args.batch_size))
+        naive = [store.read_video(v.video_id) for v in videos]
+        return t_naive, t_engine, naive, _max_diff(rep.url, videos, naive)
+
+
 def _max_diff(url: str, videos: list, naive: list) -> float:
     """Largest |engine - naive| embedding difference (fp16 storage, batching)."""
     from pipeline.store import FeatureStore
@@ -207,24 +229,13 @@ def bench_audio(args: argparse.Namespace) -> dict:
     from extractors.audio import AudioConfig, SpeechSSLExtractor
     from extractors.base import torch_device
 
+    def make(model: Path, batch: int) -> SpeechSSLExtractor:  # cache off: every id is its own file here anyway
+        return SpeechSSLExtractor(AudioConfig(model=str(model), chunk_seconds=args.chunk_seconds, overlap_seconds=1.0,
+                                              batch_size=batch, device=args.device, bf16=args.bf16, cache_size=0,
+                                              vad_backend=args.vad))
+
     device = torch_device(args.device)
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        model = demo_models.write_wavlm(tmp / "wavlm", seed=0)
-        videos = _av_videos(tmp / "media", args.videos, args.seconds, audio=True)
-
-        def cfg(batch: int) -> AudioConfig:  # cache off: every id is its own file here anyway
-            return AudioConfig(model=str(model), chunk_seconds=args.chunk_seconds, overlap_seconds=1.0,
-                               batch_size=batch, device=args.device, bf16=args.bf16, cache_size=0,
-                               vad_backend=args.vad)
-
-        warm = SpeechSSLExtractor(cfg(1))
-        warm.load()
-        warm.compute(videos[0], warm.prepare(videos[0]))  # warm-up (imports, allocator)
-        t_naive, t_engine, rep, store = _best_of(args.repeats, tmp, videos, lambda: SpeechSSLExtractor(cfg(1)),
-                                                 lambda: SpeechSSLExtractor(cfg(args.batch_size)))
-        naive = [store.read_video(v.video_id) for v in videos]
-        max_diff = _max_diff(rep.url, videos, naive)
+    t_naive, t_engine, naive, max_diff = _naive_vs_engine(args, demo_models.write_wavlm, True, make)
 
     total = args.videos * args.seconds
     res = {"modality": "audio", "device": str(device), "audio_seconds": total, "chunk_seconds": args.chunk_seconds,
@@ -251,26 +262,13 @@ def bench_behavior(args: argparse.Namespace) -> dict:
     from extractors.base import torch_device
     from extractors.behavior import BehaviorConfig, QwenVLBehaviorExtractor
 
+    def make(model: Path, batch: int) -> QwenVLBehaviorExtractor:
+        return QwenVLBehaviorExtractor(BehaviorConfig(model=str(model), frame_long_side=args.image_size,
+                                                      batch_size=batch, device=args.device, bf16=args.bf16))
+
     device = torch_device(args.device)
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        model = demo_models.write_qwen3vl(tmp / "qwen3vl", seed=0)
-        videos = _av_videos(tmp / "media", args.videos, args.seconds, audio=False)
-
-        def cfg(batch: int) -> BehaviorConfig:
-            return BehaviorConfig(model=str(model), frame_long_side=args.image_size, batch_size=batch,
-                                  device=args.device, bf16=args.bf16)
-
-        warm = QwenVLBehaviorExtractor(cfg(1))
-        warm.load()
-        prepared = warm.prepare(videos[0])
-        warm.compute(videos[0], prepared)  # warm-up (imports, allocator)
-        prepared.close()
-        t_naive, t_engine, rep, store = _best_of(args.repeats, tmp, videos, lambda: QwenVLBehaviorExtractor(cfg(1)),
-                                                 lambda: QwenVLBehaviorExtractor(cfg(args.batch_size)))
-        naive = [store.read_video(v.video_id) for v in videos]
-        max_diff = _max_diff(rep.url, videos, naive)
-        segments = sum(len(n["t0"]) for n in naive)
+    t_naive, t_engine, naive, max_diff = _naive_vs_engine(args, demo_models.write_qwen3vl, False, make)
+    segments = sum(len(n["t0"]) for n in naive)
 
     res = {"modality": "behavior", "device": str(device), "segments": segments, "frame_long_side": args.image_size,
            "batch_size": args.batch_size, "threads": torch.get_num_threads(),

@@ -111,6 +111,16 @@ def on_clip(clip: Path, cfg) -> dict:
             "tracks": len(set(tracks.track.tolist())), "detect_s": float(np.median(calls)), "total_s": total}
 
 
+def against_first(cfgs: dict, measure, key: str):
+    """(name, measurement, its `key` relative to the first configuration's: the baseline) per configuration,
+    measured as the table is printed."""
+    base = None
+    for name, cfg in cfgs.items():
+        r = measure(cfg)
+        base = base or r[key]
+        yield name, r, r[key] / base
+
+
 def main() -> None:
     import cv2
 
@@ -122,24 +132,18 @@ def main() -> None:
     cfgs = configs(args.cnn)
     print("multiface.jpg (6 faces)\n\n| detector | boxes | on a face | false | missed | time | vs baseline |")
     print("|---|---|---|---|---|---|---|")
-    base = None
-    for name, cfg in cfgs.items():
-        r = on_image(img, cfg)
-        base = base or r["s"]
+    for name, r, ratio in against_first(cfgs, lambda cfg: on_image(img, cfg), "s"):
         print(f"| {name} | {r['boxes']} | {r['on_a_face']} | {r['false']} | {r['missed']} | {r['s']:.2f} s "
-              f"| {r['s'] / base:.1f}x |")
+              f"| {ratio:.1f}x |")
     with tempfile.TemporaryDirectory() as tmp:
         clip = sideways_clip(args.folder / "video.mp4", Path(tmp) / "sideways.mp4")
         print("\nvideo.mp4, first 60 frames stored sideways (1080p, display matrix 90)\n")
         print("| detector | frames with a face | face rows | tracks | detection per frame run | vs baseline "
               "| pass 1 total |")
         print("|---|---|---|---|---|---|---|")
-        base = None
-        for name, cfg in cfgs.items():
-            r = on_clip(clip, cfg)
-            base = base or r["detect_s"]
+        for name, r, ratio in against_first(cfgs, lambda cfg: on_clip(clip, cfg), "detect_s"):
             print(f"| {name} | {r['with_face']} / {r['frames']} | {r['faces']} | {r['tracks']} | {r['detect_s']:.2f} s "
-                  f"| {r['detect_s'] / base:.1f}x | {r['total_s']:.1f} s |")
+                  f"| {ratio:.1f}x | {r['total_s']:.1f} s |")
         from extractors.face_detection import FaceDetectorConfig
 
         runs = {k: [on_clip(clip, FaceDetectorConfig(align=k)) for _ in range(2)] for k in ("none", "landmarks")}

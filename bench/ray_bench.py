@@ -77,7 +77,7 @@ def main() -> None:
     from extractors.engine_ray import RayConfig, run_extraction_ray
     from pipeline.config import load_params
     from affcache.stages import Layout, read_videos
-    from affcache.stages.extract import build_extractor
+    from affcache.project_extractors import build_extractor
 
     threads = torch.get_num_threads()
     with tempfile.TemporaryDirectory() as tmp:

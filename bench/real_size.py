@@ -72,6 +72,14 @@ def load_and_extract(ext: Any, videos: list, out: Path) -> tuple[float, float, A
     return t_load, t_run, rep, tree_bytes(Path(rep.url.replace("file://", "")))
 
 
+def run_figures(device: Any, t_load: float, t_run: float, written: int, seconds: float) -> dict:
+    """The figures every bench reports: load and extraction seconds, peak memory (process, GPU), and
+    store bytes written per second of input."""
+    return {"load_seconds": round(t_load, 2), "extract_seconds": round(t_run, 2),
+            "peak_rss_gb": round(peak_rss_gb(), 2), "peak_gpu_gb": gpu_peak_gb(device),
+            "bytes_per_input_second": round(written / seconds)}
+
+
 def paper_pixel_budget() -> dict[str, int]:
     """The paper profile's per-frame pixel bounds for the behaviour processor."""
     import yaml
@@ -168,10 +176,8 @@ def bench_audio(args: argparse.Namespace) -> dict:
             "device": str(device),
             "dtype": "bf16" if (args.bf16 and device.type == "cuda") else str(next(ext.model.parameters()).dtype),
             "audio_seconds": round(total, 2), "videos": len(videos), "batch_size": args.batch_size,
-            "load_seconds": round(t_load, 2), "extract_seconds": round(t_run, 2),
             "x_real_time": round(total / t_run, 3), "first_video_shapes": shape,
-            "peak_rss_gb": round(peak_rss_gb(), 2), "peak_gpu_gb": gpu_peak_gb(device),
-            "bytes_per_input_second": round(written / total)}
+            **run_figures(device, t_load, t_run, written, total)}
 
 
 def bench_face(args: argparse.Namespace) -> dict:
@@ -191,10 +197,8 @@ def bench_face(args: argparse.Namespace) -> dict:
     seconds = sum(v.duration for v in videos)
     return {"modality": "face", "model": "GRADA EfficientNet-B1 (random weights)", "params": n_params(ext.model),
             "device": str(device), "dtype": "bf16" if (args.bf16 and device.type == "cuda") else "float32",
-            "frames": frames, "image_size": 240, "load_seconds": round(t_load, 2),
-            "extract_seconds": round(t_run, 2), "frames_per_s": round(frames / t_run, 1),
-            "peak_rss_gb": round(peak_rss_gb(), 2), "peak_gpu_gb": gpu_peak_gb(device),
-            "bytes_per_input_second": round(written / seconds)}
+            "frames": frames, "image_size": 240, "frames_per_s": round(frames / t_run, 1),
+            **run_figures(device, t_load, t_run, written, seconds)}
 
 
 def bench_behavior(args: argparse.Namespace) -> dict:
@@ -230,10 +234,8 @@ def bench_behavior(args: argparse.Namespace) -> dict:
             "clip": f"{videos[0].video_id}, {videos[0].duration:g} s", "segments": len(segs),
             "frames_per_segment": 16, **budget, "tokens_per_segment": seq, "video_tokens_per_segment": video_tokens,
             "text_tokens_per_segment": seq - video_tokens, "build_seconds": round(build_s, 1),
-            "build_peak_rss_gb": build_rss, "load_seconds": round(t_load, 2), "extract_seconds": round(t_run, 2),
-            "seconds_per_segment": round(t_run / max(1, len(segs)), 2), "peak_rss_gb": round(peak_rss_gb(), 2),
-            "peak_gpu_gb": gpu_peak_gb(device), "bytes_per_input_second": round(written / videos[0].duration),
-            "threads": torch.get_num_threads()}
+            "build_peak_rss_gb": build_rss, "seconds_per_segment": round(t_run / max(1, len(segs)), 2),
+            **run_figures(device, t_load, t_run, written, videos[0].duration), "threads": torch.get_num_threads()}
 
 
 BENCHES = {"audio": bench_audio, "face": bench_face, "behavior": bench_behavior}

@@ -61,6 +61,7 @@ import torch
 from extractors.base import ExtractorError, MediaCache, hf_load_error, inference
 from extractors.base import register, torch_device, weights_fingerprint
 from extractors.vad import VAD_BACKENDS, resolve_vad_backend, voice_activity_rows
+from extractors.windows import window_plan
 from pipeline.progress import inner_bar
 from pipeline.records import Video
 
@@ -129,33 +130,6 @@ def chunk_plan(num_samples: int, chunk: int, overlap: int, hop: int) -> list[int
     if last > starts[-1]:
         starts.append(last)
     return starts
-
-
-def window_plan(duration: float, length: float, shift: float, min_length: float) -> list[tuple[float, float]]:
-    """(start, end) seconds of the published 4-s clips of a video lasting `duration` seconds.
-
-    `make_s2s_windows.py` `slice_audio`: a video no longer than `length` is one window; otherwise
-    windows start every `shift` seconds, and the first one that would pass the end is cut at the
-    end, kept when at least `min_length` long (one ending exactly at the end is kept whole).
-    """
-    if duration <= 0:
-        return []
-    if duration <= length:
-        return [(0.0, float(duration))]
-    out, start = [], 0.0
-    while start < duration:
-        end = start + length
-        if end < duration:
-            out.append((start, end))
-        elif end == duration:
-            out.append((start, end))
-            break
-        else:
-            if duration - start >= min_length:
-                out.append((start, float(duration)))
-            break
-        start += shift
-    return out
 
 
 def masked_zscore(batch: np.ndarray, mask: np.ndarray) -> np.ndarray:

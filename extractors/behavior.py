@@ -37,6 +37,7 @@ import torch
 from extractors.base import BackgroundStream, ExtractorError, MediaCache, hf_load_error, inference
 from extractors.base import register, torch_device, weights_fingerprint
 from extractors.precision import CPU_COMPUTE, compute_dtype, upcast_per_layer
+from extractors.windows import window_plan
 from pipeline.progress import inner_bar
 from pipeline.records import Video
 
@@ -82,41 +83,15 @@ class BehaviorConfig:
 
 # ------------------------------------------------------------------------------------ segments
 def segments(duration: float, cfg: BehaviorConfig | None = None) -> list[tuple[float, float]]:
-    """Segment (t0, t1) list in seconds; the published rule (`make_va_chunks.py: slice_audio`).
+    """Segment (t0, t1) list in seconds: the published rule (`make_va_chunks.py: slice_audio`,
+    `extractors.windows.window_plan`) with `segment_seconds`, `hop_seconds` and `min_last_seconds`.
 
-    - duration <= 0: no segments (nothing to describe).
-    - duration <= segment_seconds: ONE segment (0, duration), however short: the published rule has no
-      minimum for a single window, and a sub-second clip still has frames a VLM can describe.
-    - otherwise windows start at k*hop; a window ending before the end is kept whole; a window ending
-      exactly at the end is kept and stops; a window crossing the end is clipped to (start, duration)
-      and kept only if it is >= min_last_seconds long, then slicing stops. With the defaults
-      (4 s / 2 s) a clipped last window is always 2-4 s long, so the minimum only bites for hops
-      longer than segment - min (e.g. 3.5 s).
-    Starts are k*hop (not a running sum) so long videos do not accumulate float error; for the
-    published hop (2.0) both are identical.
+    With the defaults (4 s / 2 s) a clipped last segment is always 2-4 s long, so the minimum only
+    bites for hops longer than segment - min (e.g. 3.5 s); a recording no longer than one segment is
+    one segment however short (a sub-second clip still has frames a VLM can describe).
     """
     cfg = cfg or BehaviorConfig()
-    win, hop, min_last = cfg.segment_seconds, cfg.hop_seconds, cfg.min_last_seconds
-    if duration <= 0:
-        return []
-    if duration <= win:
-        return [(0.0, float(duration))]
-    out: list[tuple[float, float]] = []
-    k = 0
-    while k * hop < duration:
-        start = k * hop
-        end = start + win
-        if end < duration:
-            out.append((start, end))
-        elif end == duration:
-            out.append((start, end))
-            break
-        else:
-            if duration - start >= min_last:
-                out.append((start, float(duration)))
-            break
-        k += 1
-    return out
+    return window_plan(duration, cfg.segment_seconds, cfg.hop_seconds, cfg.min_last_seconds)
 
 
 def segment_frames(t0: float, t1: float, fps: float, bounds: np.ndarray | None = None) -> tuple[int, int]:

@@ -112,15 +112,21 @@ def config_class(extractor_cls: type) -> type:
     return candidates[0]
 
 
-def build_extractor(name: str, values: dict[str, Any], where: str, modality: str | None = None) -> Any:
-    """The extractor `name` built from config `values` (checked strictly: an unknown key or a wrong
-    type is a `ConfigError` naming `where`); with `modality`, it must write that modality."""
+def extractor_config(name: str, values: dict[str, Any], where: str, modality: str | None = None) -> tuple[type, Any]:
+    """(the class registered as `name`, its config built from `values`), checked strictly: an unknown
+    key or a wrong type is a `ConfigError` naming `where`; with `modality`, it must write that modality."""
     from pipeline.config import build_config
 
     cls = extractor_class(name)
     if modality is not None and cls.modality != modality:
-        raise ExtractorError(f"{where}: extractor {name!r} extracts {cls.modality!r}, not {modality!r}")
-    return cls(build_config(config_class(cls), dict(values), where=where))
+        raise ExtractorError(f"{name!r} extracts {cls.modality!r}, not {modality!r}")
+    return cls, build_config(config_class(cls), dict(values), where=where)
+
+
+def build_extractor(name: str, values: dict[str, Any], where: str, modality: str | None = None) -> Any:
+    """The extractor `name` built from config `values` (see `extractor_config`)."""
+    cls, cfg = extractor_config(name, values, where, modality)
+    return cls(cfg)
 
 
 def get_extractor(name: str, cfg: Any) -> Any:

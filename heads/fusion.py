@@ -61,6 +61,16 @@ class ModalityProjection(nn.Module):
         return h * valid.unsqueeze(-1).to(h.dtype)
 
 
+def projected_streams(proj: nn.ModuleDict, batch: dict[str, torch.Tensor], modalities: Sequence[str]
+                      ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(the window mask, each stream's valid frames within it, each stream projected to d_model by
+    `proj[stream]`, a `ModalityProjection`), from a batch of `heads.fusion_windows` (`x_<m>`,
+    `valid_<m>`, `mask`): how every fusion reads its input streams."""
+    mask = batch["mask"].bool()
+    valid = {m: batch[f"valid_{m}"].bool() & mask for m in modalities}
+    return mask, valid, {m: proj[m](batch[f"x_{m}"].float(), valid[m]) for m in modalities}
+
+
 def output_width(cfg: Any) -> int:
     """Outputs per frame of a fusion: its `out_dim` for VA, the 8 class logits for EXPR."""
     task = getattr(cfg, "task", "va")

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from heads.fusion import FusionHead, ModalityProjection, safe_key_padding_mask
+from heads.fusion import FusionHead, ModalityProjection, projected_streams, safe_key_padding_mask
 from heads.fusion_windows import FrameWindowing
 from heads.losses import va_loss
 from heads.positional import PositionalAttentionLayer, sinusoidal_encoding
@@ -84,10 +84,8 @@ class DCMMOEModel(nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         cfg = self.cfg
-        mask = batch["mask"].bool()
-        valid = {m: batch[f"valid_{m}"].bool() & mask for m in cfg.modalities}
-        q = self.proj[cfg.query](batch[f"x_{cfg.query}"].float(), valid[cfg.query])
-        kv = self.proj[cfg.source](batch[f"x_{cfg.source}"].float(), valid[cfg.source])
+        mask, valid, h = projected_streams(self.proj, batch, cfg.modalities)
+        q, kv = h[cfg.query], h[cfg.source]
         kpm = safe_key_padding_mask(valid[cfg.source])
         pe = sinusoidal_encoding(mask.shape[1], cfg.d_model, device=mask.device).unsqueeze(0)
         for layer in self.layers:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from heads.fusion import FusionHead, ModalityProjection, output_width, safe_key_padding_mask
+from heads.fusion import FusionHead, ModalityProjection, output_width, projected_streams, safe_key_padding_mask
 from heads.fusion_windows import FrameWindowing
 from heads.positional import sinusoidal_encoding
 from heads.postprocess import SmoothingConfig
@@ -192,9 +192,7 @@ class GatedMoEModel(nn.Module):
         return torch.softmax(logits, dim=-1) * any_avail.to(logits.dtype)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        mask = batch["mask"].bool()
-        valid = {m: batch[f"valid_{m}"].bool() & mask for m in self.modalities}
-        h = {m: self.proj[m](batch[f"x_{m}"].float(), valid[m]) for m in self.modalities}
+        mask, valid, h = projected_streams(self.proj, batch, self.modalities)
         kpm = {m: safe_key_padding_mask(valid[m]) for m in self.modalities}
         B, L = mask.shape
         pe = sinusoidal_encoding(L, self.cfg.d_model, device=mask.device).unsqueeze(0)

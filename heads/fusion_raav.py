@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from heads.fusion import FusionHead, ModalityProjection, output_width
+from heads.fusion import FusionHead, ModalityProjection, output_width, projected_streams
 from heads.fusion_windows import AudioFilter, SecondsWindowing
 from heads.postprocess import SmoothingConfig
 from heads.train import TrainConfig
@@ -166,9 +166,7 @@ class RAAVModel(nn.Module):
         return out
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        mask = batch["mask"].bool()
-        valid = {m: batch[f"valid_{m}"].bool() & mask for m in self.cfg.visual}
-        h = {m: self.proj[m](batch[f"x_{m}"].float(), valid[m]) for m in self.cfg.visual}
+        mask, valid, h = projected_streams(self.proj, batch, self.cfg.visual)
         gates = self.visual_gates(h, valid)
         fused = (torch.stack([h[m] for m in self.cfg.visual], -2) * gates.unsqueeze(-1)).sum(-2)
         fused = self.audio_context(fused, batch.get("audio_tokens"), batch.get("audio_valid"))

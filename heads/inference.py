@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -69,8 +69,11 @@ class TrainedModel:
     path: Path
 
 
-def load_model(out_dir: str | Path, kind: str, device: str = "auto") -> TrainedModel:
-    """Rebuild the model trained into `out_dir`: its registry entry is named in the checkpoint."""
+def load_model(out_dir: str | Path, kind: str, device: str = "auto", root: str | Path | None = None) -> TrainedModel:
+    """Rebuild the model trained into `out_dir`: its registry entry is named in the checkpoint.
+
+    `root`: the project folder that the config's weight fields (the registry's `weights`, e.g. the
+    audio head's `backbone_dir`) are relative to, as training read them; None: the working directory."""
     from heads.registry import spec
     from heads.train import resolve_device
     from pipeline.config import ParamsError, build_config
@@ -83,7 +86,8 @@ def load_model(out_dir: str | Path, kind: str, device: str = "auto") -> TrainedM
     except ValueError as exc:
         raise ModelLoadError(f"{path}: {exc}; re-train it (`dvc repro`)") from exc
     try:
-        cfg = build_config(entry.config_class(), dict(ckpt["config"]), where=f"{path}: config")
+        cfg = under_project(build_config(entry.config_class(), dict(ckpt["config"]), where=f"{path}: config"),
+                            entry.weights, root)
         head = entry.build(cfg)
         dims = {k: int(v) for k, v in dict(ckpt.get("dims", {})).items()}
         model = head.build_model(dims)
@@ -95,18 +99,27 @@ def load_model(out_dir: str | Path, kind: str, device: str = "auto") -> TrainedM
     return TrainedModel(name, head, model.eval().to(dev), dims, dev, Path(out_dir))
 
 
-def load_head(name: str, out_dir: str | Path, device: str = "auto") -> TrainedModel:
+def under_project(cfg, fields: Sequence[str], root: str | Path | None):
+    """`cfg` with its relative path `fields` read under `root` (unchanged when `root` is None)."""
+    import dataclasses
+
+    changes = {f: str(Path(root) / v) for f in fields if root is not None
+               and isinstance(v := getattr(cfg, f, None), str) and v and not Path(v).is_absolute()}
+    return dataclasses.replace(cfg, **changes) if changes else cfg
+
+
+def load_head(name: str, out_dir: str | Path, device: str = "auto", root: str | Path | None = None) -> TrainedModel:
     """Rebuild the head trained into `out_dir` (data/heads/<name>); it must be head `name`."""
-    trained = load_model(out_dir, "head", device)
+    trained = load_model(out_dir, "head", device, root)
     if trained.name != name:
         raise ModelLoadError(f"{trained.path / CHECKPOINT}: holds the {trained.name!r} head, not {name!r}; "
                              f"re-train it (`dvc repro train_{name}`)")
     return trained
 
 
-def load_fusion(out_dir: str | Path, device: str = "auto") -> TrainedModel:
+def load_fusion(out_dir: str | Path, device: str = "auto", root: str | Path | None = None) -> TrainedModel:
     """Rebuild the fusion trained into `out_dir` (data/fusion/<name>)."""
-    return load_model(out_dir, "fusion", device)
+    return load_model(out_dir, "fusion", device, root)
 
 
 # --------------------------------------------------------------------------- heads
@@ -202,30 +215,34 @@ def _masked(a: np.ndarray, ok: np.ndarray) -> np.ndarray:
 
 @dataclass
 class Predictor:
-    """The selected model (a head, or a fusion plus the heads it reads), loaded once.
+    """The selected model (a head, or a fusion plus the heads it reads), loaded once, for either task.
 
-    `heads` is keyed by modality (`face`, ...), the feature store each head reads.
+    `heads` is keyed by modality (`face`, ...), the feature store each head reads; `task` is the
+    model's registry task: "va" models give `predict`, "expr" models `probabilities`.
     """
 
     model: str
     heads: dict[str, TrainedModel]
     fusion: TrainedModel | None = None
+    task: str = "va"
 
     @property
     def modalities(self) -> list[str]:
         """Feature stores the heads read (fusions add nothing: they read head outputs)."""
         return list(self.heads)
 
-    def _forward(self, videos: Mapping[str, Sequence[HeadVideo]]):
+    def _forward(self, videos: Mapping[str, Sequence[HeadVideo]], task: str):
         """(each head's outputs by modality, the videos of the first modality, the model's outputs)."""
+        if task != self.task:
+            raise ModelLoadError(f"{self.model} is a model of task {self.task!r}; it has no {task!r} output")
         outputs = {m: predict_head(h, videos[m]) for m, h in self.heads.items()}
         grid = list(videos[self.modalities[0]])
         final = predict_fusion(self.fusion, grid, outputs) if self.fusion is not None else outputs[self.modalities[0]]
         return outputs, grid, final
 
     def predict(self, videos: Mapping[str, Sequence[HeadVideo]]) -> dict[str, VideoPrediction]:
-        """`videos[modality]` = the same videos' HeadVideos built from that modality's store."""
-        outputs, grid, final = self._forward(videos)
+        """VA: `videos[modality]` = the same videos' HeadVideos built from that modality's store."""
+        outputs, grid, final = self._forward(videos, "va")
         result = {}
         for v in grid:
             per = {m: (outputs[m][v.video_id].pred[:, :2], outputs[m][v.video_id].valid) for m in self.heads}
@@ -235,13 +252,9 @@ class Predictor:
                                                  per, *gates)
         return result
 
-
-class ExprPredictor(Predictor):
-    """An EXPR model (an `expr_<head>` or `expr_<fusion>`) and the EXPR heads it reads."""
-
     def probabilities(self, videos: Mapping[str, Sequence[HeadVideo]]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """{video_id: (class probabilities [F, 8] (softmax of the logits), valid [F])}."""
-        _, grid, final = self._forward(videos)
+        """EXPR: {video_id: (class probabilities [F, 8] (softmax of the logits), valid [F])}."""
+        _, grid, final = self._forward(videos, "expr")
         result = {}
         for v in grid:
             o = final[v.video_id]
@@ -251,43 +264,29 @@ class ExprPredictor(Predictor):
         return result
 
 
-def _load_fused(cls: type[Predictor], model: str, fusion_dir: str | Path, head_dirs: Mapping[str, str | Path],
-                head_name: Callable[[str], str], device: str) -> Predictor:
-    """A fusion and the heads it reads (`head_name(modality)`: the registry name of that head)."""
-    fusion = load_fusion(fusion_dir, device)
-    need = {m: head_name(m) for m in fusion.head.modalities}
+def load_predictor(model: str, head_dirs: Mapping[str, str | Path], fusion_dirs: Mapping[str, str | Path],
+                   device: str = "auto", root: str | Path | None = None) -> Predictor:
+    """Load `model` (a model name of heads.registry, VA or EXPR: `face`, `fusion_gated_moe`,
+    `expr_fusion_gated_moe`, ...) and the heads of its task it reads.
+
+    `head_dirs`: {head registry name (`face`, `expr_face`): out_dir}; `fusion_dirs`: {fusion model
+    name (`fusion_gated_moe`, `expr_fusion_gated_moe`): out_dir}; `root` as in `load_model`.
+    """
+    from heads.registry import by_model_name, task_name
+
+    try:
+        entry = by_model_name(model)
+    except ValueError:
+        entry = None
+    if entry is not None and entry.kind == "head" and entry.name in head_dirs:
+        return Predictor(model, {entry.base: load_head(entry.name, head_dirs[entry.name], device, root)},
+                         task=entry.task)
+    if entry is None or entry.kind == "head" or model not in fusion_dirs:
+        raise ModelLoadError(f"unknown model {model!r}; choose one of {', '.join([*head_dirs, *fusion_dirs])}")
+    fusion = load_fusion(fusion_dirs[model], device, root)
+    need = {m: task_name(m, entry.task) for m in fusion.head.modalities}
     missing = [h for h in need.values() if h not in head_dirs]
     if missing:
         raise ModelLoadError(f"{fusion.path / CHECKPOINT}: the fusion reads heads {missing} that this pipeline "
                              "does not train; re-train the fusion with `modalities` among the trained heads")
-    return cls(model, {m: load_head(h, head_dirs[h], device) for m, h in need.items()}, fusion)
-
-
-def load_predictor(model: str, head_dirs: Mapping[str, str | Path], fusion_dirs: Mapping[str, str | Path],
-                   device: str = "auto") -> Predictor:
-    """Load `model` (a head name or "fusion_<fusion>", heads.registry) and the heads it needs.
-
-    `head_dirs`: {head: out_dir}; `fusion_dirs`: {"fusion_gated_moe": out_dir, ...}.
-    """
-    if model in head_dirs:
-        return Predictor(model, {model: load_head(model, head_dirs[model], device)})
-    if model not in fusion_dirs:
-        raise ModelLoadError(f"unknown model {model!r}; choose one of {', '.join([*head_dirs, *fusion_dirs])}")
-    return _load_fused(Predictor, model, fusion_dirs[model], head_dirs, lambda m: m, device)
-
-
-# --------------------------------------------------------------------------- expression (EXPR)
-
-
-def load_expr_predictor(model: str, head_dirs: Mapping[str, str | Path], fusion_dirs: Mapping[str, str | Path],
-                        device: str = "auto") -> ExprPredictor:
-    """Load EXPR model `model` (an EXPR model name of heads.registry, e.g. `expr_fusion_gated_moe`)
-    and the EXPR heads it reads. `head_dirs`: {`expr_<head>`: out_dir}; `fusion_dirs`: {model name: out_dir}."""
-    from heads.registry import by_model_name, task_name
-
-    entry = by_model_name(model)
-    if entry.task != "expr":
-        raise ModelLoadError(f"{model!r} is not an expression model; choose one of the expr_ models")
-    if entry.kind == "head":
-        return ExprPredictor(model, {entry.base: load_head(entry.name, head_dirs[entry.name], device)})
-    return _load_fused(ExprPredictor, model, fusion_dirs[model], head_dirs, lambda m: task_name(m, "expr"), device)
+    return Predictor(model, {m: load_head(h, head_dirs[h], device, root) for m, h in need.items()}, fusion, entry.task)

@@ -149,12 +149,7 @@ def evaluate(models: Mapping[str, str | Path], labels: Labels, summary_path: str
     cfg = cfg or EvalConfig()
     if not labels:
         raise ValueError(f"evaluate: no labelled {cfg.split} video; check the index splits and label paths")
-    summary: dict = {}
-    aligned_all: dict[str, dict[str, np.ndarray]] = {}
-    for name, model in models.items():
-        aligned_all[name] = aligned_predictions(_stored_predictions(name, model, list(labels)), labels,
-                                                cfg.fill_missing)
-        summary[name] = _rounded(score(aligned_all[name], labels))
+    summary, aligned_all = score_models(models, labels, "va", cfg.fill_missing)
     _write_summary(summary, models, "ccc_mean", summary_path)
     if plots_dir is not None:
         shown = trace_videos(labels, cfg.trace_videos)
@@ -163,6 +158,25 @@ def evaluate(models: Mapping[str, str | Path], labels: Labels, summary_path: str
         write_series_traces(aligned_all, labels, Path(plots_dir) / "va_traces", shown, frame_times or {})
         write_series_curves(models, Path(plots_dir) / "va_curves.csv")
     return summary
+
+
+def score_models(models: Mapping[str, str | Path], labels: Labels, task: str = "va",
+                 fill: bool = True) -> tuple[dict, dict[str, dict[str, np.ndarray]]]:
+    """({model: its rounded scores}, {model: {video: predictions on the label grid}}) for `task`.
+
+    The one scoring loop of both tasks: stored predictions, aligned (and filled by the submission
+    rule) on each labelled video's grid, then scored: `score` for "va" (2 columns), `expr_scores`
+    for "expr" (the 8 logits; frames of all videos concatenated)."""
+    vids = list(labels)
+    summary: dict = {}
+    aligned_all: dict[str, dict[str, np.ndarray]] = {}
+    for name, model in models.items():
+        aligned = aligned_predictions(_stored_predictions(name, model, vids), labels, fill,
+                                      2 if task == "va" else NUM_EXPR_CLASSES)
+        aligned_all[name] = aligned
+        summary[name] = _rounded(score(aligned, labels) if task == "va" else
+                                 expr_scores(np.concatenate([aligned[v] for v in vids]), expr_truth(labels)))
+    return summary, aligned_all
 
 
 def _stored_predictions(name: str, model: str | Path, video_ids: list[str]):
@@ -350,6 +364,11 @@ def load_expr_labels(videos: Sequence, split: str = "validation") -> dict[str, t
     return out
 
 
+def expr_truth(labels: Labels) -> np.ndarray:
+    """The EXPR classes of every labelled frame, videos concatenated in `labels` order (-1 = invalid)."""
+    return np.concatenate([np.where(labels[v][1], labels[v][0], -1) for v in labels])
+
+
 def class_counts(labels: Labels) -> np.ndarray:
     """Valid frames per EXPR class over `labels`."""
     counts = np.zeros(NUM_EXPR_CLASSES, np.int64)
@@ -407,16 +426,12 @@ def evaluate_expr(models: Mapping[str, str | Path], labels: Labels, train_labels
     if not labels:
         raise ValueError("evaluate (expr): no labelled validation video with EXPR labels; check the index and the "
                          "EXPR_Recognition_Challenge folder")
-    vids = list(labels)
-    true = np.concatenate([np.where(labels[v][1], labels[v][0], -1) for v in vids])
-    summary: dict = {}
+    true = expr_truth(labels)
+    summary, aligned_all = score_models(models, labels, "expr", fill_missing)
     rows: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    for name, model in models.items():
-        aligned = aligned_predictions(_stored_predictions(name, model, vids), labels, fill_missing, NUM_EXPR_CLASSES)
-        lg = np.concatenate([aligned[v] for v in vids])
-        summary[name] = _rounded(expr_scores(lg, true))
-        ok = np.isfinite(lg).all(1)
-        rows[name] = (true, np.where(ok, np.nan_to_num(lg).argmax(1), -1))
+    for name, aligned in aligned_all.items():
+        lg = np.concatenate([aligned[v] for v in labels])
+        rows[name] = (true, np.where(np.isfinite(lg).all(1), np.nan_to_num(lg).argmax(1), -1))
     base, top = majority_logits(train_labels, len(true))
     summary["majority_baseline"] = _rounded(expr_scores(base, true)) | {"class": EXPR_CLASSES[top]}
     _write_summary(summary, models, "f1", summary_path)

@@ -105,7 +105,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_params_sections_build_their_configs(params_file: Path) -> None:
     """Every section of the shipped params files builds the config its stage uses (no typo ships)."""
     from heads.registry import REGISTRY
-    from affcache.stages.extract import build_extractor
+    from affcache.project_extractors import build_extractor
 
     params = load_params(params_file)
     for modality in ("face", "audio", "behavior", "reliability"):

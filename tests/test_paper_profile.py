@@ -208,7 +208,7 @@ def test_step_5_puts_the_csvs_where_the_profile_reads_them(paper_project, realda
     from extractors.reliability import smooth_open
     from pipeline.config import load_params
     from pipeline.records import Video
-    from affcache.stages.extract import build_extractor
+    from affcache.project_extractors import build_extractor
 
     project, root = paper_project
     assert len(list((root / "openmouth").glob("*.csv"))) == 594

@@ -7,7 +7,6 @@ DVC-tracked data/features are never touched.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import os
@@ -21,6 +20,7 @@ import yaml
 from click.testing import CliRunner
 
 from affcache.cli import main
+from pipeline.files import working_dir as cwd  # stages resolve data/... against it, as under `dvc repro`
 
 TRAIN = {"epochs": 1, "device": "cpu", "progress": False, "bf16": False}
 MODELS = "data/models/demo"
@@ -57,17 +57,6 @@ HEADS = ("face", "behavior", "audio")
 PARAMS["train"].update({f"expr_{h}": PARAMS["train"][h] for h in HEADS})
 PARAMS["fuse"]["expr_gated_moe"] = PARAMS["fuse"]["gated_moe"]
 MODALITIES = ("face", "behavior", "audio", "reliability")
-
-
-@contextlib.contextmanager
-def cwd(path: Path) -> Iterator[None]:
-    """Stages resolve data/... against the working directory (as under `dvc repro`)."""
-    old = Path.cwd()
-    os.chdir(path)
-    try:
-        yield
-    finally:
-        os.chdir(old)
 
 
 @pytest.fixture(scope="module")
@@ -306,6 +295,25 @@ def test_unimodal_model_from_params(first_run, project, inputs) -> None:
     assert set(report["extraction"]) == {"face"}
 
 
+def test_an_audio_file_is_predicted_by_the_audio_head_on_the_25_hz_grid(first_run, project, tmp_path) -> None:
+    """An audio-only file (no video stream) is taken by predict; the audio head predicts it on the
+    fixed 25 Hz grid and the picture extractors are never asked to decode it."""
+    from pipeline.media import AUDIO_GRID_FPS
+    from test_audio_only import write_audio
+
+    wav = write_audio(tmp_path / "voice.wav", seconds=3.0)
+    out = project.parent / "audio_only"
+    result = predict_with_model(project, "audio", wav, out)
+    assert result.exit_code == 0, result.output
+    header, rows = read_csv(out / "voice.csv")
+    assert len(rows) == 3 * AUDIO_GRID_FPS
+    times = [float(r[header.index("time")]) for r in rows]
+    assert times[:3] == pytest.approx([0.0, 1 / AUDIO_GRID_FPS, 2 / AUDIO_GRID_FPS], abs=1e-3)
+    assert all(r[header.index("valence")] != "" for r in rows[AUDIO_GRID_FPS:-AUDIO_GRID_FPS])
+    report = json.loads((out / "predict_report.json").read_text())
+    assert set(report["extraction"]) == {"audio"} and not report["failed"]
+
+
 def test_raav_fusion_from_params(first_run, project, inputs) -> None:
     out = project.parent / "raav"
     result = predict_with_model(project, "fusion_raav", inputs["speaker"], out)
@@ -326,7 +334,7 @@ def test_model_choice(tmp_path) -> None:
     """Command line, then `predict.model`, then the best evaluated model, then fusion_gated_moe."""
     from pipeline.config import Params, ParamsError
     from affcache.stages import Layout
-    from affcache.stages.predict import choose_model
+    from affcache.predicting import choose_model
 
     layout = Layout(tmp_path)
     assert choose_model(Params({}, tmp_path / "params.yaml"), layout) == "fusion_gated_moe"
@@ -425,3 +433,33 @@ def test_readme_python_api_example_runs(project: Path, inputs: dict[str, Path], 
         assert (df["video_id"] == vid).sum() == decoded_frames(src) * persons
         assert sorted(df.loc[df["video_id"] == vid, "person"].unique()) == list(range(persons))
     assert df["valence"].between(-1, 1).all()
+
+
+def test_api_predicts_a_project_elsewhere_without_changing_directory(project: Path, inputs: dict[str, Path],
+                                                                     tmp_path: Path, monkeypatch) -> None:
+    """`affcache.predict(project=...)` from another working directory: every project path (params,
+    models, the default `out`, the encoders' relative weights) is read under `project`, videos under
+    the caller's directory, and the process never changes directory (a server's other threads rely
+    on it). The features are those of the CLI run: the same stores, reused."""
+    import affcache
+
+    caller = tmp_path / "caller"
+    caller.mkdir()
+    shutil.copy(inputs["silent"], caller / "silent.mp4")
+    monkeypatch.chdir(caller)
+
+    def refuse(path):
+        raise AssertionError(f"affcache.predict changed directory to {path}")
+
+    monkeypatch.setattr(os, "chdir", refuse)
+    out = project.parent / "predictions_api"
+    df = affcache.predict("silent.mp4", project=project, out=out)
+    assert set(df["video_id"]) == {"silent"} and len(df) == decoded_frames(inputs["silent"])
+    assert (out / "silent.csv").is_file() and not (caller / "data").exists() and not (caller / ".affcache").exists()
+    report = json.loads((out / "predict_report.json").read_text())
+    for m in MODALITIES:  # the relative encoder paths keyed the same stores as in the project folder
+        cli = json.loads((project.parent / "predictions" / "predict_report.json").read_text())
+        assert Path(report["extraction"][m]["store"]).name == Path(cli["extraction"][m]["store"]).name
+    default = affcache.predict(caller / "silent.mp4", project=project)  # `out` defaults to the project's
+    assert (project / "data" / "predictions" / "silent.csv").is_file()
+    assert default[["valence", "arousal"]].equals(df[["valence", "arousal"]])

@@ -193,7 +193,7 @@ def test_rounding_of_durations_to_frames_differs_at_25_fps():
 
 # -------------------------------------------------------------------------------- audio windows
 def test_window_plan_is_the_published_slicing():
-    from extractors.audio import window_plan
+    from extractors.windows import window_plan
 
     assert window_plan(9.0, 4, 2, 1) == [(0, 4), (2, 6), (4, 8), (6, 9.0)]
     assert window_plan(8.0, 4, 2, 1) == [(0, 4), (2, 6), (4, 8)]
@@ -231,7 +231,7 @@ def test_audio_windows_are_their_own_padded_clips(tmp_path):
 
 def _window_store(f: int, fps: float, y: np.ndarray, proj: np.ndarray, rng) -> dict:
     """An audio store group in the published window layout: 50 Hz rows per 4-s window, padded."""
-    from extractors.audio import window_plan
+    from extractors.windows import window_plan
 
     plan = window_plan(f / fps, 4.0, 2.0, 1.0)
     per = 200

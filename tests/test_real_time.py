@@ -88,7 +88,7 @@ def test_vfr_rows_sit_at_the_true_pts(vfr: Path, tmp_path: Path) -> None:
     from extractors.reliability import ReliabilityConfig, ReliabilityExtractor
     from heads.data import frame_features, load_head_videos
     from pipeline.labels import rows_to_frames
-    from affcache.stages.predict import frame_columns
+    from affcache.predicting import frame_columns
 
     import torch
 
@@ -278,7 +278,7 @@ def test_real_clip_stored_sideways_finds_faces_like_upright(realdata: Path, tmp_
 def test_predict_frame_columns_face_box_and_vad(tmp_path: Path) -> None:
     """`face_found` and the box come from the face store's rows, `vad` from the reliability store's
     audio rows interpolated onto the frames' real times; no source -> empty cells (NaN)."""
-    from affcache.stages.predict import frame_columns
+    from affcache.predicting import frame_columns
     from pipeline.store import FeatureStore
 
     video = Video("v", str(tmp_path / "v.mp4"), 10.0, 6, 0.6, True, "test",
@@ -313,7 +313,7 @@ def test_predict_frame_columns_per_person(tmp_path: Path) -> None:
     """Stores of two persons (rows stacked person by person, `person` column): each person's face,
     box and mouth; the voice activity is the video's, the same for both."""
     from pipeline.persons import stack_persons
-    from affcache.stages.predict import frame_columns, video_persons
+    from affcache.predicting import frame_columns, video_persons
     from pipeline.store import FeatureStore
 
     video = Video("v", str(tmp_path / "v.mp4"), 10.0, 4, 0.4, True, "test", frame_segments=[[0, 5, 0.0, 0.1]])

@@ -14,7 +14,7 @@ import pytest
 from pipeline.datasets import build_index
 from pipeline.datasets.affwild2 import VIDEO_EXTS, find_media
 from affcache.stages import StageFailed
-from affcache.stages.predict import expand_inputs
+from affcache.predicting import expand_inputs
 
 
 def make_clip(path: Path, fmt: str, n: int = 10) -> Path:
@@ -56,13 +56,13 @@ def test_expand_inputs_takes_mov_and_ts_and_names_skipped(tmp_path, clips, caplo
     (folder / ".DS_Store").write_bytes(b"x")
     (folder / ".git").mkdir()
     (folder / ".git" / "config").write_text("hidden folder: not named")
-    with caplog.at_level(logging.WARNING, logger="affcache.stages.predict"):
+    with caplog.at_level(logging.WARNING, logger="affcache.predicting"):
         found = expand_inputs([folder])
     assert found == [folder / "phone.mov", folder / "sub" / "cam.TS"]
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1
     assert "notes.txt" in warnings[0] and ".DS_Store" in warnings[0]
-    assert "not a video file extension" in warnings[0] and "config" not in warnings[0]
+    assert "not a video or audio file extension" in warnings[0] and "config" not in warnings[0]
     # the clips are real: PyAV opens both
     from pipeline.media import probe
     assert all(probe(p).num_frames == 10 for p in found)
@@ -72,7 +72,7 @@ def test_expand_inputs_folder_without_video_names_skipped(tmp_path):
     folder = tmp_path / "in"
     folder.mkdir()
     (folder / "notes.txt").write_text("hello")
-    with pytest.raises(StageFailed, match=r"no video files.*notes\.txt"):
+    with pytest.raises(StageFailed, match=r"no video or audio files.*notes\.txt"):
         expand_inputs([folder])
 
 
@@ -84,7 +84,7 @@ def test_expand_inputs_explicit_file_taken_as_is(tmp_path):
 
 def test_broken_video_extension_fails_per_file_at_probe(tmp_path):
     """Taken by extension, then `probe_videos` records it as failed with the file named (no warning here)."""
-    from affcache.stages.predict import PredictReport, probe_videos
+    from affcache.predicting import PredictReport, probe_videos
 
     (tmp_path / "broken.mov").write_bytes(b"not a movie" * 10)
     found = expand_inputs([tmp_path])

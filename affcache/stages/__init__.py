@@ -28,10 +28,14 @@ class Layout:
     features_root: str = ""
 
     @classmethod
-    def from_params(cls, params: Any) -> "Layout":
-        """The layout a stage uses: `storage.features` applied, object-storage settings configured."""
+    def from_params(cls, params: Any, root: Path = Path(".")) -> "Layout":
+        """The layout of the project at `root` (a stage's: the working directory): `storage.features`
+        applied (a relative local folder lies under `root`), object-storage settings configured."""
         configure_storage(params.get("storage.endpoint_url", "") or "")
-        return cls(features_root=str(params.get("storage.features", "") or ""))
+        features = str(params.get("storage.features", "") or "")
+        if features and "://" not in features and not Path(features).is_absolute() and Path(root) != Path("."):
+            features = str(Path(root) / features)
+        return cls(root=Path(root), features_root=features)
 
     @property
     def index(self) -> Path:

@@ -4,10 +4,23 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from pipeline.config import load_params
+from pipeline.config import Params, load_params
+
+if TYPE_CHECKING:
+    from pipeline.datasets.synthetic import DemoConfig
 
 log = logging.getLogger(__name__)
+
+
+def demo_config(params: Params) -> "DemoConfig":
+    """The demo's generator config: params `demo.preset` (default `default`) with `demo.overrides`,
+    checked strictly (what the stage runs and `affcache params show` prints)."""
+    from pipeline.datasets.synthetic import DemoConfig
+
+    return DemoConfig.from_preset(params.get("demo.preset", "default"), params.get("demo.overrides"),
+                                  where=str(params.path))
 
 
 def run(params_path: Path, out: Path | None = None, labels_from: Path | None = None) -> None:
@@ -15,8 +28,7 @@ def run(params_path: Path, out: Path | None = None, labels_from: Path | None = N
     from pipeline.datasets import synthetic
 
     params = load_params(params_path)
-    cfg = synthetic.DemoConfig.from_preset(params.get("demo.preset", "default"), params.get("demo.overrides"),
-                                           where=str(params.path))
+    cfg = demo_config(params)
     root = Path(out or params.section("demo.root"))
     labels_from = labels_from or (Path(params.get("demo.labels_from")) if params.get("demo.labels_from") else None)
     manifest = synthetic.generate(root, cfg, labels_from=labels_from)

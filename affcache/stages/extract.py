@@ -9,52 +9,15 @@ extractor's config dataclass, checked strictly before any video is touched).
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
 
 from pipeline.config import Params, ParamsError, build_config, load_params
+from affcache.project_extractors import build_extractor
 from affcache.stages import Layout, StageFailed, read_videos
 
 log = logging.getLogger(__name__)
-
-
-def build_extractor(params: Params, modality: str, overrides: dict[str, Any] | None = None) -> Any:
-    """Construct the extractor named in `extract.<modality>` with its strictly-checked config;
-    `overrides` (command-line options such as `--device`) replace config fields before the check."""
-    from extractors.registry import ExtractorError, config_class, extractor_class
-
-    section = f"extract.{modality}"
-    name = params.section(f"{section}.extractor")
-    try:
-        cls = extractor_class(name)
-    except ExtractorError as e:
-        raise ParamsError(f"{params.path}: {section}.extractor: {e}") from e
-    if cls.modality != modality:
-        raise ParamsError(f"{params.path}: {section}.extractor: {name!r} extracts {cls.modality!r}, not {modality!r}")
-    cfg_cls = config_class(cls)
-    for key in overrides or {}:
-        if key not in getattr(cfg_cls, "__dataclass_fields__", {}):
-            raise ParamsError(f"--{key}: the {modality} extractor ({name}) has no {key} setting")
-    values = {**(params.get(f"{section}.config") or {}), **(overrides or {})}
-    return cls(dataset_paths(params, build_config(cfg_cls, values, where=f"{params.path}: {section}.config")))
-
-
-def dataset_paths(params: Params, cfg: Any) -> Any:
-    """`cfg` with its dataset-relative paths read under params `dataset.root`.
-
-    A config class lists such fields in its `DATASET_RELATIVE` class attribute (the reliability
-    extractor's `mouth_csv_dir`): files that belong with the dataset, so a relative value follows
-    `dataset.root` and a profile needs no absolute path. Absolute values are kept.
-    """
-    root = params.get("dataset.root")
-    changes = {}
-    for name in getattr(type(cfg), "DATASET_RELATIVE", ()):
-        value = getattr(cfg, name, None)
-        if root and isinstance(value, str) and value and not Path(value).is_absolute():
-            changes[name] = str(Path(str(root)) / value)
-    return dataclasses.replace(cfg, **changes) if changes else cfg
 
 
 WEIGHT_FIELDS = ("weights", "model", "ssl_weights")

@@ -55,22 +55,21 @@ def plain(obj: Any) -> Any:
 
 def resolve(params: Params) -> dict[str, dict[str, Any]]:
     """{dvc stage name: its resolved config}, in pipeline order (dvc.yaml's stage names)."""
-    from extractors.registry import ExtractorError, config_class, extractor_class, modalities
+    from extractors.registry import modalities
     from heads.postprocess import LateFusionConfig
     from heads.registry import REGISTRY as MODELS
     from pipeline.datasets import DatasetError, adapter_class
-    from pipeline.datasets import synthetic
     from pipeline.evaluate import EvalConfig
     from pipeline.report import ReportConfig
-    from affcache.stages.extract import dataset_paths
+    from affcache.project_extractors import extractor_config
+    from affcache.stages.demo_data import demo_config
     from affcache.stages.schema import adapter_options
 
     where = str(params.path)
     out: dict[str, dict[str, Any]] = {}
     if params.get("demo") is not None:
-        preset = params.get("demo.preset", "default")
-        cfg = synthetic.DemoConfig.from_preset(preset, params.get("demo.overrides"), where=where)
-        demo_data = {"root": params.get("demo.root"), "preset": preset, "config": plain(cfg)}
+        demo_data = {"root": params.get("demo.root"), "preset": params.get("demo.preset", "default"),
+                     "config": plain(demo_config(params))}
         for name in params.get("demo.build", ["demo"]) or []:  # dvc.yaml: one stage per listed name
             out[f"demo_data@{name}"] = demo_data
             if params.get("demo_models") is not None:
@@ -88,15 +87,10 @@ def resolve(params: Params) -> dict[str, dict[str, Any]]:
 
     for modality in modalities():
         section = f"extract.{modality}"
-        name = params.section(f"{section}.extractor")
-        try:
-            cls = extractor_class(name)
-        except ExtractorError as e:
-            raise ParamsError(f"{where}: {section}.extractor: {e}") from e
-        cfg = dataset_paths(params, build_config(config_class(cls), params.get(f"{section}.config") or {},
-                                                 where=f"{where}: {section}.config"))
+        _, cfg = extractor_config(params, modality)
         out[f"extract_{modality}"] = {
-            "extractor": name, "weights": params.get(f"{section}.weights"), "workers": int(params.get(f"{section}.workers", 2)),
+            "extractor": params.section(f"{section}.extractor"), "weights": params.get(f"{section}.weights"),
+            "workers": int(params.get(f"{section}.workers", 2)),
             "prefetch": int(params.get(f"{section}.prefetch", 2)),
             "keep_old_stores": bool(params.get(f"{section}.keep_old_stores", False)), "config": plain(cfg)}
 
