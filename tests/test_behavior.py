@@ -77,7 +77,10 @@ def clips(tmp_path_factory):
 
 
 def extractor(model, **kw) -> QwenVLBehaviorExtractor:
-    kw = {"frame_long_side": 64, "device": "cpu", **kw}
+    """fp32 arithmetic unless a test asks otherwise: `cpu_compute: auto` picks bf16 on CPUs with
+    native bf16 dot products, where a different batch changes the last bf16 bit (the comparisons
+    below are about padding and order, not precision; tests/test_precision.py covers bf16)."""
+    kw = {"frame_long_side": 64, "device": "cpu", "cpu_compute": "fp32", **kw}
     ex = QwenVLBehaviorExtractor(BehaviorConfig(model=str(model), **kw))
     ex.load()
     return ex
