@@ -46,6 +46,7 @@ import numpy as np
 from pipeline.config import Params, ParamsError
 from pipeline.records import Video
 from affcache.stages import Layout, StageFailed, write_json
+from affcache.stages.applicable import not_applicable_model
 
 if TYPE_CHECKING:  # heavy (torch): imported inside the functions that run models
     from heads.data import HeadVideo
@@ -164,6 +165,12 @@ def choose_model(params: Params, layout: Layout, model: str | None = None) -> st
         if name not in known:
             where = "model" if model is not None else f"{params.path}: predict.model"
             raise ParamsError(f"{where}: unknown model {name!r}; use one of {', '.join(known)}")
+        reason = not_applicable_model(layout, str(name))
+        if reason:
+            usable = [n for n in known if not not_applicable_model(layout, n)]
+            where = "model" if model is not None else f"{params.path}: predict.model"
+            raise ParamsError(f"{where}: {name} is not applicable to this project's dataset ({reason}); "
+                              f"use one of {', '.join(usable) or '(none)'}")
         return str(name)
     summary = layout.metrics / "summary.json"
     if summary.exists():
@@ -171,6 +178,12 @@ def choose_model(params: Params, layout: Layout, model: str | None = None) -> st
         if best in known:
             log.info("predict: using %s, the best model in %s", best, summary)
             return str(best)
+    reason = not_applicable_model(layout, DEFAULT_MODEL)
+    if reason:  # e.g. an audio-only corpus: the default fusion needs pictures; the first applicable model
+        usable = [n for n in known if not not_applicable_model(layout, n)]
+        if usable:
+            log.info("predict: the default %s is not applicable (%s); using %s", DEFAULT_MODEL, reason, usable[0])
+            return usable[0]
     log.info("predict: no best model in %s (not evaluated yet); using %s", summary, DEFAULT_MODEL)
     return DEFAULT_MODEL
 

@@ -462,7 +462,7 @@ def build_bank(videos, datas: dict, cfg: AudioPoolingConfig, r: int) -> tuple[Au
 
 @register_model("audio", kind="head", config=AudioPoolingConfig,
                 inputs=("features/audio", "features/reliability"), tasks=("va", "expr"),
-                weights=("backbone_dir",))
+                weights=("backbone_dir",), optional=("features/reliability",))
 class AudioPooling(Head[AudioPoolingConfig]):
     """The audio head behind the contract (heads.contract): filtered 4-s windows of 1-s bins."""
 

@@ -96,7 +96,7 @@ class DCMMOEModel(nn.Module):
 
 
 @register_model("dcmmoe", kind="fusion", config=DCMMOEConfig,
-                inputs=("heads/face", "heads/behavior", "features/reliability"))
+                inputs=("heads/face", "heads/behavior", "features/reliability"), optional=("features/reliability",))
 class DCMMOE(FusionHead):
     """dcmmoe behind the head contract: frame windows (published 400 / hop 150), no audio tokens."""
 

@@ -203,7 +203,8 @@ class GatedMoEModel(nn.Module):
 
 
 @register_model("gated_moe", kind="fusion", config=GatedMoEConfig,
-                inputs=("heads/face", "heads/behavior", "heads/audio", "features/reliability"), tasks=("va", "expr"))
+                inputs=("heads/face", "heads/behavior", "heads/audio", "features/reliability"), tasks=("va", "expr"),
+                optional=("features/reliability",))
 class GatedMoE(FusionHead):
     """gated_moe behind the head contract: frame windows (published 400 / hop 150), no audio tokens."""
 

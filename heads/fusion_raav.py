@@ -176,7 +176,8 @@ class RAAVModel(nn.Module):
 
 
 @register_model("raav", kind="fusion", config=RAAVConfig,
-                inputs=("heads/face", "heads/behavior", "heads/audio", "features/reliability"), tasks=("va", "expr"))
+                inputs=("heads/face", "heads/behavior", "heads/audio", "features/reliability"), tasks=("va", "expr"),
+                optional=("features/reliability",))
 class RAAV(FusionHead):
     """raav behind the head contract: windows in seconds, audio tokens masked by the shared trust rule."""
 

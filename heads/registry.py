@@ -44,6 +44,7 @@ class ModelSpec:
     inputs: tuple[str, ...]    # "features/<modality>" | "heads/<head>"
     task: Task = "va"
     weights: tuple[str, ...] = ()  # config fields naming files it loads (DVC deps via its params section)
+    optional: tuple[str, ...] = ()  # inputs it does without when the dataset has none (affcache.stages.applicable)
 
     @property
     def base(self) -> str:
@@ -75,11 +76,13 @@ class ModelSpec:
 
 
 def register_model(name: str, *, kind: Kind, config: type, inputs: tuple[str, ...],
-                   tasks: tuple[Task, ...] = ("va",), weights: tuple[str, ...] = ()):
+                   tasks: tuple[Task, ...] = ("va",), weights: tuple[str, ...] = (),
+                   optional: tuple[str, ...] = ()):
     """Class decorator and declaration of a head or fusion (read from the source by `_declared`):
     its registry name, kind, config dataclass, what it reads under data/, the tasks it trains for
     (an EXPR entry `expr_<name>` reads the EXPR heads' outputs), and the config fields that name
-    weights it loads (each becomes a DVC dep of its stage, read from its params section)."""
+    weights it loads (each becomes a DVC dep of its stage, read from its params section), and the
+    inputs it does without (`optional`: a modality the dataset has none of leaves it applicable)."""
 
     def deco(cls: type) -> type:
         if not hasattr(config, "__dataclass_fields__"):
@@ -91,8 +94,11 @@ def register_model(name: str, *, kind: Kind, config: type, inputs: tuple[str, ..
 
 def for_task(s: ModelSpec, task: Task) -> ModelSpec:
     """The entry of `s` trained for `task`: own name, and the same task's head outputs as inputs."""
-    inputs = tuple(f"heads/{task_name(i[len('heads/'):], task)}" if i.startswith("heads/") else i for i in s.inputs)
-    return replace(s, name=task_name(s.name, task), inputs=inputs, task=task)
+    def renamed(i: str) -> str:
+        return f"heads/{task_name(i[len('heads/'):], task)}" if i.startswith("heads/") else i
+
+    return replace(s, name=task_name(s.name, task), inputs=tuple(map(renamed, s.inputs)),
+                   optional=tuple(map(renamed, s.optional)), task=task)
 
 
 def _declared() -> dict[str, ModelSpec]:
@@ -102,7 +108,7 @@ def _declared() -> dict[str, ModelSpec]:
     entries = []
     for d in declarations("heads", "register_model"):
         base = ModelSpec(d.name, d.kwargs["kind"], d.module, d.kwargs["config"], d.cls, tuple(d.kwargs["inputs"]),
-                         weights=tuple(d.kwargs.get("weights", ())))
+                         weights=tuple(d.kwargs.get("weights", ())), optional=tuple(d.kwargs.get("optional", ())))
         entries += [for_task(base, task) for task in d.kwargs.get("tasks", ("va",))]
     order = {"head": 0, "fusion": 1}
     entries.sort(key=lambda s: (s.task != "va", order[s.kind], s.base))

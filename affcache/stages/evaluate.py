@@ -21,15 +21,17 @@ import click
 
 from pipeline.config import build_config, load_params
 from affcache.stages import Layout, read_videos, write_json
+from affcache.stages.applicable import applicable_dirs
 
 log = logging.getLogger(__name__)
 
 
 def model_dirs(layout: Layout, task: str = "va") -> dict[str, Path]:
-    """Every model of `task` the pipeline trains (heads.registry), by the name used in metrics and the report."""
+    """Every model of `task` the pipeline trains (heads.registry), by the name used in metrics and the
+    report, without those the dataset has no media for (`affcache.stages.applicable`; one log line each)."""
     from heads.registry import specs
 
-    return {s.model_name: layout.model_dir(s.kind, s.name) for s in specs(task)}
+    return applicable_dirs({s.model_name: layout.model_dir(s.kind, s.name) for s in specs(task)})
 
 
 def run_expr(params_path: Path) -> dict:
@@ -40,10 +42,23 @@ def run_expr(params_path: Path) -> dict:
     split = str(params.get("evaluate.split", "validation"))
     layout = Layout()
     records = read_videos(params, layout)
-    summary = evaluate_expr(model_dirs(layout, "expr"), load_expr_labels(records, split),
+    models = model_dirs(layout, "expr")
+    if not models:  # e.g. a corpus labelled for VA only: every EXPR model says why it is not applicable
+        return write_no_models(layout.metrics / "expr_summary.json", layout.plots / "confusion", "EXPR")
+    summary = evaluate_expr(models, load_expr_labels(records, split),
                             load_expr_labels(records, "train"), layout.metrics / "expr_summary.json",
                             layout.plots / "confusion")
     click.echo(expr_table(summary))
+    return summary
+
+
+def write_no_models(summary_path: Path, plots_dir: Path, task: str) -> dict:
+    """The outputs of an evaluation with no applicable model: a summary that says so, no plot file."""
+    summary = {"not_applicable": f"no {task} model is applicable to this dataset (see each model's metrics file)"}
+    write_json(summary_path, summary)
+    shutil.rmtree(plots_dir, ignore_errors=True)
+    plots_dir.mkdir(parents=True)
+    log.warning("evaluate: %s", summary["not_applicable"])
     return summary
 
 
@@ -74,7 +89,7 @@ def run(params_path: Path) -> None:
         shutil.rmtree(late_dir, ignore_errors=True)
         late_dir.mkdir(parents=True)
         return
-    names = list(late.pop("models", None) or models)
+    names = [n for n in (late.pop("models", None) or models) if n in models or not_listed(n, layout)]
     late_cfg = build_config(LateFusionConfig, late, where=f"{params.path}: evaluate.late_fusion")
     every_video = [v.video_id for v in records]
     result, fused = late_fusion(prediction_sets({n: models[n] for n in names}, every_video, fill=True),
@@ -87,6 +102,17 @@ def run(params_path: Path) -> None:
     write_json(headline_path, {f"ccc_{k}": summary_json["ccc"][k] for k in ("valence", "arousal", "mean")})
     log.info("late fusion of %s: ccc_mean=%.4f (weights searched on %s)", ", ".join(names),
              summary_json["ccc"]["mean"], cfg.split)
+
+
+def not_listed(name: str, layout: Layout) -> bool:
+    """False for a model of `evaluate.late_fusion.models` that is not applicable (it is left out, with a
+    log line); True otherwise, so an unknown name still fails where it is used."""
+    from affcache.stages.applicable import not_applicable_model
+
+    reason = not_applicable_model(layout, name)
+    if reason:
+        log.info("late fusion: leaving out %s, not applicable (%s)", name, reason)
+    return not reason
 
 
 def reliability_rows(layout: Layout, labels: dict) -> dict:

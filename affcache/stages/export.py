@@ -13,6 +13,7 @@ from pathlib import Path
 
 from pipeline.config import load_params
 from affcache.stages import Layout, StageFailed, read_videos
+from affcache.stages.applicable import not_applicable_model
 from affcache.stages.evaluate import model_dirs
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,9 @@ def run(params_path: Path, model: str | None, split: str, template: Path | None,
             raise StageFailed(f"{summary_path}: not found; run `dvc repro evaluate` or pass --model")
         model = json.loads(summary_path.read_text())["best"]["model"]
     if model not in models:
+        na = not_applicable_model(layout, model)
+        if na:
+            raise StageFailed(f"model {model!r} is not applicable to this dataset ({na}); choose one of {', '.join(models)}")
         raise StageFailed(f"unknown model {model!r}; choose one of {', '.join(models)}")
     if model == LATE_FUSION and not (models[model] / "outputs.zarr").exists():
         raise StageFailed(f"{models[model]}/outputs.zarr: not found; enable `evaluate.late_fusion` and run "

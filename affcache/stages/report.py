@@ -31,6 +31,7 @@ def run(params_path: Path) -> None:
     times = label_frame_times(records, labels)  # the report's time axis, in seconds
     expr_path = layout.metrics / "expr_summary.json"
     expr = json.loads(expr_path.read_text()) if expr_path.exists() else None
+    expr = None if expr and "not_applicable" in expr else expr  # no EXPR model applies: no Expression section
     confusion = {}
     for name in model_dirs(layout, "expr") if expr else ():
         f = layout.plots / "confusion" / f"{name}.csv"

@@ -5,6 +5,7 @@ its module; params.yaml only overrides), with the same-shaped `train:` block (he
 in every one. The EXPR models have sections of their own (`train.expr_<head>`, `fuse.expr_<fusion>`);
 their `task` is fixed by the registry entry, not by params. Reads the index and the model's registry inputs (feature stores, head outputs),
 writes data/heads/<head>/ or data/fusion/<fusion>/, metrics/<model>.json and the history plot.
+A model the dataset has no media for (`affcache.stages.applicable`) writes a "not applicable" marker there.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 
 from pipeline.config import Params, ParamsError, load_params
 from affcache.stages import Layout, read_videos, write_json
+from affcache.stages.applicable import MARKER, modality_media, reason_not_applicable, write_not_applicable
 
 log = logging.getLogger(__name__)
 
@@ -75,10 +77,15 @@ def run(params_path: Path, name: str, kind: str = "head") -> dict:
     head = spec.build(cfg)
     layout = Layout.from_params(params)
     records = read_videos(params, layout)  # first: a missing index is the error to report, not a missing store
+    out_dir = layout.model_dir(spec.kind, spec.name)
+    reason = reason_not_applicable(spec, records, modality_media(params))
+    if reason:  # the dataset has no media for its inputs: an explicit "not applicable" model, no failure
+        return write_not_applicable(out_dir, layout.metrics / f"{spec.model_name}.json",
+                                    layout.plots / "history" / f"{spec.model_name}.json", spec.model_name, reason)
     urls = {inp: layout.input_url(inp) for inp in spec.inputs}
     videos = head.load(records, urls)
-    out_dir = layout.model_dir(spec.kind, spec.name)
     out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / MARKER).unlink(missing_ok=True)  # applicable now (e.g. videos added since an earlier run)
     metrics = train_model(head, videos, out_dir)
     publish_metrics(metrics, out_dir, layout.metrics / f"{spec.model_name}.json")
     publish_history(out_dir, layout.plots / "history" / f"{spec.model_name}.json")
