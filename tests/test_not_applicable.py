@@ -41,10 +41,10 @@ def test_an_audio_only_corpus_trains_the_audio_head_only() -> None:
     na = not_applicable_names(videos)
     assert "audio" not in na  # its reliability input (pictures) is declared optional
     assert set(na) == set(REGISTRY) - {"audio"}
-    assert na["face"] == "no video of the dataset has pictures (face store empty): the face head needs features/face"
-    assert na["behavior"].startswith("no video of the dataset has pictures (behavior store empty)")
+    assert na["face"] == "no video has pictures (face store empty): the face head needs features/face"
+    assert na["behavior"].startswith("no video has pictures (behavior store empty)")
     assert na["gated_moe"].endswith("and the gated_moe fusion needs heads/face")
-    assert na["expr_audio"] == "no video of the dataset has EXPR labels: the expr_audio head learns them"
+    assert na["expr_audio"] == "no video has EXPR labels: the expr_audio head learns them"
 
 
 def test_one_video_with_pictures_makes_the_picture_models_applicable() -> None:
@@ -56,7 +56,7 @@ def test_a_silent_corpus_drops_the_audio_head_and_the_fusions_that_fuse_it() -> 
     videos = [video("a", sound=False), video("b", sound=False)]
     na = not_applicable_names(videos)
     assert {n for n in na if not n.startswith("expr_")} == {"audio", "gated_moe", "raav"}  # dcmmoe: face+behavior
-    assert na["audio"].startswith("no video of the dataset has sound (audio store empty)")
+    assert na["audio"].startswith("no video has sound (audio store empty)")
 
 
 def test_the_rule_follows_the_extractor_the_params_choose(tmp_path: Path) -> None:
@@ -74,12 +74,13 @@ def test_the_marker_and_the_consumers(tmp_path: Path, caplog) -> None:
     audio.mkdir(parents=True)
     (face / "stale.pt").parent.mkdir(parents=True)
     (face / "stale.pt").write_text("an earlier run's model")
-    reason = "no video of the dataset has pictures (face store empty): the face head needs features/face"
+    reason = "no video has pictures (face store empty): the face head needs features/face"
     with caplog.at_level(logging.WARNING, logger="affcache.stages.applicable"):
         write_not_applicable(face, layout.metrics / "face.json", layout.plots / "history" / "face.json", "face", reason)
     assert [r.getMessage() for r in caplog.records] == [f"face: not applicable, not trained: {reason}"]
     assert sorted(p.name for p in face.iterdir()) == [MARKER]  # nothing left to evaluate by mistake
-    assert json.loads((layout.metrics / "face.json").read_text()) == {"not_applicable": reason}
+    assert json.loads((layout.metrics / "face.json").read_text()) == {
+        "not_applicable": "no video has pictures (face store empty)"}
     assert json.loads((layout.plots / "history" / "face.json").read_text()) == []
     assert not_applicable(face) == reason and not_applicable(audio) is None
     assert not_applicable_model(layout, "face") == reason and not_applicable_model(layout, "audio") is None

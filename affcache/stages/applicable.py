@@ -58,9 +58,9 @@ def input_reason(inp: str, videos: Sequence, media: Mapping[str, str]) -> str | 
         return reason_not_applicable(spec(name), videos, media)
     need = media.get(name)
     if need == "pictures" and not any(getattr(v, "has_video", True) for v in videos):
-        return f"no video of the dataset has pictures ({name} store empty)"
+        return f"no video has pictures ({name} store empty)"
     if need == "sound" and not any(getattr(v, "has_audio", True) for v in videos):
-        return f"no video of the dataset has sound ({name} store empty)"
+        return f"no video has sound ({name} store empty)"
     return None
 
 
@@ -75,20 +75,21 @@ def reason_not_applicable(spec: Any, videos: Sequence, media: Mapping[str, str])
                 f"{reason}, and the {spec.name} {spec.kind} needs {inp}"
     task = getattr(spec, "task", "va")
     if videos and not any(task in (getattr(v, "labels", None) or {}) for v in videos):
-        return f"no video of the dataset has {task.upper()} labels: the {spec.name} {spec.kind} learns them"
+        return f"no video has {task.upper()} labels: the {spec.name} {spec.kind} learns them"
     return None
 
 
 def write_not_applicable(out_dir: Path, metrics_path: Path, plot_path: Path, name: str, reason: str) -> dict:
     """The outputs of a model's stage that cannot train: its folder with only the marker (no earlier
-    run's model left to evaluate), its metrics file with the reason and no score, an empty history
+    run's model left to evaluate), its metrics file with the cause and no score, an empty history
     plot (DVC draws nothing for it and reports no error). One warning says so."""
     import shutil
 
     shutil.rmtree(out_dir, ignore_errors=True)
     out_dir.mkdir(parents=True)
     write_json(out_dir / MARKER, {"model": name, "not_applicable": reason})
-    write_json(metrics_path, {"not_applicable": reason})
+    # the metrics file holds the cause only (`dvc metrics show` prints it in a column: kept short)
+    write_json(metrics_path, {"not_applicable": reason.split(": ")[0].split(", and ")[0]})
     write_json(plot_path, [])
     log.warning("%s: not applicable, not trained: %s", name, reason)
     return {"not_applicable": reason}
