@@ -164,7 +164,7 @@ def write_wavlm(out_dir: str | Path, seed: int = 0, **overrides: Any) -> Path:
 def write_pdem(out_dir: str | Path, seed: int = 0) -> Path:
     """Save a tiny random wav2vec 2.0 (+ feature extractor): the architecture of PDEM
     (`audeering/wav2vec2-large-robust-12-ft-emotion-msp-dim`: wav2vec 2.0 with stable layer norm), for
-    the demo's `audio_sun` store (profile sun2024)."""
+    the demo's `sun_audio` store (profile sun2024)."""
     from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
 
     out_dir = Path(out_dir)

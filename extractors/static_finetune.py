@@ -4,7 +4,7 @@ Why here and not in heads/: this is the one stage outside the extraction stages 
 (README, "Static fine-tuning"). Heads read the feature cache only; an encoder that must first learn
 its task from the crops (the SUN team's ABAW 2024 video branch, profile `sun2024`) is trained by a
 stage of its own, `train_static_<name>`, that writes *weights*, never features. The face extractor
-declared with the same modality (`extractors/face_sun.py`) then loads those weights and writes its
+declared with the same modality (`extractors/sun_face.py`) then loads those weights and writes its
 own store, and its extraction stage depends on the weights file, so the heads after it still read
 only the cache.
 
@@ -355,10 +355,10 @@ def read_metrics(out: Path) -> dict:
 WEIGHTS_FILE = "weights.pth"  # inside the stage's folder data/static/<name>
 
 
-@register_static("face_sun", modality="face_sun", config=StaticTrainConfig)
-class FaceSunStatic:
+@register_static("sun_face", modality="sun_face", config=StaticTrainConfig)
+class SunFaceStatic:
     """The SUN team's frame-level face encoder (profile `sun2024`), fine-tuned on the crops; the
-    `face_sun` extractor (`extractors/face_sun.py`) loads what it writes."""
+    `sun_face` extractor (`extractors/sun_face.py`) loads what it writes."""
 
     @staticmethod
     def train(videos: Sequence, cfg: StaticTrainConfig, out_dir: Path) -> dict[str, Any]:

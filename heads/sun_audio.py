@@ -109,12 +109,12 @@ class SunAudioModel(nn.Module):
 
 
 @register_model("sun_audio", kind="head", config=SunAudioConfig,
-                inputs=("features/audio_sun", "features/reliability"), tasks=("va",), weights=("backbone_dir",))
+                inputs=("features/sun_audio", "features/reliability"), tasks=("va",), weights=("backbone_dir",))
 class SunAudio(AudioPooling):
     """The SUN audio model behind the head contract: the audio head's windows and bins, its own model."""
 
     name = "sun_audio"
-    store = "features/audio_sun"
+    store = "features/sun_audio"
 
     def check(self) -> None:
         super().check()

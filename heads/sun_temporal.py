@@ -6,7 +6,7 @@ Linear -> 2 -> tanh per step, trained with a CCC loss. W = 30 (6 s) is a guess: 
 names its prepared data `..._test_30.pkl` and states no window length (README, "The sun2024
 profile").
 
-Here: the input is the `face_sun` store (written by the extractor that loads the crops-fine-tuned
+Here: the input is the `sun_face` store (written by the extractor that loads the crops-fine-tuned
 encoder, README "Static fine-tuning"); missing faces take the nearest seen frame (as the face head);
 step k of the 5 fps grid reads the frame nearest to k / 5 s; predictions of overlapping windows are
 averaged per step and every frame takes the prediction of its nearest step, so the outputs lie on
@@ -55,7 +55,7 @@ class SunTemporalConfig:
     ff: int = 512
     dropout: float = 0.1
     feature: str = "emb"
-    store: str = "face_sun"        # the feature store it reads (its registry input)
+    store: str = "sun_face"        # the feature store it reads (its registry input)
     loss: str = "per_window"       # CCC per window (the published VALoss scores each batch item's sequence)
     loss_weights: tuple[float, float] = (0.5, 0.5)
     mse_weight: float = 0.0
@@ -111,10 +111,10 @@ def prepare_inputs(video: HeadVideo, cfg: SunTemporalConfig) -> tuple[np.ndarray
     return x[idx].astype(np.float16), present[idx], idx
 
 
-@register_model("sun_face", kind="head", config=SunTemporalConfig, inputs=("features/face_sun",),
+@register_model("sun_face", kind="head", config=SunTemporalConfig, inputs=("features/sun_face",),
                 tasks=("va",))
 class SunTemporal(Head[SunTemporalConfig]):
-    """The SUN temporal model behind the head contract: 5 fps windows of the face_sun store."""
+    """The SUN temporal model behind the head contract: 5 fps windows of the sun_face store."""
 
     name = "sun_face"
 

@@ -1,5 +1,5 @@
 """The static fine-tuning stage kind: a frame encoder trained from random weights on crops and labels,
-its weights loaded by the `face_sun` extractor, its stage in the generated graph."""
+its weights loaded by the `sun_face` extractor, its stage in the generated graph."""
 
 from __future__ import annotations
 
@@ -39,10 +39,10 @@ def videos(tmp_path):
 
 
 def test_declared_as_a_stage_kind_and_an_extractor():
-    spec = declared_static()["face_sun"]
-    assert spec.modality == "face_sun" and spec.config_class() is StaticTrainConfig
-    ex = declared_extractors()["face_sun"]
-    assert ex.modality == "face_sun" and ex.weights and ex.crops
+    spec = declared_static()["sun_face"]
+    assert spec.modality == "sun_face" and spec.config_class() is StaticTrainConfig
+    ex = declared_extractors()["sun_face"]
+    assert ex.modality == "sun_face" and ex.weights and ex.crops
 
 
 def test_published_schedule_defaults():
@@ -85,12 +85,12 @@ def test_crop_sets_follow_splits_and_step(videos):
 
 
 def test_trains_from_random_weights_and_the_extractor_loads_them(videos, tmp_path, torch_threads):
-    from extractors.face_sun import SunFaceConfig, SunFaceExtractor
+    from extractors.sun_face import SunFaceConfig, SunFaceExtractor
 
-    cfg = StaticTrainConfig(image_size=32, epochs=3, batch_size=8, early_stopping=5, device="cpu")
+    cfg = StaticTrainConfig(image_size=32, epochs=2, batch_size=12, early_stopping=5, device="cpu")
     out = tmp_path / "static" / "weights.pth"
     metrics = train_static(videos, cfg, out)
-    assert out.is_file() and metrics["epochs"] == 3 and metrics["train_frames"] == 24
+    assert out.is_file() and metrics["epochs"] == 2 and metrics["train_frames"] == 24
     assert np.isfinite(metrics["val_ccc_mean"])
     assert (out.parent / "history.json").is_file()
 
@@ -106,3 +106,44 @@ def test_trains_from_random_weights_and_the_extractor_loads_them(videos, tmp_pat
     assert ex.fingerprint()["weights"].startswith("sha256:")
     with pytest.raises(Exception, match="trained at 32 px"):
         SunFaceExtractor(SunFaceConfig(weights=str(out), image_size=64, device="cpu")).load()
+
+
+def test_generated_stage_reads_crops_and_labels_and_feeds_the_extraction():
+    """train_static_<name>: index, crop fingerprints, its code and params in; the weights folder out;
+    the extraction of its modality depends on the weights, and nothing else of the graph on crops+labels
+    through it."""
+    import yaml
+
+    from affcache.dvc_yaml import REPO
+
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    st = stages["train_static_sun_face"]
+    assert st["cmd"] == "affcache train-static sun_face" and st["params"] == ["train_static.sun_face"]
+    assert {"data/index.json", "data/index.crops.json", "extractors/static_finetune.py",
+            "affcache/stages/train_static.py"} <= set(st["deps"])
+    assert st["outs"] == ["data/static/sun_face"]
+    assert not any(str(o).startswith("data/features") for o in st["outs"])
+    ex = stages["extract_sun_face"]
+    assert "${extract.sun_face.weights}" in ex["deps"]
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    assert params["extract"]["sun_face"]["weights"] == st["outs"][0]           # the dep is what the stage writes
+    assert params["extract"]["sun_face"]["config"]["weights"].startswith(st["outs"][0] + "/")
+    assert params["extract"]["sun_face"]["config"]["image_size"] == params["train_static"]["sun_face"]["image_size"]
+
+
+def test_stage_runs_from_params(videos, tmp_path, monkeypatch, torch_threads):
+    """`affcache train-static` reads its params section and writes data/static/<name>/weights.pth."""
+    import yaml
+
+    from affcache.stages import train_static
+    from pipeline.records import write_index
+
+    monkeypatch.chdir(tmp_path)
+    write_index(videos, tmp_path / "data" / "index.json")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({
+        "dataset": {"adapter": "folder", "root": str(tmp_path), "index": "data/index.json"},
+        "train_static": {"sun_face": {"image_size": 32, "epochs": 1, "batch_size": 8, "device": "cpu"}}}))
+    metrics = train_static.run(tmp_path / "params.yaml", "sun_face")
+    assert (tmp_path / "data" / "static" / "sun_face" / "weights.pth").is_file() and metrics["epochs"] == 1
+    with pytest.raises(Exception, match="unknown static encoder"):
+        train_static.run(tmp_path / "params.yaml", "nothing")

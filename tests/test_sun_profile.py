@@ -18,7 +18,7 @@ from test_paper_profile import lookup, same
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADER = "| setting | published value (source file) | sun2024 profile | demo |"
-SUN_STAGES = ("train_static_face_sun", "extract_face_sun", "extract_audio_sun", "train_sun_face", "train_sun_audio",
+SUN_STAGES = ("train_static_sun_face", "extract_sun_face", "extract_sun_audio", "train_sun_face", "train_sun_audio",
               "fuse_sun_av")
 
 
@@ -75,7 +75,7 @@ def test_params_show_sun2024():
     shown = yaml.safe_load(result.output)
     assert set(SUN_STAGES) <= set(shown)
     assert shown["train_sun_face"]["layer_heads"] == [8, 8, 8, 8, 4, 4]
-    assert shown["train_static_face_sun"]["lr_decay"] == 0.85
+    assert shown["train_static_sun_face"]["lr_decay"] == 0.85
 
 
 def test_profile_passes_the_params_check():

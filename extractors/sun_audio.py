@@ -1,11 +1,11 @@
-"""The `audio_sun` store: PDEM hidden states for the SUN team's audio model (profile `sun2024`).
+"""The `sun_audio` store: PDEM hidden states for the SUN team's audio model (profile `sun2024`).
 
 PDEM is `audeering/wav2vec2-large-robust-12-ft-emotion-msp-dim` (README, "The sun2024 profile"): a
 wav2vec 2.0 encoder fine-tuned for dimensional emotion, loaded through the speech extractor's own
 `from_pretrained` path (`extractors.audio.SpeechSSLExtractor`: same chunking, z-normalisation,
 voice activity and `keep_lower_layers` for fine-tuning its last blocks from the cache). It is a
 store of its own because its encoder is not the `audio` store's (WavLM), so its features differ; a
-profile whose `audio_sun` config equalled `audio`'s would still extract twice, which is why the
+profile whose `sun_audio` config equalled `audio`'s would still extract twice, which is why the
 demo points this store at a tiny wav2vec 2.0 of its own (stage demo_models).
 """
 
@@ -25,7 +25,7 @@ class PDEMConfig(AudioConfig):
     model: str = "audeering/wav2vec2-large-robust-12-ft-emotion-msp-dim"
 
 
-@register("pdem", modality="audio_sun", default=True, weights=True)
+@register("pdem", modality="sun_audio", default=True, weights=True)
 class PDEMExtractor(SpeechSSLExtractor):
     """PDEM states per audio row (the speech extractor's store layout)."""
 

@@ -1,7 +1,7 @@
-"""The `face_sun` store: per-frame 256-d embeddings of the frame encoder fine-tuned on the face crops.
+"""The `sun_face` store: per-frame 256-d embeddings of the frame encoder fine-tuned on the face crops.
 
 Profile `sun2024` (the SUN team's ABAW 2024 video branch): the encoder is not a downloadable
-checkpoint but is fine-tuned on this dataset's crops by stage `train_static_face_sun`
+checkpoint but is fine-tuned on this dataset's crops by stage `train_static_sun_face`
 (`extractors/static_finetune.py`, README "Static fine-tuning"); this extractor loads the weights file
 that stage wrote and writes a store of its own, laid out as the face store (emb, t0, t1, valid,
 frame_index; `box` for detected faces). Everything but the model is the face extractor's: crops or
@@ -25,7 +25,7 @@ from extractors.static_finetune import load_weights
 @dataclass
 class SunFaceConfig(FaceConfig):
     """FaceConfig with the fine-tuned static encoder as backbone (`weights`: the `.pth` written by
-    `train_static_face_sun`, `data/static/face_sun/weights.pth`). The task output is not stored
+    `train_static_sun_face`, `data/static/sun_face/weights.pth`). The task output is not stored
     (`store_heads` false): the temporal head learns from the embedding."""
 
     backbone: str = "static"
@@ -34,7 +34,7 @@ class SunFaceConfig(FaceConfig):
 
     def validate(self) -> None:
         if self.backbone != "static":
-            raise ExtractorError(f"face_sun backbone {self.backbone!r}: only 'static' (the train_static weights)")
+            raise ExtractorError(f"sun_face backbone {self.backbone!r}: only 'static' (the train_static weights)")
         saved, self.backbone = self.backbone, "grada"  # the remaining checks are the face extractor's
         try:
             super().validate()
@@ -42,7 +42,7 @@ class SunFaceConfig(FaceConfig):
             self.backbone = saved
 
 
-@register("face_sun", modality="face_sun", default=True, weights=True, crops=True)
+@register("sun_face", modality="sun_face", default=True, weights=True, crops=True)
 class SunFaceExtractor(GradaFaceExtractor):
     """Face embeddings of the fine-tuned static encoder (store layout of the face extractor)."""
 
@@ -60,13 +60,13 @@ class SunFaceExtractor(GradaFaceExtractor):
             return
         cfg = self.cfg
         if not cfg.weights:
-            raise ExtractorError("face_sun: `weights` is not set; point it at data/static/face_sun/weights.pth "
-                                 "(written by stage train_static_face_sun)")
+            raise ExtractorError("sun_face: `weights` is not set; point it at data/static/sun_face/weights.pth "
+                                 "(written by stage train_static_sun_face)")
         self.device = torch_device(cfg.device)
         model, meta = load_weights(cfg.weights)
         if int(meta["image_size"]) != cfg.image_size:
-            raise ExtractorError(f"{cfg.weights}: trained at {meta['image_size']} px, but face_sun image_size is "
-                                 f"{cfg.image_size}; set them equal (train_static.face_sun.image_size)")
+            raise ExtractorError(f"{cfg.weights}: trained at {meta['image_size']} px, but sun_face image_size is "
+                                 f"{cfg.image_size}; set them equal (train_static.sun_face.image_size)")
         self._has_heads = False
         self.weights_id()
         if cfg.source == "detect":
