@@ -10,7 +10,8 @@ Here: the input is the `sun_face` store (written by the extractor that loads the
 encoder, README "Static fine-tuning"); missing faces take the nearest seen frame (as the face head);
 step k of the 5 fps grid reads the frame nearest to k / 5 s; predictions of overlapping windows are
 averaged per step and every frame takes the prediction of its nearest step, so the outputs lie on
-the frame grid like every head's.
+the frame grid like every head's. Positions are added once, to the projected input (the release's
+layers each add a positional encoding), and the layers are torch's post-LN encoder layers.
 """
 
 from __future__ import annotations
@@ -55,7 +56,6 @@ class SunTemporalConfig:
     ff: int = 512
     dropout: float = 0.1
     feature: str = "emb"
-    store: str = "sun_face"        # the feature store it reads (its registry input)
     loss: str = "per_window"       # CCC per window (the published VALoss scores each batch item's sequence)
     loss_weights: tuple[float, float] = (0.5, 0.5)
     mse_weight: float = 0.0
@@ -119,7 +119,7 @@ class SunTemporal(Head[SunTemporalConfig]):
     name = "sun_face"
 
     def load(self, records, urls):
-        return load_head_videos(records, urls[f"features/{self.cfg.store}"], task=self.task)
+        return load_head_videos(records, urls["features/sun_face"], task=self.task)
 
     def prepare(self, videos):
         return {v.video_id: prepare_inputs(v, self.cfg) for v in videos}
@@ -132,8 +132,8 @@ class SunTemporal(Head[SunTemporalConfig]):
         for x, present, _ in inputs.values():
             if present.any():
                 return {"in_dim": int(x.shape[1])}
-        raise ValueError(f"sun_face head: no video has '{self.cfg.feature}' rows in the {self.cfg.store} store -- run "
-                         f"its extraction stage (after train_static_{self.cfg.store})")
+        raise ValueError(f"sun_face head: no video has '{self.cfg.feature}' rows in the sun_face store -- run its "
+                         "extraction stage (after train_static_sun_face)")
 
     def build_bank(self, videos, inputs, dims):
         bank = SequenceBank(self.cfg.window)

@@ -41,7 +41,7 @@ def test_resampling_to_5_fps_and_back():
 
 def test_temporal_head_trains_and_writes_every_frame(tmp_path):
     videos = make_videos("face")
-    cfg = SunTemporalConfig(window=10, hop=5, d_model=16, layer_heads=(2, 2), ff=32, dropout=0.0, store="face",
+    cfg = SunTemporalConfig(window=10, hop=5, d_model=16, layer_heads=(2, 2), ff=32, dropout=0.0,
                             train=tiny_train(epochs=3))
     metrics = train_model(SunTemporal(cfg), videos, tmp_path)
     check_outputs(tmp_path, videos, 2, 16)
