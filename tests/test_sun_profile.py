@@ -83,3 +83,15 @@ def test_profile_passes_the_params_check():
     from affcache.stages.resolve import profile_path
 
     check_params_file(profile_path("sun2024"), memo=None)
+
+
+def test_readme_steps_fetch_what_the_sun_stages_load(resolved):
+    """Steps 7 and 8 of "Real data, step by step" download PDEM and write the encoder copy that the
+    profiles' sun_audio stage loads (both profiles hold the sun2024 stages)."""
+    from test_paper_profile import readme_steps
+
+    joined = {k: " ".join(v) for k, v in readme_steps().items()}
+    model = resolved["sun2024"]["extract_sun_audio"]["config"]["model"]
+    assert f"hf download {model}" in joined[7]
+    assert resolved["sun2024"]["extract_sun_audio"]["weights"].endswith("models--" + model.replace("/", "--"))
+    assert f"save_pretrained('{resolved['sun2024']['train_sun_audio']['backbone_dir']}')" in joined[8]
