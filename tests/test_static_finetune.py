@@ -147,3 +147,19 @@ def test_stage_runs_from_params(videos, tmp_path, monkeypatch, torch_threads):
     assert (tmp_path / "data" / "static" / "sun_face" / "weights.pth").is_file() and metrics["epochs"] == 1
     with pytest.raises(Exception, match="unknown static encoder"):
         train_static.run(tmp_path / "params.yaml", "nothing")
+
+
+def test_batchnorm_recalibration_takes_the_exact_crop_statistics(videos):
+    """After recalibration over every crop in one batch, the first BatchNorm's running mean is the
+    mean of its input over those crops (so eval mode normalises with the current weights' statistics)."""
+    from extractors.static_finetune import load_images, recalibrate_batchnorm
+
+    cfg = StaticTrainConfig(image_size=32, batch_size=64, bn_recalibration=24)
+    model = StaticModel().to(memory_format=torch.channels_last)
+    data = crop_sets(videos, cfg)["train"]
+    recalibrate_batchnorm(model, data, cfg, torch.device("cpu"), np.random.default_rng(0))
+    conv, bn = model.backbone.features[0][0], model.backbone.features[0][1]
+    with torch.no_grad():
+        expected = conv(load_images(data.files, 32)).mean((0, 2, 3))
+    torch.testing.assert_close(bn.running_mean, expected, atol=1e-4, rtol=1e-4)
+    assert bn.momentum == 0.1                                     # the training momentum is restored
