@@ -24,7 +24,6 @@ validation CCC. Loss: 1 - mean CCC over valence and arousal (VA), cross-entropy 
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from dataclasses import asdict, dataclass
@@ -379,10 +378,6 @@ def train_static(videos: Sequence, cfg: StaticTrainConfig, out: Path) -> dict[st
     atomic_write_json(out.parent / "history.json", history)
     atomic_write_json(out.parent / "metrics.json", metrics)
     return metrics
-
-
-def read_metrics(out: Path) -> dict:
-    return json.loads((out.parent / "metrics.json").read_text())
 
 
 WEIGHTS_FILE = "weights.pth"  # inside the stage's folder data/static/<name>

@@ -12,7 +12,7 @@ from heads.fusion_inputs import FusionVideo
 from heads.fusion_sun import METHODS, SunFusion, SunFusionConfig, SunFusionModel, SunFusionTrainConfig
 from heads.sun_audio import SunAudio, SunAudioConfig, SunAudioModel
 from heads.sun_temporal import SunTemporal, SunTemporalConfig, SunTemporalModel, frame_steps, step_frames
-from test_heads import check_outputs, make_videos, tiny_train, _tiny_wavlm  # noqa: F401
+from test_heads import check_outputs, make_videos, tiny_train
 
 
 @pytest.fixture(autouse=True)
