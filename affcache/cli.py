@@ -233,6 +233,17 @@ def train(ctx: click.Context, head: str) -> None:
     _run_stage(train_stage.run, ctx.obj["params_path"], head)
 
 
+@main.command("train-static")
+@click.argument("name")
+@click.pass_context
+def train_static(ctx: click.Context, name: str) -> None:
+    """Fine-tune a frame-level encoder on the face crops (params `train_static.<name>`); write its weights
+    to data/static/<name>, which the extractor of its modality loads (README, "Static fine-tuning")."""
+    from affcache.stages import train_static as train_static_stage
+
+    _run_stage(train_static_stage.run, ctx.obj["params_path"], name)
+
+
 @main.command("fuse")
 @click.argument("fusion", type=click.Choice(FUSIONS))
 @click.pass_context

@@ -33,6 +33,7 @@ HEADER = """\
 COMMENTS = {
     "demo_data": "the embedded demo (params `demo.build`; a real dataset lists none)",
     "index": "the dataset -> data/index.json, index.crops.json; always runs, no dataset dep (affcache/dvc_yaml.py)",
+    "train_static_": "one encoder fine-tuning on the face crops per `@register_static` (writes weights, no features)",
     "extract_": "one extraction per modality that extractors declare (`@register(..., modality=...)`)",
     "train_": "one stage per declared head and task (heads/*.py `@register_model`)",
     "fuse_": "one stage per declared fusion and task",
@@ -92,6 +93,23 @@ def _extract_stages(root: Path) -> dict[str, Any]:
             "deps": ["data/index.json", *crops, *weights, *code],
             "params": [f"extract.{m}"],
             "outs": [{f"data/features/{m}": {"persist": True}}],
+        }
+    return out
+
+
+def _static_stages(root: Path) -> dict[str, Any]:
+    """One `train_static_<name>` per `@register_static` declaration: crops and labels in, weights out
+    (README, "Static fine-tuning"); the extractor of its modality lists the weights as its dep."""
+    from extractors.registry import declared_static
+
+    out = {}
+    for s in declared_static().values():
+        out[f"train_static_{s.name}"] = {
+            "cmd": f"affcache train-static {s.name}",
+            "deps": ["data/index.json", "data/index.crops.json",
+                     *code_deps(root, [f"{STAGES}/train_static.py", _module_path(s.module)])],
+            "params": [f"train_static.{s.name}"],
+            "outs": [f"data/static/{s.name}"],
         }
     return out
 
@@ -168,7 +186,8 @@ def _view_stages(root: Path) -> dict[str, Any]:
 def report_params() -> list[str]:
     """Every params section but `dataset.root`: the report prints their hash, and where the dataset
     sits on this machine is no part of any result (`tests/test_dataset_place.py`)."""
-    return ["report", "demo", "demo_models", *_dataset_params(), "extract", "train", "fuse", "evaluate"]
+    return ["report", "demo", "demo_models", *_dataset_params(), "extract", "train_static", "train", "fuse",
+            "evaluate"]
 
 
 def _dataset_params() -> list[str]:
@@ -203,7 +222,8 @@ def _index_stage(root: Path) -> dict[str, Any]:
 def stages(root: Path = REPO) -> dict[str, Any]:
     """The whole stage graph, in pipeline order."""
     index = {"index": _index_stage(root)}
-    return {**_demo_stages(root), **index, **_extract_stages(root), **_model_stages(root), **_view_stages(root)}
+    return {**_demo_stages(root), **index, **_static_stages(root), **_extract_stages(root), **_model_stages(root),
+            **_view_stages(root)}
 
 
 def render(root: Path = REPO) -> str:

@@ -161,6 +161,24 @@ def write_wavlm(out_dir: str | Path, seed: int = 0, **overrides: Any) -> Path:
     return out_dir
 
 
+def write_pdem(out_dir: str | Path, seed: int = 0) -> Path:
+    """Save a tiny random wav2vec 2.0 (+ feature extractor): the architecture of PDEM
+    (`audeering/wav2vec2-large-robust-12-ft-emotion-msp-dim`: wav2vec 2.0 with stable layer norm), for
+    the demo's `sun_audio` store (profile sun2024)."""
+    from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
+
+    out_dir = Path(out_dir)
+    _seed(seed)
+    config = Wav2Vec2Config(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+                            conv_dim=(32,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4,
+                            feat_extract_norm="layer", do_stable_layer_norm=True, conv_bias=True)
+    Wav2Vec2Model(config).eval().save_pretrained(out_dir)
+    Wav2Vec2FeatureExtractor(
+        feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True, return_attention_mask=True
+    ).save_pretrained(out_dir)
+    return out_dir
+
+
 def _train_tokenizer(extra_text: str = ""):
     """Byte-level BPE trained on a few sentences, wrapped as a fast HF tokenizer (Qwen special tokens)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -267,7 +285,7 @@ def write_qwen3vl(out_dir: str | Path, seed: int = 0, prompt: str | None = None)
 
 def write_all(out_dir: str | Path, seed: int = 0, face_calibration: Any = None,
               face_image_size: int = 96) -> dict[str, Path]:
-    """Write every demo checkpoint under `out_dir`; returns {"grada": .pth, "wavlm": dir, "qwen3vl": dir}.
+    """Write every demo checkpoint under `out_dir`; returns {"grada": .pth, "wavlm": dir, "pdem": dir, "qwen3vl": dir}.
 
     `face_calibration`: uint8 RGB face crops for GRADA's BatchNorm calibration (see `write_grada`).
     """
@@ -275,5 +293,6 @@ def write_all(out_dir: str | Path, seed: int = 0, face_calibration: Any = None,
     return {
         "grada": write_grada(out_dir / "grada" / "grada_b1_demo.pth", seed, face_calibration, face_image_size),
         "wavlm": write_wavlm(out_dir / "wavlm", seed),
+        "pdem": write_pdem(out_dir / "pdem", seed),
         "qwen3vl": write_qwen3vl(out_dir / "qwen3vl", seed),
     }

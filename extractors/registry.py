@@ -132,3 +132,55 @@ def build_extractor(name: str, values: dict[str, Any], where: str, modality: str
 def get_extractor(name: str, cfg: Any) -> Any:
     """Build the extractor registered as `name` from its config dataclass."""
     return extractor_class(name)(cfg)
+
+
+# ------------------------------------------------------------------------------- static fine-tuning
+@dataclass(frozen=True)
+class StaticSpec:
+    """One static (frame-level) encoder fine-tuning, as its module declares it
+    (`@register_static(name, modality=..., config=...)`): stage `train_static_<name>` reads the face
+    crops and labels, params `train_static.<name>` (the `config` dataclass), and writes the weights
+    folder `data/static/<name>` that the `modality`'s extractor loads (README, "Static fine-tuning")."""
+
+    name: str
+    modality: str
+    module: str
+    cls: str
+    config: str
+
+    def config_class(self) -> type:
+        import importlib
+
+        return getattr(importlib.import_module(self.module), self.config)
+
+    def trainer(self) -> type:
+        import importlib
+
+        return getattr(importlib.import_module(self.module), self.cls)
+
+
+STATIC_REGISTRY: dict[str, type] = {}
+
+
+def register_static(name: str, *, modality: str, config: type) -> Callable[[type], type]:
+    """Class decorator and declaration of a static encoder fine-tuning: its name (stage
+    `train_static_<name>`, params `train_static.<name>`), the modality whose extractor loads the
+    weights it writes, and its config dataclass. Literal arguments (a class by name), read from the
+    source by `declared_static` like `register`'s."""
+
+    def deco(cls: type) -> type:
+        if not hasattr(config, "__dataclass_fields__"):
+            raise TypeError(f"register_static({name!r}): config {config!r} is not a dataclass")
+        cls.name, cls.modality = name, modality
+        STATIC_REGISTRY[name] = cls
+        return cls
+
+    return deco
+
+
+def declared_static() -> dict[str, StaticSpec]:
+    """Every static fine-tuning declared in this package, by name (read from the source: no import)."""
+    from pipeline.plugins import declarations
+
+    return {d.name: StaticSpec(d.name, d.kwargs["modality"], d.module, d.cls, d.kwargs["config"])
+            for d in declarations("extractors", "register_static")}

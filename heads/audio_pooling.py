@@ -134,9 +134,11 @@ class SpeechTopLayers(nn.Module):
             raise ValueError(f"AudioPoolingConfig.backbone_dir={checkpoint_dir!r}: checkpoint directory not found; "
                              "point it at the speech model's save_pretrained folder (the one the audio cache used)")
         config = AutoConfig.from_pretrained(checkpoint_dir)
-        if config.model_type != "wavlm":
+        if config.model_type not in ("wavlm", "wav2vec2"):
             raise ValueError(f"{checkpoint_dir}: model_type {config.model_type!r} -- top-k fine-tuning from cache "
-                             "supports WavLM checkpoints; set finetune_top_k: 0 for other speech models")
+                             "supports WavLM and wav2vec 2.0 checkpoints (PDEM is one); set finetune_top_k: 0 for "
+                             "other speech models")
+        self.kind, self.config = config.model_type, config
         full = AutoModel.from_pretrained(checkpoint_dir)
         layers = full.encoder.layers
         n = len(layers)
@@ -144,7 +146,9 @@ class SpeechTopLayers(nn.Module):
             raise ValueError(f"finetune_top_k={k} but {checkpoint_dir} has {n} encoder layers")
         self.first = n - k
         self.layers = nn.ModuleList(layers[self.first:])
-        self.bias_source = layers[0].attention if self.first > 0 else None
+        # WavLM's relative position bias comes from layer 0; wav2vec 2.0 has none (its positions are a
+        # convolution before layer 0, already inside the cached states)
+        self.bias_source = layers[0].attention if self.first > 0 and self.kind == "wavlm" else None
         if self.bias_source is not None:
             for p in self.bias_source.parameters():
                 p.requires_grad_(False)
@@ -154,6 +158,14 @@ class SpeechTopLayers(nn.Module):
     def forward(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         b, t, _ = h.shape
         h = h * mask.unsqueeze(-1).to(h.dtype)
+        if self.kind == "wav2vec2":
+            from transformers.masking_utils import create_bidirectional_mask
+
+            am4 = create_bidirectional_mask(config=self.config, inputs_embeds=h, attention_mask=mask.long())
+            for layer in self.layers:
+                out = layer(h, attention_mask=am4)
+                h = out[0] if isinstance(out, tuple) else out
+            return self.final_norm(h)
         bias = None
         if self.bias_source is not None:
             bias = self.bias_source.compute_bias(t, t).unsqueeze(0).repeat(b, 1, 1, 1).view(b * self.num_heads, t, t)

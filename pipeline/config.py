@@ -334,8 +334,8 @@ class Schema:
     models: Sequence[str] = ()
 
 
-TOP_LEVEL = ("demo", "demo_models", "dataset", "extract", "train", "fuse", "evaluate", "report", "predict",
-             "storage")
+TOP_LEVEL = ("demo", "demo_models", "dataset", "extract", "train_static", "train", "fuse", "evaluate", "report",
+             "predict", "storage")
 
 
 def check_params(params: Params, schema: Schema) -> None:
@@ -393,7 +393,7 @@ def check_params(params: Params, schema: Schema) -> None:
         if (cls := schema.sections.get("extract.ray")) is not None:
             check(cls, ex.ray, f"{dotted}.ray")
 
-    for top in ("train", "fuse"):
+    for top in ("train_static", "train", "fuse"):
         given = {k.split(".", 1)[1]: v for k, v in schema.sections.items() if k.startswith(f"{top}.")}
         for name, entry in (mapping(data.get(top), top) or {}).items():
             if name in given:

@@ -32,14 +32,14 @@ def written(tmp_path_factory):
 
 def test_write_all_is_complete(written):
     a, _, _ = written
-    assert set(a) == {"grada", "wavlm", "qwen3vl"}
-    assert a["grada"].is_file() and (a["wavlm"] / "config.json").is_file()
+    assert set(a) == {"grada", "wavlm", "pdem", "qwen3vl"}
+    assert a["grada"].is_file() and (a["wavlm"] / "config.json").is_file() and (a["pdem"] / "config.json").is_file()
     assert (a["qwen3vl"] / "config.json").is_file()
 
 
 def test_same_seed_same_bytes_other_seed_other_weights(written):
     a, b, c = written
-    for name in ("grada", "wavlm", "qwen3vl"):
+    for name in ("grada", "wavlm", "pdem", "qwen3vl"):
         assert digest(a[name]) == digest(b[name]), name
         assert digest(a[name]) != digest(c[name]), name
 
@@ -52,6 +52,8 @@ def test_reload_through_real_paths(written):
     a = written[0]
     wavlm = AutoModel.from_pretrained(a["wavlm"])
     assert type(wavlm).__name__ == "WavLMModel"
+    pdem = AutoModel.from_pretrained(a["pdem"])
+    assert type(pdem).__name__ == "Wav2Vec2Model" and pdem.config.do_stable_layer_norm   # PDEM's architecture
     with torch.inference_mode():
         assert wavlm(torch.zeros(1, 16000)).last_hidden_state.shape == (1, 49, 64)
     proc = AutoProcessor.from_pretrained(a["qwen3vl"])

@@ -1,7 +1,7 @@
 """Story: an audio-only corpus (WAV files with per-utterance VA spans, as MSP-Podcast ships them) runs
 with a plain `dvc repro`. The picture models (face, behavior, the fusions that need them) and every
 EXPR model (no EXPR labels) are written as "not applicable" (affcache.stages.applicable) instead of
-failing the run; the audio head trains; evaluation, the report, `dvc metrics show` and `dvc plots show`
+failing the run, as are the sun2024 static encoder and its extraction; the two audio heads train; evaluation, the report, `dvc metrics show` and `dvc plots show`
 work on what applies. Real `dvc` in a temporary git repository, with the tiny params (a few minutes
 on two cores: the tiny demo's models are built for their speech encoder)."""
 
@@ -61,16 +61,24 @@ def test_an_audio_only_corpus_runs_end_to_end(repro) -> None:
                                  ("behavior", "heads/behavior", f"{pictures} (behavior store empty)"),
                                  ("fusion_gated_moe", "fusion/gated_moe", f"{pictures} (face store empty)"),
                                  ("fusion_dcmmoe", "fusion/dcmmoe", f"{pictures} (face store empty)"),
-                                 ("expr_audio", "heads/expr_audio", "no video has EXPR labels")]:
+                                 ("expr_audio", "heads/expr_audio", "no video has EXPR labels"),
+                                 ("sun_face", "heads/sun_face", f"{pictures} (sun_face store empty)"),
+                                 ("fusion_sun_av", "fusion/sun_av", f"{pictures} (sun_face store empty)")]:
         assert json.loads((project / "metrics" / f"{model}.json").read_text()) == {"not_applicable": cause}, model
         marker = json.loads((project / "data" / folder / "not_applicable.json").read_text())
         assert marker["model"] == model and marker["not_applicable"].startswith(cause)
         assert json.loads((project / "plots" / "history" / f"{model}.json").read_text()) == []
         assert f"{model}: not applicable, not trained" in output
     assert not (project / "data" / "heads" / "face" / "model.pt").exists()
+    # the static encoder has no crops to fine-tune on, so its extraction has no weights to load: both
+    # say so in their folders instead of failing the run
+    static_cause = f"{pictures} (sun_face store empty): the sun_face encoder fine-tunes on face crops"
+    for folder in ("static/sun_face", "features/sun_face"):
+        assert json.loads((project / "data" / folder / "not_applicable.json").read_text())["not_applicable"] == static_cause
+    assert "train_static sun_face: not applicable" in output and "extract sun_face: not applicable" in output
 
     summary = json.loads((project / "metrics" / "summary.json").read_text())
-    assert set(summary) == {"audio", "best"} and summary["best"]["model"] == "audio"
+    assert set(summary) == {"audio", "sun_audio", "best"} and summary["best"]["model"] in ("audio", "sun_audio")
     late = json.loads((project / "metrics" / "late_fusion.json").read_text())
     assert late["enabled"] and late["weights"] == {"valence": {"audio": 1.0}, "arousal": {"audio": 1.0}}
     assert "not_applicable" in json.loads((project / "metrics" / "expr_summary.json").read_text())

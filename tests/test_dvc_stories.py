@@ -111,10 +111,13 @@ def test_a_repro_builds_everything(built) -> None:
     expected = {"demo_data@demo", "demo_models@demo", "index", "extract_face", "extract_audio", "extract_behavior",
                 "extract_reliability", "train_face", "train_behavior", "train_audio", "fuse_gated_moe",
                 "fuse_raav", "fuse_dcmmoe", "evaluate", "report", "train_expr_face", "train_expr_behavior",
-                "train_expr_audio", "fuse_expr_gated_moe", "fuse_expr_raav", "evaluate_expr"}
+                "train_expr_audio", "fuse_expr_gated_moe", "fuse_expr_raav", "evaluate_expr",
+                "train_static_sun_face", "extract_sun_face", "extract_sun_audio", "train_sun_face", "train_sun_audio",
+                "fuse_sun_av"}
     assert expected <= stages, f"missing stages: {expected - stages}"
     summary = json.loads((project / "metrics" / "summary.json").read_text())
     assert {"face", "behavior", "audio", "fusion_gated_moe", "fusion_raav", "fusion_dcmmoe", "best"} <= set(summary)
+    assert {"sun_face", "sun_audio", "fusion_sun_av"} <= set(summary)              # the sun2024 models beside them
     expr = json.loads((project / "metrics" / "expr_summary.json").read_text())
     assert {"expr_face", "expr_fusion_gated_moe", "majority_baseline", "best"} <= set(expr)
     assert (project / "data" / "reports" / "index.html").stat().st_size > 1000
@@ -123,6 +126,11 @@ def test_a_repro_builds_everything(built) -> None:
                            timeout=SUBPROCESS_TIMEOUT, check=True).stdout
     assert "ccc_mean" in shown and "metrics/expr_fusion_gated_moe.json" in shown and "f1" in shown
     assert "metrics/late_fusion_ccc.json" in shown and "metrics/coverage.json" in shown and "face_found" in shown
+    assert "metrics/fusion_sun_av.json" in shown and "metrics/sun_face.json" in shown
+    assert "fusion_sun_av" in (project / "data" / "reports" / "index.html").read_text()
+    sh(project, "affcache", "export", "--model", "fusion_sun_av", "--split", "validation", "--out",
+       str(built["work"] / "sun_av.txt"))
+    assert (built["work"] / "sun_av.txt").read_text().splitlines()[0] == "image_location,valence,arousal"
     assert max(map(len, shown.splitlines())) <= 200, "dvc metrics show is wider than a terminal"
     # `dvc plots show`: the trace charts hold the truth and every VA model (DVC's own rendering)
     plots = sh(project, "dvc", "plots", "show", "--json", "plots/va_traces/valence.csv")

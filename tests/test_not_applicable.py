@@ -1,7 +1,7 @@
 """The "not applicable" rule (affcache.stages.applicable): a model whose required inputs the dataset has
 no media for, or whose task it has no labels of, is not trained; its stage writes a marker instead, and
 the consumers skip it. Fast: records built here, no store, no training. The whole `dvc repro` on an
-audio-only corpus is the story in tests/test_dvc_stories.py."""
+audio-only corpus is the story in tests/test_dvc_audio_only.py."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ import pytest
 
 from affcache.stages import Layout
 from affcache.stages.applicable import (MARKER, applicable_dirs, modality_media, not_applicable,
-                                        not_applicable_model, reason_not_applicable, write_not_applicable)
+                                        not_applicable_model, reason_not_applicable, static_reason,
+                                        write_not_applicable)
 from heads.registry import REGISTRY, spec
 from pipeline.config import Params
 from pipeline.records import Video
@@ -33,14 +34,15 @@ def not_applicable_names(videos: list[Video], media=MEDIA) -> dict[str, str]:
 
 
 def test_the_default_extractors_read_pictures_except_the_audio_one() -> None:
-    assert MEDIA == {"audio": "sound", "behavior": "pictures", "face": "pictures", "reliability": "pictures"}
+    assert MEDIA == {"audio": "sound", "behavior": "pictures", "face": "pictures", "reliability": "pictures",
+                     "sun_audio": "sound", "sun_face": "pictures"}
 
 
-def test_an_audio_only_corpus_trains_the_audio_head_only() -> None:
+def test_an_audio_only_corpus_trains_the_audio_heads_only() -> None:
     videos = [video("a", pictures=False), video("b", pictures=False, split="validation")]
     na = not_applicable_names(videos)
-    assert "audio" not in na  # its reliability input (pictures) is declared optional
-    assert set(na) == set(REGISTRY) - {"audio"}
+    assert "audio" not in na and "sun_audio" not in na  # their reliability input (pictures) is declared optional
+    assert set(na) == set(REGISTRY) - {"audio", "sun_audio"}
     assert na["face"] == "no video has pictures (face store empty): the face head needs features/face"
     assert na["behavior"].startswith("no video has pictures (behavior store empty)")
     assert na["gated_moe"].endswith("and the gated_moe fusion needs heads/face")
@@ -55,8 +57,17 @@ def test_one_video_with_pictures_makes_the_picture_models_applicable() -> None:
 def test_a_silent_corpus_drops_the_audio_head_and_the_fusions_that_fuse_it() -> None:
     videos = [video("a", sound=False), video("b", sound=False)]
     na = not_applicable_names(videos)
-    assert {n for n in na if not n.startswith("expr_")} == {"audio", "gated_moe", "raav"}  # dcmmoe: face+behavior
+    assert {n for n in na if not n.startswith("expr_")} == {"audio", "gated_moe", "raav", "sun_audio", "sun_av"}  # dcmmoe: face+behavior
     assert na["audio"].startswith("no video has sound (audio store empty)")
+
+
+def test_a_static_encoder_needs_pictures_and_labels_of_its_task() -> None:
+    """train_static_<name> follows the same rule for the modality its weights are for."""
+    assert static_reason("sun_face", "va", [video("a", pictures=False)], MEDIA) == (
+        "no video has pictures (sun_face store empty): the sun_face encoder fine-tunes on face crops")
+    assert static_reason("sun_face", "va", [video("a", pictures=False), video("b")], MEDIA) is None
+    assert static_reason("sun_face", "expr", [video("a")], MEDIA) == (
+        "no video has EXPR labels: the sun_face encoder learns them")
 
 
 def test_the_rule_follows_the_extractor_the_params_choose(tmp_path: Path) -> None:

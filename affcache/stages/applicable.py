@@ -79,15 +79,33 @@ def reason_not_applicable(spec: Any, videos: Sequence, media: Mapping[str, str])
     return None
 
 
-def write_not_applicable(out_dir: Path, metrics_path: Path, plot_path: Path, name: str, reason: str) -> dict:
-    """The outputs of a model's stage that cannot train: its folder with only the marker (no earlier
-    run's model left to evaluate), its metrics file with the cause and no score, an empty history
-    plot (DVC draws nothing for it and reports no error). One warning says so."""
+def write_marker(out_dir: Path, name: str, reason: str) -> None:
+    """Folder `out_dir` emptied down to the "not applicable" marker: no earlier run's output is left
+    for a later stage to read by mistake."""
     import shutil
 
     shutil.rmtree(out_dir, ignore_errors=True)
     out_dir.mkdir(parents=True)
     write_json(out_dir / MARKER, {"model": name, "not_applicable": reason})
+
+
+def static_reason(modality: str, task: str, videos: Sequence, media: Mapping[str, str]) -> str | None:
+    """Why a static encoder fine-tuning (stage `train_static_<name>`, writing weights for `modality`'s
+    extractor) has nothing to learn from `videos`; None: it has. Same rule as a model's: the media its
+    modality's extractor reads, and labels of its task."""
+    reason = input_reason(f"features/{modality}", videos, media)
+    if reason:
+        return f"{reason}: the {modality} encoder fine-tunes on face crops"
+    if videos and not any(task in (getattr(v, "labels", None) or {}) for v in videos):
+        return f"no video has {task.upper()} labels: the {modality} encoder learns them"
+    return None
+
+
+def write_not_applicable(out_dir: Path, metrics_path: Path, plot_path: Path, name: str, reason: str) -> dict:
+    """The outputs of a model's stage that cannot train: its folder with only the marker (no earlier
+    run's model left to evaluate), its metrics file with the cause and no score, an empty history
+    plot (DVC draws nothing for it and reports no error). One warning says so."""
+    write_marker(out_dir, name, reason)
     # the metrics file holds the cause only (`dvc metrics show` prints it in a column: kept short)
     write_json(metrics_path, {"not_applicable": reason.split(": ")[0].split(", and ")[0]})
     write_json(plot_path, [])

@@ -97,6 +97,10 @@ def run(params_path: Path, modality: str, device: str | None = None, video_ids: 
 
     params = load_params(params_path)
     layout = Layout.from_params(params)
+    reason = untrained_weights(params, modality)
+    if reason:
+        not_applicable_store(layout, modality, reason)
+        return
     extractor = build_extractor(params, modality, {"device": device} if device else None)
     check_weights(params, modality, extractor.cfg)
     videos = select_videos(read_videos(params, layout, crops=True), video_ids, layout.index)
@@ -131,6 +135,27 @@ def run(params_path: Path, modality: str, device: str | None = None, video_ids: 
         lines = "\n".join(f"  {f['video_id']} ({f['file']}): {f['error']}" for f in report.failed)
         raise StageFailed(f"extract {modality}: {len(report.failed)} video(s) failed; the others are cached "
                           f"and a re-run retries only these:\n{lines}")
+
+
+def untrained_weights(params: Params, modality: str) -> str | None:
+    """Why `modality`'s weights were never trained: its weights folder (`extract.<modality>.weights`,
+    e.g. a `train_static_<name>` stage's output) holds a "not applicable" marker; None otherwise."""
+    from affcache.stages.applicable import not_applicable
+
+    declared = params.get(f"extract.{modality}.weights")
+    return not_applicable(Path(str(declared))) if declared and Path(str(declared)).is_dir() else None
+
+
+def not_applicable_store(layout: Layout, modality: str, reason: str) -> None:
+    """The extraction of a modality whose encoder was not trained (see `untrained_weights`): the
+    models that read it are not applicable for the same reason (affcache.stages.applicable), so its
+    features folder holds the marker instead of a store."""
+    from affcache.stages.applicable import write_marker
+
+    folder = layout.feature_dir(modality)
+    if isinstance(folder, Path):
+        write_marker(folder, modality, reason)
+    log.warning("extract %s: not applicable, nothing extracted: %s", modality, reason)
 
 
 def select_videos(videos: list, video_ids: list[str] | None, index_path: Path) -> list:

@@ -55,7 +55,7 @@ def plain(obj: Any) -> Any:
 
 def resolve(params: Params) -> dict[str, dict[str, Any]]:
     """{dvc stage name: its resolved config}, in pipeline order (dvc.yaml's stage names)."""
-    from extractors.registry import modalities
+    from extractors.registry import declared_static, modalities
     from heads.postprocess import LateFusionConfig
     from heads.registry import REGISTRY as MODELS
     from pipeline.datasets import DatasetError, adapter_class
@@ -84,6 +84,9 @@ def resolve(params: Params) -> dict[str, dict[str, Any]]:
                            where=f"{where}: dataset.options")
     out["index"] = {"adapter": adapter, "root": params.section("dataset.root"),
                     "index": params.get("dataset.index", "data/index.json"), "options": plain(options)}
+
+    for static in declared_static().values():  # fine-tuned encoders (README, "Static fine-tuning")
+        out[f"train_static_{static.name}"] = plain(params.build(f"train_static.{static.name}", static.config_class()))
 
     for modality in modalities():
         section = f"extract.{modality}"

@@ -26,7 +26,7 @@ def params_schema() -> Schema:
     class), dataset adapters (name -> their options), every head and fusion (`train.<head>`,
     `fuse.<fusion>` -> its config class), the splits, the model names, and the demo's and the
     evaluate/report configs."""
-    from extractors.registry import config_class, declared_extractors, extractor_class, modalities
+    from extractors.registry import config_class, declared_extractors, declared_static, extractor_class, modalities
     from extractors.engine_ray import RayConfig
     from heads.registry import REGISTRY as MODELS
     from heads.registry import model_names
@@ -41,6 +41,7 @@ def params_schema() -> Schema:
                 "evaluate.late_fusion": LateFusionConfig,
                 "report": ReportConfig}
     sections.update({s.params_section: s.config_class() for s in MODELS.values()})
+    sections.update({f"train_static.{s.name}": s.config_class() for s in declared_static().values()})
     return Schema(
         sections=sections,
         extractors={name: config_class(extractor_class(name)) for name in declared_extractors()},
