@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from pipeline.datasets import build_index
-from pipeline.datasets.affwild2 import VIDEO_EXTS, find_media
+from pipeline.datasets.affwild2 import find_media
+from pipeline.datasets.common import VIDEO_EXTS
 from affcache.stages import StageFailed
 from affcache.predicting import expand_inputs
 

@@ -25,8 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline import media
-from pipeline.datasets.common import (  # noqa: F401 - CROPS_DIR, VIDEO_EXTS, exts_text: public here as before
-    CROPS_DIR,
+from pipeline.datasets.common import (
     VIDEO_EXTS,
     AdapterOptions,
     DatasetError,

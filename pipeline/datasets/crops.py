@@ -35,7 +35,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from pipeline.datasets.affwild2 import DatasetError
+from pipeline.datasets.common import DatasetError
 from pipeline.datasets.scan_cache import RACY_NS, ScanCache
 from pipeline.progress import progress_bar
 from pipeline.records import Video
