@@ -197,11 +197,17 @@ class AudioPoolingModel(nn.Module):
 
     def param_groups(self, head_lr: float, backbone_lr: float) -> list[dict]:
         """Head and fine-tuned backbone layers with their own learning rates (published 2e-4 / 5e-6)."""
-        top = [p for p in self.top.parameters() if p.requires_grad] if self.top is not None else []
-        ids = {id(p) for p in top}
-        head = [p for p in self.parameters() if p.requires_grad and id(p) not in ids]
-        return ([{"params": head, "lr": head_lr, "name": "head"}]
-                + ([{"params": top, "lr": backbone_lr, "name": "backbone"}] if top else []))
+        return backbone_param_groups(self, self.top, head_lr, backbone_lr)
+
+
+def backbone_param_groups(model: nn.Module, top: nn.Module | None, head_lr: float, backbone_lr: float) -> list[dict]:
+    """The optimizer groups of a model over speech-encoder states: the trainable backbone blocks
+    (`top`, a SpeechTopLayers or None) at `backbone_lr`, everything else trainable at `head_lr`."""
+    backbone = [p for p in top.parameters() if p.requires_grad] if top is not None else []
+    ids = {id(p) for p in backbone}
+    head = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
+    return ([{"params": head, "lr": head_lr, "name": "head"}]
+            + ([{"params": backbone, "lr": backbone_lr, "name": "backbone"}] if backbone else []))
 
 
 # ----------------------------------------------------------------------------- data

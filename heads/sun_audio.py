@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from heads.audio_pooling import AudioPooling, AudioPoolingConfig, AudioTrainConfig, SpeechTopLayers
+from heads.audio_pooling import (AudioPooling, AudioPoolingConfig, AudioTrainConfig, SpeechTopLayers,
+                                 backbone_param_groups)
 from heads.contract import TASK_OUTPUTS
 from heads.losses import ccc_loss
 from heads.registry import register_model
@@ -101,11 +102,7 @@ class SunAudioModel(nn.Module):
 
     def param_groups(self, head_lr: float, backbone_lr: float) -> list[dict]:
         """Head and fine-tuned backbone blocks with their own learning rates (as the audio head)."""
-        top = [p for p in self.top.parameters() if p.requires_grad] if self.top is not None else []
-        ids = {id(p) for p in top}
-        head = [p for p in self.parameters() if p.requires_grad and id(p) not in ids]
-        return ([{"params": head, "lr": head_lr, "name": "head"}]
-                + ([{"params": top, "lr": backbone_lr, "name": "backbone"}] if top else []))
+        return backbone_param_groups(self, self.top, head_lr, backbone_lr)
 
 
 @register_model("sun_audio", kind="head", config=SunAudioConfig,

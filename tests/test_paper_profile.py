@@ -24,10 +24,10 @@ ROOT = Path(__file__).resolve().parents[1]
 HEADER = "| setting | published value (source file) | paper profile | demo |"
 
 
-def table_rows() -> list[tuple[str, Any, str, Any, Any]]:
-    """(setting, published, source, paper, demo) of every row of the README table."""
+def table_rows(header: str = HEADER) -> list[tuple[str, Any, str, Any, Any]]:
+    """(setting, published, source, profile, demo) of every row of the README table under `header`."""
     lines = (ROOT / "README.md").read_text().splitlines()
-    start = lines.index(HEADER)
+    start = lines.index(header)
     rows = []
     for line in lines[start + 2:]:
         if not line.startswith("|"):

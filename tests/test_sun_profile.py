@@ -4,9 +4,7 @@ profile kept equal (one dvc.yaml holds both systems' stages)."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
@@ -14,7 +12,7 @@ from click.testing import CliRunner
 
 from affcache.cli import main
 from affcache.stages.resolve import resolve_profile
-from test_paper_profile import lookup, same
+from test_paper_profile import lookup, same, table_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADER = "| setting | published value (source file) | sun2024 profile | demo |"
@@ -22,23 +20,7 @@ SUN_STAGES = ("train_static_sun_face", "extract_sun_face", "extract_sun_audio", 
               "fuse_sun_av")
 
 
-def table_rows() -> list[tuple[str, Any, str, Any, Any]]:
-    lines = (ROOT / "README.md").read_text().splitlines()
-    start = lines.index(HEADER)
-    rows = []
-    for line in lines[start + 2:]:
-        if not line.startswith("|"):
-            break
-        cells = [c.strip() for c in line.strip("|").split("|")]
-        assert len(cells) == 4, line
-        m = re.fullmatch(r"`([^`]+)` \(`([^`]+)`\)", cells[1])
-        assert m, f"published cell must read `value` (`source file`): {line}"
-        values = [yaml.safe_load(c.strip("`")) for c in (cells[2], cells[3])]
-        rows.append((cells[0].strip("`"), yaml.safe_load(m.group(1)), m.group(2), *values))
-    return rows
-
-
-ROWS = table_rows()
+ROWS = table_rows(HEADER)
 
 
 @pytest.fixture(scope="module")
