@@ -56,7 +56,7 @@ def _make_crops(root: Path, frames: int, videos: int, size: int = 112) -> list[P
 def _naive_face(model: torch.nn.Module, files: list[Path], size: int, device: torch.device, bf16: bool) -> np.ndarray:
     """The baseline: one image at a time, decode -> preprocess -> model, nothing overlapped."""
     from extractors.base import inference
-    from extractors.face import IMAGENET_MEAN, IMAGENET_STD, letterbox_u8, normalize, read_rgb
+    from extractors.images import IMAGENET_MEAN, IMAGENET_STD, letterbox_u8, normalize, read_rgb
 
     out = []
     with inference(device, bf16):

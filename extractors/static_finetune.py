@@ -43,8 +43,6 @@ log = logging.getLogger(__name__)
 # arch -> (torchvision constructor, feature width, published input size)
 ARCHS = {"efficientnet_b1": ("efficientnet_b1", 1280, 224), "efficientnet_b4": ("efficientnet_b4", 1792, 380),
          "vit_b_16": ("vit_b_16", 768, 224)}
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass
@@ -231,7 +229,7 @@ def crop_sets(videos: Sequence, cfg: StaticTrainConfig) -> dict[str, CropSet]:
 def load_images(files: Sequence[Path], size: int) -> torch.Tensor:
     """Crops -> float [N,3,size,size], letterboxed and ImageNet-normalised (as the face extractor does),
     channels_last: EfficientNet's depthwise convolutions train ~4x faster so on the CPU (measured here)."""
-    from extractors.face import letterbox_u8, normalize, read_rgb
+    from extractors.images import IMAGENET_MEAN, IMAGENET_STD, letterbox_u8, normalize, read_rgb
 
     x = normalize(letterbox_u8([read_rgb(p) for p in files], size), IMAGENET_MEAN, IMAGENET_STD)
     return x.contiguous(memory_format=torch.channels_last)

@@ -17,9 +17,8 @@ from extractors.face import (
     GradaEmbedder,
     GradaFaceExtractor,
     auto_cpu_chunk,
-    letterbox_u8,
-    normalize,
 )
+from extractors.images import letterbox_u8, normalize
 from pipeline.records import Video
 
 SIZE = 64  # tests run the real B1 at a tiny input size: same code path, ~50x cheaper
@@ -318,7 +317,7 @@ def test_crops_decode_the_same_without_opencv(tmp_path, monkeypatch):
     """A machine without OpenCV (the bare GPU node) decodes crops with Pillow: same pixels, same errors."""
     from PIL import Image
 
-    from extractors.face import read_rgb
+    from extractors.images import read_rgb
 
     rng = np.random.default_rng(0)
     img = cv2.GaussianBlur(rng.integers(0, 255, (112, 112, 3), dtype=np.uint8), (7, 7), 0)
