@@ -19,7 +19,7 @@ import torch
 
 from extractors.base import ExtractorError, register, torch_device
 from extractors.face import FaceConfig, GradaFaceExtractor
-from extractors.static_finetune import load_weights
+from extractors.static_model import load_weights
 
 
 @dataclass

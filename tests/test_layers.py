@@ -53,3 +53,27 @@ def test_the_check_sees_an_upward_import(tmp_path: Path) -> None:
     (tmp_path / "affcache" / "cli.py").write_text("import heads.x\nimport pipeline.store\n")
     assert layering_problems(tmp_path) == {"heads/x.py": ["extractors.face"],
                                            "pipeline/store.py": ["affcache.stages"]}
+
+
+# A variant plug-in builds on the plug-in it varies (same store layout, same loading path, one code);
+# no other plug-in imports another: what plug-ins share lives in their folder's shared modules.
+VARIANTS = {"extractors.sun_face": {"extractors.face"}, "extractors.sun_audio": {"extractors.audio"},
+            "heads.sun_audio": {"heads.audio_pooling"}}
+
+
+def plugin_modules() -> set[str]:
+    """The modules that declare a plug-in (an extractor, a static fine-tuning, a model, an adapter)."""
+    from pipeline.plugins import declarations
+
+    return {d.module for package, decorator in [("extractors", "register"), ("extractors", "register_static"),
+                                                ("heads", "register_model"), ("pipeline.datasets", "register_adapter")]
+            for d in declarations(package, decorator)}
+
+
+def test_plug_ins_do_not_import_each_other_except_a_variant_its_base() -> None:
+    plugins = plugin_modules()
+    assert {"extractors.face", "extractors.static_finetune", "heads.fusion_sun", "pipeline.datasets.affwild2"} <= plugins
+    sideways = {m: found for m in sorted(plugins)
+                if (found := {n for n in imported_names(ROOT.joinpath(*m.split(".")).with_suffix(".py"))
+                              if n in plugins and n != m} - VARIANTS.get(m, set()))}
+    assert not sideways, f"plug-ins importing other plug-ins (move what they share to a shared module): {sideways}"

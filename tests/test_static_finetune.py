@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from extractors.registry import declared_static, declared_extractors
-from extractors.static_finetune import (ARCHS, StaticModel, StaticTrainConfig, crop_sets, lr_at, param_groups,
-                                        set_trainable, train_static)
+from extractors.static_finetune import StaticTrainConfig, crop_sets, lr_at, param_groups, set_trainable, train_static
+from extractors.static_model import ARCHS, StaticModel
 from pipeline.labels import write_va
 from pipeline.records import Video
 
