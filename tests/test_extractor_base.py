@@ -252,7 +252,8 @@ EXECUTION_FIELDS = {"device", "bf16", "batch_size", "cpu_batch_size", "cpu_freez
                     "attn_implementation"}
 # one field per built-in extractor that changes its numbers
 FEATURE_CHANGE = {"grada": {"image_size": 128}, "speech_ssl": {"chunk_seconds": 10.0},
-                  "qwen3vl": {"frame_long_side": 224}, "reliability": {"thumb": 32}}
+                  "qwen3vl": {"frame_long_side": 224}, "reliability": {"thumb": 32},
+                  "pdem": {"chunk_seconds": 10.0}, "sun_face": {"image_size": 128}}
 
 
 def _builtin_extractors() -> list[str]:

@@ -25,6 +25,7 @@ def imported_names(path: Path) -> set[str]:
             names |= {a.name for a in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names.add(node.module)
+            names |= {f"{node.module}.{a.name}" for a in node.names}  # `from extractors import face`
     return names
 
 
@@ -52,7 +53,7 @@ def test_the_check_sees_an_upward_import(tmp_path: Path) -> None:
     (tmp_path / "heads" / "x.py").write_text("import extractors.face\n")
     (tmp_path / "affcache" / "cli.py").write_text("import heads.x\nimport pipeline.store\n")
     assert layering_problems(tmp_path) == {"heads/x.py": ["extractors.face"],
-                                           "pipeline/store.py": ["affcache.stages"]}
+                                           "pipeline/store.py": ["affcache.stages", "affcache.stages.extract"]}
 
 
 # A variant plug-in builds on the plug-in it varies (same store layout, same loading path, one code);
