@@ -245,6 +245,9 @@ def train_static(videos: Sequence, cfg: StaticTrainConfig, out: Path) -> dict[st
     opt = torch.optim.AdamW([{"params": g["params"], "lr": cfg.lr_min * g["factor"]} for g in groups],
                             weight_decay=cfg.weight_decay)
     rng = np.random.default_rng(cfg.seed)
+    # dropout and stochastic depth draw from torch's global generator, which torch seeds from the OS
+    # at import: seeded here, the same crops give the same weights run to run
+    torch.manual_seed(cfg.seed)
     steps = max(1, math.ceil(len(train.files) / cfg.batch_size))
     best, best_epoch, history = -math.inf, -1, []
     for epoch in range(cfg.epochs):

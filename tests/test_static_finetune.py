@@ -108,6 +108,18 @@ def test_trains_from_random_weights_and_the_extractor_loads_them(videos, tmp_pat
         SunFaceExtractor(SunFaceConfig(weights=str(out), image_size=64, device="cpu")).load()
 
 
+def test_the_same_crops_give_the_same_weights_file(videos, tmp_path, torch_threads):
+    """Dropout and stochastic depth draw from torch's global generator: the run seeds it, so a second
+    run in the same process (its generator moved on) writes the same bytes."""
+    cfg = StaticTrainConfig(image_size=32, epochs=1, batch_size=12, device="cpu")
+    first, second = tmp_path / "a" / "weights.pth", tmp_path / "b" / "weights.pth"
+    train_static(videos, cfg, first)
+    torch.rand(7)  # the global generator is elsewhere now
+    train_static(videos, cfg, second)
+    assert first.read_bytes() == second.read_bytes()
+    assert (first.parent / "history.json").read_text() == (second.parent / "history.json").read_text()
+
+
 def test_generated_stage_reads_crops_and_labels_and_feeds_the_extraction():
     """train_static_<name>: index, crop fingerprints, its code and params in; the weights folder out;
     the extraction of its modality depends on the weights, and nothing else of the graph on crops+labels
