@@ -18,19 +18,29 @@ from tiny_models import speechlike, tiny_wavlm
 SR = 16000
 
 
+def mono_stream(container, codec: str):
+    """A new mono `codec` audio stream at SR in `container`."""
+    stream = container.add_stream(codec, rate=SR)
+    stream.layout = "mono"
+    return stream
+
+
+def mux_mono(container, stream, samples: np.ndarray, frame_size: int) -> None:
+    """Encode int16 mono `samples` into `stream` of `container`, `frame_size` samples a frame, and flush."""
+    for start in range(0, len(samples), frame_size):
+        frame = av.AudioFrame.from_ndarray(samples[None, start:start + frame_size], format="s16", layout="mono")
+        frame.sample_rate = SR
+        for packet in stream.encode(frame):
+            container.mux(packet)
+    for packet in stream.encode():
+        container.mux(packet)
+
+
 def write_audio(path: Path, seconds: float, seed: int = 0, codec: str = "pcm_s16le") -> Path:
     """A speech-like mono file written with PyAV (a WAV by default)."""
     samples = (np.clip(speechlike(seconds, SR, seed=seed), -1, 1) * 32767).astype(np.int16)
     with av.open(str(path), "w") as c:
-        stream = c.add_stream(codec, rate=SR)
-        stream.layout = "mono"
-        for start in range(0, len(samples), 1600):
-            frame = av.AudioFrame.from_ndarray(samples[None, start:start + 1600], format="s16", layout="mono")
-            frame.sample_rate = SR
-            for packet in stream.encode(frame):
-                c.mux(packet)
-        for packet in stream.encode():
-            c.mux(packet)
+        mux_mono(c, mono_stream(c, codec), samples, 1600)
     return path
 
 
@@ -58,8 +68,7 @@ def test_a_cover_picture_does_not_make_a_video(tmp_path: Path) -> None:
 
     path = tmp_path / "song.mp3"
     with av.open(str(path), "w") as c:
-        sound = c.add_stream("mp3", rate=SR)
-        sound.layout = "mono"
+        sound = mono_stream(c, "mp3")
         art = c.add_stream("mjpeg")
         art.width, art.height, art.pix_fmt = 16, 16, "yuvj420p"
         art.disposition = av.stream.Disposition.attached_pic
@@ -67,14 +76,7 @@ def test_a_cover_picture_does_not_make_a_video(tmp_path: Path) -> None:
             c.mux(packet)
         for packet in art.encode():
             c.mux(packet)
-        samples = (speechlike(1.0, SR) * 20000).astype(np.int16)
-        for start in range(0, len(samples), 1152):
-            frame = av.AudioFrame.from_ndarray(samples[None, start:start + 1152], format="s16", layout="mono")
-            frame.sample_rate = SR
-            for packet in sound.encode(frame):
-                c.mux(packet)
-        for packet in sound.encode():
-            c.mux(packet)
+        mux_mono(c, sound, (speechlike(1.0, SR) * 20000).astype(np.int16), 1152)
     with av.open(str(path)) as c:
         assert [s.type for s in c.streams] == ["audio", "video"]  # the picture is there
     info = probe(path)

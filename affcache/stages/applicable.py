@@ -73,9 +73,13 @@ def reason_not_applicable(spec: Any, videos: Sequence, media: Mapping[str, str])
         if reason:
             return f"{reason}: the {spec.name} {spec.kind} needs {inp}" if inp.startswith("features/") else \
                 f"{reason}, and the {spec.name} {spec.kind} needs {inp}"
-    task = getattr(spec, "task", "va")
+    return labels_reason(getattr(spec, "task", "va"), videos, f"the {spec.name} {spec.kind}")
+
+
+def labels_reason(task: str, videos: Sequence, learner: str) -> str | None:
+    """Why `learner` (e.g. "the face head") has nothing to learn: no video of `videos` has labels of `task`."""
     if videos and not any(task in (getattr(v, "labels", None) or {}) for v in videos):
-        return f"no video has {task.upper()} labels: the {spec.name} {spec.kind} learns them"
+        return f"no video has {task.upper()} labels: {learner} learns them"
     return None
 
 
@@ -96,9 +100,7 @@ def static_reason(modality: str, task: str, videos: Sequence, media: Mapping[str
     reason = input_reason(f"features/{modality}", videos, media)
     if reason:
         return f"{reason}: the {modality} encoder fine-tunes on face crops"
-    if videos and not any(task in (getattr(v, "labels", None) or {}) for v in videos):
-        return f"no video has {task.upper()} labels: the {modality} encoder learns them"
-    return None
+    return labels_reason(task, videos, f"the {modality} encoder")
 
 
 def write_not_applicable(out_dir: Path, metrics_path: Path, plot_path: Path, name: str, reason: str) -> dict:
